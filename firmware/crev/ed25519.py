@@ -1,0 +1,174 @@
+"""Pure-Python Ed25519 (RFC 8032 §5.1) for MicroPython.
+
+CPython uses ``cryptography`` instead (see crev.keys); both produce identical
+signatures because Ed25519 signing is deterministic. Verification is the
+cofactorless check ``encode([S]B - [k]A) == R`` with ``S < L`` and canonical
+point encodings required, which is what OpenSSL (and so ``cryptography``)
+does, so both backends accept exactly the same signatures.
+
+Not constant-time: big-integer arithmetic in Python cannot be. On a device the
+key never leaves the chip and signing runs once a minute, so timing side
+channels need physical access; the CPython backend is constant-time.
+"""
+
+from crev.sha512 import digest as _sha512
+
+P = 2**255 - 19  # type: int
+L = 2**252 + 27742317777372353535851937790883648493  # type: int
+_D = -121665 * pow(121666, P - 2, P) % P
+_D2 = 2 * _D % P
+_SQRT_M1 = pow(2, (P - 1) // 4, P)
+
+_BY = 4 * pow(5, P - 2, P) % P
+_BX = 15112221349535400772501151409588531511454012693041857206046113283949847762202
+_BASE = (_BX, _BY, 1, _BX * _BY % P)
+_IDENTITY = (0, 1, 1, 0)
+
+# Multiples 16**i * j * B for the fixed-base comb; built on first use (about
+# 64 * 15 points, ~150 kB on CPython, less on MicroPython) so import stays cheap.
+_base_table = None  # type: list | None
+
+
+class SignatureError(Exception):
+    """The signature does not verify."""
+
+
+def _add(p1: tuple, p2: tuple) -> tuple:
+    # RFC 8032 §5.1.4, extended coordinates (add-2008-hwcd-3).
+    x1, y1, z1, t1 = p1
+    x2, y2, z2, t2 = p2
+    a = (y1 - x1) * (y2 - x2) % P
+    b = (y1 + x1) * (y2 + x2) % P
+    c = t1 * _D2 % P * t2 % P
+    d = 2 * z1 * z2 % P
+    e = b - a
+    f = d - c
+    g = d + c
+    h = b + a
+    return (e * f % P, g * h % P, f * g % P, e * h % P)
+
+
+def _double(p1: tuple) -> tuple:
+    # RFC 8032 §5.1.4, doubling (dbl-2008-hwcd).
+    x1, y1, z1, _ = p1
+    a = x1 * x1 % P
+    b = y1 * y1 % P
+    c = 2 * z1 * z1 % P
+    h = a + b
+    e = h - (x1 + y1) * (x1 + y1) % P
+    g = a - b
+    f = c + g
+    return (e * f % P, g * h % P, f * g % P, e * h % P)
+
+
+def _multiply(scalar: int, point: tuple) -> tuple:
+    # Right to left: MicroPython's int has no bit_length().
+    result = _IDENTITY
+    while scalar:
+        if scalar & 1:
+            result = _add(result, point)
+        point = _double(point)
+        scalar >>= 1
+    return result
+
+
+def _base_multiply(scalar: int) -> tuple:
+    # Radix-16 comb: no doublings, at most 64 additions.
+    global _base_table
+    if _base_table is None:
+        table = []
+        row_base = _BASE
+        for _ in range(64):
+            row = [row_base]
+            for _ in range(14):
+                row.append(_add(row[-1], row_base))
+            table.append(row)
+            row_base = _add(row[-1], row_base)  # 16 * row_base
+        _base_table = table
+    result = _IDENTITY
+    i = 0
+    while scalar:
+        nibble = scalar & 15
+        if nibble:
+            result = _add(result, _base_table[i][nibble - 1])
+        scalar >>= 4
+        i += 1
+    return result
+
+
+def _encode_point(point: tuple) -> bytes:
+    x, y, z, _ = point
+    zinv = pow(z, P - 2, P)
+    x = x * zinv % P
+    y = y * zinv % P
+    encoded = (y | ((x & 1) << 255)).to_bytes(32, "little")  # type: bytes
+    return encoded
+
+
+def _decode_point(raw: bytes) -> tuple:
+    # RFC 8032 §5.1.3; rejects y >= p and the non-canonical x = 0, sign = 1.
+    if len(raw) != 32:
+        raise SignatureError("a point is 32 bytes")
+    y = int.from_bytes(raw, "little")
+    sign = y >> 255
+    y &= (1 << 255) - 1
+    if y >= P:
+        raise SignatureError("non-canonical point encoding")
+    x2 = (y * y - 1) * pow(_D * y * y + 1, P - 2, P) % P
+    if x2 == 0:
+        if sign:
+            raise SignatureError("non-canonical point encoding")
+        return (0, y, 1, 0)
+    x = pow(x2, (P + 3) // 8, P)
+    if (x * x - x2) % P != 0:
+        x = x * _SQRT_M1 % P
+    if (x * x - x2) % P != 0:
+        raise SignatureError("not a point on the curve")
+    if (x & 1) != sign:
+        x = P - x
+    return (x, y, 1, x * y % P)
+
+
+def _secret_expand(seed: bytes) -> tuple:
+    if len(seed) != 32:
+        raise ValueError("an Ed25519 seed is 32 bytes")
+    h = _sha512(seed)
+    a = int.from_bytes(h[:32], "little")
+    a &= (1 << 254) - 8
+    a |= 1 << 254
+    return a, h[32:]
+
+
+def public_key(seed: bytes) -> bytes:
+    """The 32-byte public key of a 32-byte seed."""
+    a, _ = _secret_expand(seed)
+    return _encode_point(_base_multiply(a))
+
+
+def sign(seed: bytes, message: bytes, public: bytes | None = None) -> bytes:
+    """RFC 8032 §5.1.6: the 64-byte signature of ``message``."""
+    a, prefix = _secret_expand(seed)
+    if public is None:
+        public = _encode_point(_base_multiply(a))
+    r = int.from_bytes(_sha512(prefix + message), "little") % L
+    r_bytes = _encode_point(_base_multiply(r))
+    k = int.from_bytes(_sha512(r_bytes + public + message), "little") % L
+    s = (r + k * a) % L
+    signature = r_bytes + s.to_bytes(32, "little")  # type: bytes
+    return signature
+
+
+def verify(public: bytes, signature: bytes, message: bytes) -> None:
+    """RFC 8032 §5.1.7; returns None or raises SignatureError."""
+    if len(signature) != 64:
+        raise SignatureError("a signature is 64 bytes")
+    a_point = _decode_point(public)
+    s = int.from_bytes(signature[32:], "little")
+    if s >= L:
+        raise SignatureError("S is not reduced")
+    r_bytes = signature[:32]
+    k = int.from_bytes(_sha512(r_bytes + public + message), "little") % L
+    neg_a = (P - a_point[0], a_point[1], a_point[2], P - a_point[3])
+    check = _add(_base_multiply(s), _multiply(k, neg_a))
+    if _encode_point(check) != r_bytes:
+        raise SignatureError("signature does not match")

@@ -1,0 +1,61 @@
+"""Meter register words to integer mWh, without floating point (SPEC §2).
+
+MicroPython ports use single-precision floats, which cannot hold a counter of
+12345677734 mWh exactly, so the float32 bits are decoded with integers.
+"""
+
+from crev.errors import RegisterError
+
+
+def _round_half_even(numerator: int, denominator: int) -> int:
+    quotient = numerator // denominator
+    twice_remainder = 2 * (numerator - quotient * denominator)
+    if twice_remainder > denominator or (twice_remainder == denominator and quotient & 1):
+        quotient += 1
+    return quotient
+
+
+def float32_bits_to_mwh(bits: int) -> int:
+    """A float32 kWh value, given as its 32 raw bits, in mWh (half to even)."""
+    if not 0 <= bits <= 0xFFFFFFFF:
+        raise RegisterError("BAD_REGISTER", "float32 bits out of range")
+    negative = bits >> 31
+    exponent = (bits >> 23) & 0xFF
+    fraction = bits & 0x7FFFFF
+    if exponent == 0xFF:
+        raise RegisterError("NOT_A_NUMBER", "register holds NaN or infinity (0x%08x)" % bits)
+    if exponent == 0:
+        mantissa = fraction  # subnormal: 0.fraction * 2**-126
+        shift = -149
+    else:
+        mantissa = fraction | 0x800000
+        shift = exponent - 150
+    if mantissa == 0:
+        return 0  # +0.0 and -0.0
+    if negative:
+        raise RegisterError("NEGATIVE_COUNTER", "an energy counter cannot be negative (0x%08x)" % bits)
+    # value_kWh = mantissa * 2**shift, so mWh = mantissa * 10**6 * 2**shift.
+    scaled = mantissa * 1000000
+    if shift >= 0:
+        return scaled << shift
+    return _round_half_even(scaled, 1 << -shift)
+
+
+def float32_words_to_mwh(high: int, low: int) -> int:
+    """Two big-endian 16-bit registers holding a float32 kWh counter, in mWh."""
+    if not (0 <= high <= 0xFFFF and 0 <= low <= 0xFFFF):
+        raise RegisterError("BAD_REGISTER", "a register word is 16 bits")
+    return float32_bits_to_mwh((high << 16) | low)
+
+
+def scaled_wh_to_mwh(wh: int, scale_exponent: int) -> int:
+    """A SunSpec energy counter ``wh * 10**scale_exponent`` Wh, in mWh.
+
+    Rounds half to even when the scale factor leaves a fraction of a mWh.
+    """
+    if wh < 0:
+        raise RegisterError("NEGATIVE_COUNTER", "an energy counter cannot be negative")
+    exponent = scale_exponent + 3  # Wh -> mWh
+    if exponent >= 0:
+        return wh * int(10**exponent)
+    return _round_half_even(wh, int(10**-exponent))
