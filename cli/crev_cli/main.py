@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from crev import __version__
-from crev_cli import UsageError, reading_cmd
+from crev_cli import UsageError, reading_cmd, service_cmds
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,6 +35,26 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("file", metavar="FILE", help="the reading, or - for standard input")
     show.add_argument("--pubkey", metavar="HEX", help="also verify the signature with this Ed25519 public key")
     show.set_defaults(handler=reading_cmd.show)
+
+    gateway = commands.add_parser("gateway", help="the DGC controller service on a Raspberry Pi")
+    gateway_commands = gateway.add_subparsers(dest="gateway_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    gateway_commands.required = True
+    init = gateway_commands.add_parser("init", help="create the device key; print the device id and public key")
+    init.add_argument("--config", required=True, metavar="FILE", help="the gateway's TOML configuration")
+    init.set_defaults(handler=service_cmds.gateway_init)
+    run = gateway_commands.add_parser("run", help="read meters, sign and publish readings until stopped")
+    run.add_argument("--config", required=True, metavar="FILE", help="the gateway's TOML configuration")
+    run.add_argument(
+        "--skip-meter-check", action="store_true", help="start even if a meter does not answer at start-up"
+    )
+    run.set_defaults(handler=service_cmds.gateway_run)
+
+    sim = commands.add_parser("sim", help="simulated meters for tests and demos")
+    sim_commands = sim.add_subparsers(dest="sim_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    sim_commands.required = True
+    meters = sim_commands.add_parser("meters", help="serve simulated SDM630/SDM120/SunSpec meters over Modbus TCP")
+    meters.add_argument("--config", required=True, metavar="FILE", help="the simulator's TOML configuration")
+    meters.set_defaults(handler=service_cmds.sim_meters)
     return parser
 
 

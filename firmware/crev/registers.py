@@ -15,8 +15,15 @@ def _round_half_even(numerator: int, denominator: int) -> int:
     return quotient
 
 
-def float32_bits_to_mwh(bits: int) -> int:
-    """A float32 kWh value, given as its 32 raw bits, in mWh (half to even)."""
+MWH_PER_KWH = 1000000
+MWH_PER_WH = 1000
+
+
+def float32_bits_to_mwh(bits: int, mwh_per_unit: int = MWH_PER_KWH) -> int:
+    """A float32 energy value (kWh by default), given as its 32 raw bits, in mWh.
+
+    Rounds half to even. ``mwh_per_unit`` is MWH_PER_WH for registers in Wh.
+    """
     if not 0 <= bits <= 0xFFFFFFFF:
         raise RegisterError("BAD_REGISTER", "float32 bits out of range")
     negative = bits >> 31
@@ -34,18 +41,18 @@ def float32_bits_to_mwh(bits: int) -> int:
         return 0  # +0.0 and -0.0
     if negative:
         raise RegisterError("NEGATIVE_COUNTER", "an energy counter cannot be negative (0x%08x)" % bits)
-    # value_kWh = mantissa * 2**shift, so mWh = mantissa * 10**6 * 2**shift.
-    scaled = mantissa * 1000000
+    # value = mantissa * 2**shift units, so mWh = mantissa * mwh_per_unit * 2**shift.
+    scaled = mantissa * mwh_per_unit
     if shift >= 0:
         return scaled << shift
     return _round_half_even(scaled, 1 << -shift)
 
 
-def float32_words_to_mwh(high: int, low: int) -> int:
-    """Two big-endian 16-bit registers holding a float32 kWh counter, in mWh."""
+def float32_words_to_mwh(high: int, low: int, mwh_per_unit: int = MWH_PER_KWH) -> int:
+    """Two 16-bit registers, high word first, holding a float32 counter, in mWh."""
     if not (0 <= high <= 0xFFFF and 0 <= low <= 0xFFFF):
         raise RegisterError("BAD_REGISTER", "a register word is 16 bits")
-    return float32_bits_to_mwh((high << 16) | low)
+    return float32_bits_to_mwh((high << 16) | low, mwh_per_unit)
 
 
 def scaled_wh_to_mwh(wh: int, scale_exponent: int) -> int:

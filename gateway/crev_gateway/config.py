@@ -1,0 +1,287 @@
+"""The gateway's TOML configuration (SPEC §7), validated into plain objects.
+
+Every mistake raises ConfigError with one line that names the file, the
+setting and what to write instead.
+"""
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from crev import dgcc
+from crev.reading import valid_device_id
+from crev_gateway import ConfigError
+from crev_gateway.profiles import available_profiles
+
+ROLES = ("generation", "grid")
+COUNTERS = ("import", "export", "total")
+CLOCK_MODES = ("auto", "synchronised", "unsynchronised")
+
+
+@dataclass(frozen=True)
+class BusURL:
+    """A parsed meter URL: ``tcp://host:port`` or ``rtu:///dev/ttyUSB0?baudrate=9600&parity=N``."""
+
+    scheme: str
+    host: str = ""
+    port: int = 502
+    device: str = ""
+    baudrate: int = 9600
+    parity: str = "N"
+    bytesize: int = 8
+    stopbits: int = 1
+
+    @property
+    def key(self) -> str:
+        """Meters with the same key share one bus, one lock and one connection."""
+        return "tcp://%s:%d" % (self.host, self.port) if self.scheme == "tcp" else "rtu://" + self.device
+
+
+@dataclass
+class MeterConfig:
+    name: str
+    profile: str
+    url: BusURL
+    unit: int
+    role: str
+    source: int
+    counter: str
+    word_order: str = "big"
+    byte_order: str = "big"
+    max_power_w: float | None = None
+    meter_id: str | None = None  # overrides the serial number read from the meter
+
+
+@dataclass
+class MqttConfig:
+    url: str
+    host: str
+    port: int
+    tls: bool
+    username: str | None
+    password_file: Path | None
+    ca_file: Path | None
+    keepalive_s: int = 30
+
+
+@dataclass
+class GatewayConfig:
+    path: Path
+    device_id: str
+    key_path: Path
+    interval_s: int
+    clock: str
+    mqtt: MqttConfig
+    outbox_path: Path
+    outbox_max_readings: int
+    outbox_max_age_s: float
+    outbox_alarm_fraction: float
+    modbus_timeout_s: float
+    modbus_retries: int
+    modbus_backoff_s: float
+    modbus_pause_s: float
+    metrics_listen: tuple[str, int] | None
+    publish_window: int
+    meters: list[MeterConfig] = field(default_factory=list)
+
+
+class _Reader:
+    """Typed access to one TOML table, with errors that name the setting."""
+
+    def __init__(self, path: Path, table: dict[str, Any], where: str) -> None:
+        self.path = path
+        self.table = table
+        self.where = where
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError("%s: %s %s %s" % (self.path.name, self.where, key, message))
+
+    def text(self, key: str, default: str | None = None) -> str:
+        value = self.table.get(key, default)
+        if value is None:
+            raise self.fail(key, "is missing")
+        if not isinstance(value, str):
+            raise self.fail(key, "must be a string in quotes")
+        return value
+
+    def optional_text(self, key: str) -> str | None:
+        return self.text(key) if key in self.table else None
+
+    def number(self, key: str, default: float, minimum: float, maximum: float) -> float:
+        value = self.table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(key, "must be a number")
+        if not minimum <= value <= maximum:
+            raise self.fail(key, "must be between %g and %g, got %g" % (minimum, maximum, value))
+        return float(value)
+
+    def integer(self, key: str, default: int, minimum: int, maximum: int) -> int:
+        value = self.table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(key, "must be a whole number")
+        if not minimum <= value <= maximum:
+            raise self.fail(key, "must be between %d and %d, got %d" % (minimum, maximum, value))
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str | None = None) -> str:
+        value = self.text(key, default)
+        if value not in choices:
+            raise self.fail(key, "must be one of %s, got %r" % (", ".join(choices), value))
+        return value
+
+    def path_value(self, key: str, default: str | None = None) -> Path:
+        return (self.path.parent / self.text(key, default)).resolve()
+
+
+def parse_bus_url(text: str, fail: ConfigError) -> BusURL:
+    parts = urlsplit(text)
+    if parts.scheme == "tcp":
+        try:
+            port = parts.port
+        except ValueError:
+            raise fail from None
+        if not parts.hostname or port is None:
+            raise fail
+        return BusURL("tcp", host=parts.hostname, port=port)
+    if parts.scheme == "rtu":
+        if not parts.path:
+            raise fail
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        try:
+            url = BusURL(
+                "rtu",
+                device=parts.path,
+                baudrate=int(query.get("baudrate", 9600)),
+                parity=query.get("parity", "N").upper(),
+                bytesize=int(query.get("bytesize", 8)),
+                stopbits=int(query.get("stopbits", 1)),
+            )
+        except ValueError:
+            raise fail from None
+        if url.parity not in ("N", "E", "O") or url.stopbits not in (1, 2) or url.bytesize not in (7, 8):
+            raise fail
+        return url
+    raise fail
+
+
+def _listen(text: str, reader: _Reader, key: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise reader.fail(key, "must be host:port, e.g. 127.0.0.1:9108")
+    return host or "0.0.0.0", int(port)
+
+
+def _mqtt(reader: _Reader) -> MqttConfig:
+    url = reader.text("url", "mqtt://127.0.0.1:1883")
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise reader.fail("url", "must look like mqtt://host:1883 or mqtts://host:8883, got %r" % url)
+    tls = parts.scheme == "mqtts"
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError:
+        raise reader.fail("url", "has a bad port: %r" % url) from None
+    password_file = reader.path_value("password_file") if "password_file" in reader.table else None
+    ca_file = reader.path_value("ca_file") if "ca_file" in reader.table else None
+    return MqttConfig(
+        url=url,
+        host=parts.hostname,
+        port=port,
+        tls=tls,
+        username=reader.optional_text("username"),
+        password_file=password_file,
+        ca_file=ca_file,
+        keepalive_s=reader.integer("keepalive_s", 30, 5, 3600),
+    )
+
+
+def _meter(path: Path, raw: dict[str, Any], index: int, seen: set[str]) -> MeterConfig:
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError('%s: [[meter]] number %d needs a name, e.g. name = "pv"' % (path.name, index + 1))
+    if name in seen:
+        raise ConfigError("%s: two meters are called %r; give each a unique name" % (path.name, name))
+    seen.add(name)
+    r = _Reader(path, raw, "meter %r:" % name)
+    profile = r.text("profile")
+    if profile not in available_profiles():
+        raise r.fail("profile", "%r is unknown (available: %s)" % (profile, ", ".join(available_profiles())))
+    url_text = r.text("url")
+    url = parse_bus_url(
+        url_text,
+        r.fail("url", "%r is not tcp://HOST:PORT or rtu:///dev/ttyX?baudrate=9600&parity=N" % url_text),
+    )
+    role = r.choice("role", ROLES)
+    if role == "generation":
+        source_name = r.choice("source", dgcc.SOURCE_NAMES[1:])
+        source = dgcc.SOURCE_NAMES.index(source_name)
+        counter = r.choice("counter", COUNTERS, "total" if profile == "sunspec" else "export")
+    else:
+        if "source" in raw or "counter" in raw:
+            raise r.fail("role", "grid meters give an import and an export channel; remove source and counter")
+        source, counter = dgcc.SOURCE_GRID, "import"
+    max_power = raw.get("max_power_w")
+    return MeterConfig(
+        name=name,
+        profile=profile,
+        url=url,
+        unit=r.integer("unit", 1, 0, 247),
+        role=role,
+        source=source,
+        counter=counter,
+        word_order=r.choice("word_order", ("big", "little"), "big"),
+        byte_order=r.choice("byte_order", ("big", "little"), "big"),
+        max_power_w=r.number("max_power_w", 0, 1, 1e12) if max_power is not None else None,
+        meter_id=r.optional_text("meter_id"),
+    )
+
+
+def load(path: Path) -> GatewayConfig:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError("%s does not exist; write one (see gateway/examples/gw.toml)" % path) from None
+    except OSError as err:
+        raise ConfigError("cannot read %s: %s" % (path, err.strerror)) from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError("%s is not valid TOML: %s" % (path.name, err)) from err
+    return parse(raw, path)
+
+
+def parse(raw: dict[str, Any], path: Path) -> GatewayConfig:
+    device = _Reader(path, raw.get("device", {}), "[device]")
+    device_id = device.text("id")
+    if not valid_device_id(device_id):
+        raise device.fail("id", "%r is not a device id: use 3-63 lowercase letters, digits and '-'" % device_id)
+    outbox = _Reader(path, raw.get("outbox", {}), "[outbox]")
+    modbus = _Reader(path, raw.get("modbus", {}), "[modbus]")
+    metrics = _Reader(path, raw.get("metrics", {}), "[metrics]")
+    listen = metrics.optional_text("listen")
+    meters_raw = raw.get("meter", [])
+    if not isinstance(meters_raw, list) or not meters_raw:
+        raise ConfigError("%s: no [[meter]] configured; add at least one generation meter" % path.name)
+    seen: set[str] = set()
+    meters = [_meter(path, m, i, seen) for i, m in enumerate(meters_raw)]
+    if not any(m.role == "generation" for m in meters):
+        raise ConfigError('%s: no meter has role = "generation"; crev certifies renewable generation' % path.name)
+    return GatewayConfig(
+        path=path,
+        device_id=device_id,
+        key_path=device.path_value("key", "device.key"),
+        interval_s=device.integer("interval_s", 60, 1, 3600),
+        clock=device.choice("clock", CLOCK_MODES, "auto"),
+        mqtt=_mqtt(_Reader(path, raw.get("mqtt", {}), "[mqtt]")),
+        outbox_path=outbox.path_value("path", "outbox.sqlite"),
+        outbox_max_readings=outbox.integer("max_readings", 1_051_200, 10, 100_000_000),
+        outbox_max_age_s=outbox.number("max_age_days", 365, 0.001, 3650) * 86400,
+        outbox_alarm_fraction=outbox.number("alarm_fraction", 0.8, 0.1, 0.99),
+        modbus_timeout_s=modbus.number("timeout_s", 1.0, 0.05, 60),
+        modbus_retries=modbus.integer("retries", 2, 0, 10),
+        modbus_backoff_s=modbus.number("backoff_s", 0.2, 0, 30),
+        modbus_pause_s=modbus.number("pause_s", 0.02, 0, 5),
+        metrics_listen=_listen(listen, metrics, "listen") if listen else None,
+        publish_window=outbox.integer("publish_window", 200, 1, 10000),
+        meters=meters,
+    )

@@ -1,0 +1,156 @@
+"""Register maps shipped as data (``profiles/*.toml``) and how to decode them.
+
+A point says where a value lives (function, address or model offset), its
+type, unit and scale factor. Energies decode to integer mWh through the
+core's integer-only converters; other values are informational floats.
+"""
+
+import struct
+import tomllib
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from crev.errors import RegisterError
+from crev.registers import MWH_PER_KWH, MWH_PER_WH, float32_bits_to_mwh, scaled_wh_to_mwh
+from crev_gateway import ConfigError
+
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
+WORDS = {"float32": 2, "uint32": 2, "int32": 2, "acc32": 2, "uint16": 1, "int16": 1, "sunssf": 1}
+ENERGY_UNITS = {"kWh": MWH_PER_KWH, "Wh": MWH_PER_WH}
+
+
+@dataclass(frozen=True)
+class Point:
+    name: str
+    type: str
+    address: int  # absolute for fixed maps, offset into the model for SunSpec
+    function: str = "input"
+    unit: str | None = None
+    scale: str | None = None  # name of the SunSpec scale-factor point
+    length: int = 1  # registers, for strings
+
+    @property
+    def count(self) -> int:
+        return self.length if self.type == "string" else WORDS[self.type]
+
+
+@dataclass(frozen=True)
+class SunSpecModel:
+    kind: str  # common, inverter, inverter_float, meter
+    ids: tuple[int, ...]
+    points: dict[str, Point]
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    kind: str  # fixed | sunspec
+    max_power_w: float
+    points: dict[str, Point]
+    bases: tuple[int, ...] = ()
+    models: tuple[SunSpecModel, ...] = ()
+
+    def model_kind(self, model_id: int) -> str | None:
+        for model in self.models:
+            if model_id in model.ids:
+                return model.kind
+        return None
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
+
+
+def _point(name: str, raw: dict[str, Any], function: str, key: str) -> Point:
+    if raw.get("type") not in (*WORDS, "string"):
+        raise ConfigError("profile point %s has an unknown type %r" % (name, raw.get("type")))
+    return Point(
+        name=name,
+        type=raw["type"],
+        address=int(raw[key]),
+        function=raw.get("function", function),
+        unit=raw.get("unit"),
+        scale=raw.get("scale"),
+        length=int(raw.get("length", 1)),
+    )
+
+
+@cache
+def load_profile(name: str) -> Profile:
+    path = PROFILE_DIR / (name + ".toml")
+    if not path.exists():
+        raise ConfigError("unknown profile %r (available: %s)" % (name, ", ".join(available_profiles())))
+    raw = tomllib.loads(path.read_text())
+    if raw.get("kind") == "sunspec":
+        models = tuple(
+            SunSpecModel(
+                kind=kind,
+                ids=tuple(body["ids"]),
+                points={n: _point(n, p, raw.get("function", "holding"), "offset") for n, p in body["points"].items()},
+            )
+            for kind, body in raw["models"].items()
+        )
+        return Profile(name, "sunspec", float(raw["max_power_w"]), {}, tuple(raw["bases"]), models)
+    points = {n: _point(n, p, "input", "address") for n, p in raw["points"].items()}
+    return Profile(name, "fixed", float(raw["max_power_w"]), points)
+
+
+# ------------------------------------------------------------------ decoding
+
+
+def _ordered(words: list[int], word_order: str, byte_order: str) -> int:
+    if byte_order == "little":
+        words = [((w & 0xFF) << 8) | (w >> 8) for w in words]
+    if word_order == "little":
+        words = list(reversed(words))
+    value = 0
+    for word in words:
+        value = (value << 16) | word
+    return value
+
+
+def raw_value(point: Point, words: list[int], word_order: str = "big", byte_order: str = "big") -> int:
+    """The point's bits as an unsigned integer, after word and byte order."""
+    return _ordered(words, word_order, byte_order)
+
+
+def decode_text(words: list[int]) -> str:
+    raw = b"".join(w.to_bytes(2, "big") for w in words)
+    return raw.split(b"\x00", 1)[0].decode("ascii", "replace").strip()
+
+
+def decode_signed(point: Point, value: int) -> int:
+    bits = 16 * WORDS[point.type]
+    return value - (1 << bits) if point.type in ("int16", "int32", "sunssf") and value >> (bits - 1) else value
+
+
+def decode_energy_mwh(point: Point, value: int, scale_exponent: int = 0) -> int:
+    """An energy counter in integer mWh. Raises RegisterError if impossible.
+
+    A float32 with a zero exponent and non-zero fraction (a subnormal) is
+    rejected: no certified counter is that small, but a register pair read
+    in the wrong word order often decodes to one.
+    """
+    unit = ENERGY_UNITS.get(point.unit or "", 0)
+    if not unit:
+        raise ConfigError("profile point %s is an energy without unit kWh or Wh" % point.name)
+    if point.type == "float32":
+        if (value >> 23) & 0xFF == 0 and value & 0x7FFFFF:
+            raise RegisterError("IMPLAUSIBLE", "a subnormal float32 (0x%08x) is not a counter" % value)
+        return float32_bits_to_mwh(value, unit)
+    if point.type in ("acc32", "uint32", "uint16"):
+        return scaled_wh_to_mwh(value, scale_exponent) * (unit // MWH_PER_WH)
+    raise ConfigError("profile point %s: type %s cannot hold an energy counter" % (point.name, point.type))
+
+
+def decode_quantity(point: Point, value: int, scale_exponent: int = 0) -> float | None:
+    """A non-energy value (power, frequency) as a float, for health only."""
+    if point.type == "float32":
+        (number,) = struct.unpack(">f", value.to_bytes(4, "big"))
+        return float(number)
+    signed = decode_signed(point, value)
+    if point.type == "int16" and signed == -0x8000:
+        return None  # SunSpec "not implemented"
+    return signed * 10.0**scale_exponent

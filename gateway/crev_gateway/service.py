@@ -1,0 +1,264 @@
+"""The gateway's main loop: read, apply DGC-C, sign, commit, publish.
+
+Per interval, aligned so that t1 % interval_s == 0:
+1. read every meter (buses in parallel, meters on one bus in turn);
+2. if any read failed: no reading; the next one spans the gap and carries
+   METER_ERROR (SPEC §2), so no energy is lost or counted twice;
+3. otherwise build the next reading of the chain with the core, sign it,
+   and commit it to the outbox (durable) before anything is sent;
+4. hand committed readings to MQTT in seq order, a bounded window at a time;
+   a PUBACK removes a reading from the outbox.
+
+If the outbox reaches its bound, new readings are paused, never dropped:
+the meters' counters keep accumulating, so the first reading after the
+pause spans it.
+"""
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from crev import dgcc
+from crev.keys import SigningKey
+from crev_gateway import ConfigError, MeterError, __version__
+from crev_gateway._backends.modbus import ModbusBus
+from crev_gateway._backends.mqtt import ReadingPublisher
+from crev_gateway.clock import ClockWatch
+from crev_gateway.config import GatewayConfig
+from crev_gateway.keyfile import load_signing_key
+from crev_gateway.meters import MeterReader, MeterSample
+from crev_gateway.metrics import GatewayMetrics
+from crev_gateway.outbox import Outbox
+from crev_gateway.profiles import load_profile
+
+log = logging.getLogger("crev.gateway")
+FIRMWARE = "crev-gateway/" + __version__
+
+
+def _fields(**values: object) -> dict[str, object]:
+    return {"fields": values}
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, key: SigningKey | None = None) -> None:
+        self.config = config
+        self.key = key or load_signing_key(config.key_path)
+        self.metrics = GatewayMetrics()
+        self.outbox = Outbox(config.outbox_path, config.device_id, self.key.kid)
+        buses: dict[str, ModbusBus] = {}
+        self.readers: list[MeterReader] = []
+        for meter in config.meters:
+            bus = buses.get(meter.url.key)
+            if bus is None:
+                bus = ModbusBus(
+                    meter.url,
+                    config.modbus_timeout_s,
+                    config.modbus_retries,
+                    config.modbus_backoff_s,
+                    config.modbus_pause_s,
+                )
+                buses[meter.url.key] = bus
+            self.readers.append(MeterReader(meter, load_profile(meter.profile), bus))
+        self.buses = list(buses.values())
+        self.acks: queue.Queue[int] = queue.Queue()
+        self.publisher = ReadingPublisher(config.mqtt, config.device_id, self.acks)
+        self.publisher.on_state_change = lambda up: self.metrics.connected.set(1 if up else 0)
+        self.clock = ClockWatch(config.clock)
+        self.stop_event = threading.Event()
+        self.pending_flags = 0
+        self.head = self.outbox.head()
+        self.restarted = self.head.last_t1 is not None
+        self.handed_up_to = -1  # highest seq handed to MQTT in this process
+        self.in_flight = 0
+        self.outbox_paused = False
+
+    # ------------------------------------------------------------ meters
+
+    def check_meters(self) -> list[MeterSample]:
+        """Read every meter once; raises MeterError for the first that fails."""
+        return [reader.read() for reader in self.readers]
+
+    def _read_bus(self, bus: ModbusBus) -> list[tuple[MeterReader, MeterSample | MeterError]]:
+        results: list[tuple[MeterReader, MeterSample | MeterError]] = []
+        for reader in self.readers:
+            if reader.bus is bus:
+                try:
+                    results.append((reader, reader.read()))
+                except MeterError as err:
+                    results.append((reader, err))
+        return results
+
+    def read_all(self, pool: ThreadPoolExecutor) -> list[MeterSample] | None:
+        by_reader: dict[int, MeterSample] = {}
+        failed = False
+        for results in pool.map(self._read_bus, self.buses):
+            for reader, outcome in results:
+                if isinstance(outcome, MeterError):
+                    failed = True
+                    self.metrics.read_errors.labels(reader.config.name, outcome.code).inc()
+                    log.warning(
+                        "meter read failed: %s",
+                        outcome,
+                        extra=_fields(event="meter_error", meter=reader.config.name, reason=outcome.code),
+                    )
+                else:
+                    by_reader[id(reader)] = outcome
+                    self.metrics.last_good_read.labels(reader.config.name).set(outcome.read_at)
+        if failed:
+            return None
+        return [by_reader[id(reader)] for reader in self.readers]
+
+    def channels(self, samples: list[MeterSample]) -> list[tuple[int, str, int, int]]:
+        channels = []
+        for reader, sample in zip(self.readers, samples, strict=True):
+            cfg = reader.config
+            if cfg.role == "generation":
+                channels.append((dgcc.ROLE_GENERATION, sample.serial, cfg.source, sample.energies_mwh[cfg.counter]))
+            else:
+                channels.append((dgcc.ROLE_IMPORT, sample.serial, dgcc.SOURCE_GRID, sample.energies_mwh["import"]))
+                channels.append((dgcc.ROLE_EXPORT, sample.serial, dgcc.SOURCE_GRID, sample.energies_mwh["export"]))
+        return channels
+
+    # ------------------------------------------------------------ intervals
+
+    def outbox_full(self) -> bool:
+        depth = self.outbox.depth()
+        oldest = self.outbox.oldest_committed_at()
+        age = 0.0 if oldest is None else time.time() - oldest
+        self.metrics.outbox_depth.set(depth)
+        self.metrics.oldest_unacked.set(age)
+        fill = max(depth / self.config.outbox_max_readings, age / self.config.outbox_max_age_s)
+        alarm = fill >= self.config.outbox_alarm_fraction
+        self.metrics.outbox_alarm.set(1 if alarm else 0)
+        if alarm:
+            log.warning(
+                "outbox at %.0f%% of its bound (%d readings, oldest %.0f s): is the broker reachable?",
+                100 * fill,
+                depth,
+                age,
+                extra=_fields(event="outbox_alarm", depth=depth, oldest_age_s=round(age)),
+            )
+        return fill >= 1.0
+
+    def run_interval(self, t1: int, pool: ThreadPoolExecutor) -> None:
+        samples = self.read_all(pool)
+        if samples is None:
+            self.pending_flags |= dgcc.METER_ERROR
+            self.metrics.skipped.labels("meter_error").inc()
+            return
+        if self.outbox_full():
+            self.metrics.skipped.labels("outbox_full").inc()
+            if not self.outbox_paused:
+                log.error(
+                    "outbox is full: readings are paused, not dropped; the next reading will span the pause",
+                    extra=_fields(event="outbox_full"),
+                )
+            self.outbox_paused = True
+            return
+        self.outbox_paused = False
+        if self.head.last_t1 is not None and t1 <= self.head.last_t1:
+            log.warning("clock is behind the last reading (t1 %d <= %d); waiting", t1, self.head.last_t1)
+            return
+        flags = self.pending_flags
+        if self.clock.take_step():
+            flags |= dgcc.CLOCK_STEP
+        if self.restarted:
+            flags |= dgcc.RESTARTED
+        clk = 1 if self.clock.synchronised() else 0
+        reading = self.head.next_reading(
+            self.config.device_id, t1, clk, self.channels(samples), FIRMWARE, flags, t0=t1 - self.config.interval_s
+        )
+        cose = reading.sign(self.key)
+        self.outbox.commit(reading.seq, t1, cose)
+        self.head = self.head.advance(reading, cose)
+        self.pending_flags = 0
+        self.restarted = False
+        self.metrics.readings.inc()
+        log.info(
+            "reading %d committed",
+            reading.seq,
+            extra=_fields(
+                event="reading",
+                seq=reading.seq,
+                t1=t1,
+                flags=dgcc.flag_names(reading.flags),
+                self_mwh=reading.energies[3] if reading.energies else None,
+            ),
+        )
+
+    # ------------------------------------------------------------ MQTT
+
+    def process_acks(self, wait_s: float) -> None:
+        acked = []
+        try:
+            acked.append(self.acks.get(timeout=max(0.0, wait_s)))
+            while True:
+                acked.append(self.acks.get_nowait())
+        except queue.Empty:
+            pass
+        if acked:
+            self.outbox.acknowledge(acked)
+            self.in_flight -= len(acked)
+            self.metrics.last_puback.set(time.time())
+
+    def feed_publisher(self) -> None:
+        room = self.config.publish_window - self.in_flight
+        if room <= 0:
+            return
+        for seq, cose in self.outbox.pending_after(self.handed_up_to, room):
+            self.publisher.publish(seq, cose)
+            self.handed_up_to = seq
+            self.in_flight += 1
+
+    # ------------------------------------------------------------ loop
+
+    def next_boundary(self, now: float) -> int:
+        interval = self.config.interval_s
+        return (int(now) // interval + 1) * interval
+
+    def run(self) -> None:
+        if self.config.metrics_listen:
+            host, port = self.config.metrics_listen
+            self.metrics.serve(host, port)
+        self.publisher.start()
+        log.info(
+            "gateway %s running: %d meters, interval %d s, next seq %d",
+            self.config.device_id,
+            len(self.readers),
+            self.config.interval_s,
+            self.head.next_seq,
+            extra=_fields(event="start", device=self.config.device_id, next_seq=self.head.next_seq),
+        )
+        boundary = self.next_boundary(time.time())
+        with ThreadPoolExecutor(max_workers=max(1, len(self.buses)), thread_name_prefix="bus") as pool:
+            try:
+                while not self.stop_event.is_set():
+                    self.clock.observe()
+                    now = time.time()
+                    if now >= boundary:
+                        self.run_interval(boundary, pool)
+                        boundary = self.next_boundary(time.time())
+                    self.feed_publisher()
+                    self.process_acks(min(0.2, boundary - time.time()))
+            finally:
+                self.publisher.stop()
+                for bus in self.buses:
+                    bus.close()
+                self.outbox.close()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+
+def check_startup(gateway: Gateway) -> None:
+    """Read every meter once before running, so wiring mistakes show at once."""
+    try:
+        gateway.check_meters()
+    except MeterError as err:
+        reader = next(r for r in gateway.readers if r.config.name == err.meter)
+        raise ConfigError(
+            "meter %r at %s unit %d: %s; check the wiring, URL, unit id and profile"
+            % (err.meter, reader.config.url.key, reader.config.unit, err.detail)
+        ) from err

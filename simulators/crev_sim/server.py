@@ -1,0 +1,142 @@
+"""Modbus TCP servers for the simulated meters (pymodbus SimDevice).
+
+Each read runs ``_serve`` through SimDevice's action hook, which writes the
+device's current register image into the block. So the site model changes
+what the server answers while it runs, and faults can delay or refuse a
+reply.
+
+The ground-truth log (JSON lines) records, for every tick, the counters
+each meter certifies and the tick's true self-consumption in Wh.
+"""
+
+import asyncio
+import json
+import logging
+import time
+from collections import defaultdict
+from typing import IO
+
+from pymodbus.constants import ExcCodes
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from crev_sim.config import SimConfig
+from crev_sim.meters import SimMeter
+from crev_sim.site import Site
+
+log = logging.getLogger("crev.sim")
+
+FC_READ_HOLDING = 3
+FC_READ_INPUT = 4
+
+
+class Simulation:
+    def __init__(self, config: SimConfig, wall_start: float | None = None) -> None:
+        self.config = config
+        self.site = Site(config.site, config.sim_start)
+        self.wall_start = time.time() if wall_start is None else wall_start
+        self.truth: IO[str] | None = None
+        if config.truth_path is not None:
+            self.truth = config.truth_path.open("a", buffering=1)
+
+    def sim_time(self) -> float:
+        return self.config.sim_start + (time.time() - self.wall_start) * self.config.speed
+
+    def sim_hours(self) -> float:
+        return (self.sim_time() - self.config.sim_start) / 3600.0
+
+    def step(self) -> None:
+        """Advance the site to now, fire due events and log the ground truth."""
+        for tick in self.site.advance_to(self.sim_time()):
+            hours = (tick.sim_end - self.config.sim_start) / 3600.0
+            for meter in self.config.meters:
+                for event in meter.apply_events(hours, self.site.counters):
+                    log.info("fault: %s", event)
+            if self.truth is not None:
+                images = {m.name: m.image(self.site.counters, self.site.power_w, hours) for m in self.config.meters}
+                record = {
+                    "tick": tick.index,
+                    "sim_end": tick.sim_end,
+                    "wall": time.time(),
+                    "self_wh": tick.self_wh,
+                    "pv_wh": tick.pv_wh,
+                    "wind_wh": tick.wind_wh,
+                    "load_wh": tick.load_wh,
+                    "import_wh": tick.import_wh,
+                    "export_wh": tick.export_wh,
+                    "meters": {n: {"certified": i.certified, "serial": i.serial} for n, i in images.items()},
+                }
+                self.truth.write(json.dumps(record) + "\n")
+
+    async def _serve(
+        self,
+        meter: SimMeter,
+        function_code: int,
+        start_address: int,
+        address: int,
+        count: int,
+        registers: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> ExcCodes | None:
+        if set_values is not None:
+            return ExcCodes.ILLEGAL_FUNCTION  # meters are read-only here
+        self.step()
+        hours = self.sim_hours()
+        if meter.active_fault(hours, "timeout"):
+            await asyncio.sleep(self.config.timeout_sleep_s)
+            return ExcCodes.GATEWAY_NO_RESPONSE
+        if meter.active_fault(hours, "exception"):
+            return ExcCodes.DEVICE_FAILURE
+        image = meter.image(self.site.counters, self.site.power_w, hours)
+        if function_code == FC_READ_INPUT and image.input_registers is not None:
+            registers[: len(image.input_registers)] = image.input_registers
+        elif function_code == FC_READ_HOLDING:
+            registers[: len(image.holding_registers)] = image.holding_registers
+        return None
+
+    def device(self, meter: SimMeter) -> SimDevice:
+        image = meter.image(self.site.counters, self.site.power_w, 0.0)
+        bits = [SimData(0, 1, False, DataType.BITS)]
+        holding = [
+            SimData(image.holding_base, count=len(image.holding_registers), values=0, datatype=DataType.REGISTERS)
+        ]
+        inputs = (
+            [SimData(0, count=len(image.input_registers), values=0, datatype=DataType.REGISTERS)]
+            if image.input_registers is not None
+            else [SimData(0, 1, 0, DataType.INVALID)]
+        )
+
+        async def action(
+            function_code: int,
+            start_address: int,
+            address: int,
+            count: int,
+            registers: list[int],
+            set_values: list[int] | list[bool] | None,
+        ) -> ExcCodes | None:
+            return await self._serve(meter, function_code, start_address, address, count, registers, set_values)
+
+        return SimDevice(id=meter.unit, simdata=(bits, bits, holding, inputs), action=action)
+
+    async def run(self, ready: asyncio.Event | None = None) -> None:
+        by_port: dict[int, list[SimMeter]] = defaultdict(list)
+        for meter in self.config.meters:
+            by_port[meter.port].append(meter)
+        servers = []
+        for port, meters in by_port.items():
+            server = ModbusTcpServer([self.device(m) for m in meters], address=(self.config.host, port))
+            try:
+                await server.serve_forever(background=True)
+            except RuntimeError as err:
+                raise OSError("cannot listen on %s:%d (is the port in use?)" % (self.config.host, port)) from err
+            servers.append(server)
+            log.info("serving %s on %s:%d", ", ".join(m.name for m in meters), self.config.host, port)
+        if ready is not None:
+            ready.set()
+        try:
+            while True:
+                self.step()
+                await asyncio.sleep(0.02)
+        finally:
+            for server in servers:
+                await server.shutdown()  # type: ignore[no-untyped-call]
