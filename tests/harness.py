@@ -140,9 +140,12 @@ def write_toml(path: Path, text: str) -> Path:
 
 
 def sim_config(workdir: Path, meters: str, speed: float, tick_s: int = 60, seed: int = 7) -> Path:
+    # Registers refresh once a wall second, half-way between the gateway's
+    # reads (which start on whole seconds), so one interval sees one state.
     return write_toml(
         workdir / "sim.toml",
-        'truth = "truth.jsonl"\ntimeout_sleep_s = 5\n\n[site]\nseed = %d\nspeed = %g\ntick_s = %d\n'
+        'truth = "truth.jsonl"\ntimeout_sleep_s = 5\nupdate_s = 1.0\nupdate_phase_s = 0.5\n\n'
+        "[site]\nseed = %d\nspeed = %g\ntick_s = %d\n"
         'start = "2026-06-21T00:00:00+09:00"\npv_peak_w = 5000\nload_avg_w = 700\n\n%s' % (seed, speed, tick_s, meters),
     )
 

@@ -3,9 +3,11 @@
 import subprocess
 import sys
 
+import pytest
 from support import ROOT
 
 
+@pytest.mark.slow
 def test_bench_quick_run_reports_all_three_setups() -> None:
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick"],
@@ -18,3 +20,5 @@ def test_bench_quick_run_reports_all_three_setups() -> None:
     for setup in ("CPython + cryptography", "CPython + pure Ed25519", "MicroPython-wasm + pure Ed25519"):
         assert setup in done.stdout
     assert "heap allocated per reading" in done.stdout
+    assert "gateway (read, DGC-C, sign, commit, publish)" in done.stdout
+    assert "peak RSS: gateway" in done.stdout

@@ -30,6 +30,8 @@ from crev.reading import Reading, verify_reading
 
 DEVICE = "dgc-test-0001"
 DAY_SPEED = 2880  # a simulated day in 30 s
+# The clock runs up to 2880 times faster, so a 5 kW site looks like 14 MW: the
+# meters' rating for the plausibility check is scaled to match: max_power_w = 1e8.
 
 
 def sunspec_site(port: int) -> tuple[str, str]:
@@ -38,8 +40,8 @@ def sunspec_site(port: int) -> tuple[str, str]:
     )
     gateway = (
         '[[meter]]\nname = "pv"\nprofile = "sunspec"\nurl = "tcp://127.0.0.1:%d"\nrole = "generation"\n'
-        'source = "solar"\nmax_power_w = 1e9\n\n'
-        '[[meter]]\nname = "grid"\nprofile = "sunspec"\nurl = "tcp://127.0.0.1:%d"\nrole = "grid"\nmax_power_w = 1e9\n'
+        'source = "solar"\nmax_power_w = 1e8\n\n'
+        '[[meter]]\nname = "grid"\nprofile = "sunspec"\nurl = "tcp://127.0.0.1:%d"\nrole = "grid"\nmax_power_w = 1e8\n'
         % (port, port)
     )
     return sim, gateway
@@ -54,8 +56,8 @@ def sdm_site(pv_port: int, grid_port: int, faults: str = "") -> tuple[str, str]:
     )
     gateway = (
         '[[meter]]\nname = "pv"\nprofile = "sdm630"\nurl = "tcp://127.0.0.1:%d"\nrole = "generation"\n'
-        'source = "solar"\ncounter = "export"\nmax_power_w = 1e9\n\n'
-        '[[meter]]\nname = "grid"\nprofile = "sdm630"\nurl = "tcp://127.0.0.1:%d"\nrole = "grid"\nmax_power_w = 1e9\n'
+        'source = "solar"\ncounter = "export"\nmax_power_w = 1e8\n\n'
+        '[[meter]]\nname = "grid"\nprofile = "sdm630"\nurl = "tcp://127.0.0.1:%d"\nrole = "grid"\nmax_power_w = 1e8\n'
         % (pv_port, grid_port)
     )
     return sim, gateway

@@ -5,14 +5,21 @@ from integrated power. Power is read only to make alarms more telling.
 
 Plausibility (a value that fails is treated as a failed read: no reading,
 never a substitute):
-1. decodable: not NaN, infinite or negative; a float32 counter that
-   decodes to a subnormal is rejected, since no counter is that small;
+1. decodable: not NaN, infinite or negative; a float32 counter that is
+   not zero but below 1 Wh is rejected, since no counter is that small;
 2. bounded: below 10^9 kWh;
-3. physical: since the last accepted value of the same meter, the counter
+3. consistent: where the map has a total register (SDM), total equals
+   import + export to within 10 Wh;
+4. physical: since the last accepted value of the same meter, the counter
    grew no faster than the meter's rating (``max_power_w``, from the
-   profile or the config) allows, with 50 % headroom.
-Reading a register pair in the wrong word order almost always breaks 1, 2
-or 3: the swapped halves give a tiny, negative or absurdly large number.
+   profile or the config) allows, with 50 % headroom;
+5. a new serial number (a replaced meter) is accepted only after it was read
+   on SERIAL_CONFIRMATIONS consecutive reads whose counters pass check 4
+   among themselves: a garbled read can change the serial too, and would
+   otherwise escape check 4.
+Reading a register pair in the wrong word order almost always breaks one
+of these: the swapped halves give a tiny, negative or absurdly large number,
+and never one that keeps total = import + export.
 """
 
 import time
@@ -28,6 +35,8 @@ MAX_COUNTER_MWH = 10**15  # 10^9 kWh
 SUNSPEC_MARKER = [0x5375, 0x6E53]  # "SunS"
 SUNSPEC_END = 0xFFFF
 MAX_MODELS = 64
+SERIAL_CONFIRMATIONS = 3
+SUM_TOLERANCE_MWH = 10_000  # 10 Wh, plus one part per million of the total
 
 
 @dataclass
@@ -54,6 +63,7 @@ class MeterReader:
         self.bus = bus
         self.layout: SunSpecLayout | None = None
         self.last_accepted: MeterSample | None = None
+        self.new_serial_reads: list[MeterSample] = []
 
     # ------------------------------------------------------------ helpers
 
@@ -76,6 +86,7 @@ class MeterReader:
     def _read_fixed(self) -> MeterSample:
         points = self.profile.points
         wanted = ["serial", "power", *self._energy_points()]
+        wanted += [p for p in self.profile.sum_check if p not in wanted]
         energies: dict[str, int] = {}
         serial = ""
         power = None
@@ -88,6 +99,14 @@ class MeterReader:
                 power = decode_quantity(point, self._value(point, words))
             else:
                 energies[name.removesuffix("_energy")] = self._energy(point, words)
+        if self.profile.sum_check:
+            a, b, total = (energies[p.removesuffix("_energy")] for p in self.profile.sum_check)
+            if abs(total - (a + b)) > SUM_TOLERANCE_MWH + total // 1_000_000:
+                raise MeterError(
+                    self.config.name,
+                    "IMPLAUSIBLE",
+                    "total %d mWh is not import + export %d mWh (check word_order)" % (total, a + b),
+                )
         return MeterSample(self.config.name, serial, energies, power, time.time())
 
     def _energy_points(self) -> list[str]:
@@ -187,14 +206,37 @@ class MeterReader:
         return sample
 
     def check_plausible(self, sample: MeterSample) -> None:
-        max_power = self.config.max_power_w or self.profile.max_power_w
-        previous = self.last_accepted
         for name, value in sample.energies_mwh.items():
             if value > MAX_COUNTER_MWH:
                 raise MeterError(
                     self.config.name, "IMPLAUSIBLE", "%s counter %d mWh is beyond any meter" % (name, value)
                 )
-            if previous is None or previous.serial != sample.serial or name not in previous.energies_mwh:
+        previous = self.last_accepted
+        if previous is None or previous.serial == sample.serial:
+            self.new_serial_reads = []
+            if previous is not None:
+                self._check_growth(previous, sample)
+            return
+        # The serial changed: a replaced meter, or a garbled read.
+        candidates = self.new_serial_reads
+        if candidates and candidates[-1].serial == sample.serial:
+            self._check_growth(candidates[-1], sample)
+            candidates.append(sample)
+        else:
+            self.new_serial_reads = candidates = [sample]
+        if len(candidates) < SERIAL_CONFIRMATIONS:
+            raise MeterError(
+                self.config.name,
+                "IMPLAUSIBLE",
+                "serial changed from %s to %s; confirming over %d reads before accepting a replaced meter"
+                % (previous.serial, sample.serial, SERIAL_CONFIRMATIONS),
+            )
+        self.new_serial_reads = []
+
+    def _check_growth(self, previous: MeterSample, sample: MeterSample) -> None:
+        max_power = self.config.max_power_w or self.profile.max_power_w
+        for name, value in sample.energies_mwh.items():
+            if name not in previous.energies_mwh:
                 continue
             grown = value - previous.energies_mwh[name]
             elapsed = max(1.0, sample.read_at - previous.read_at)

@@ -51,6 +51,7 @@ class Profile:
     points: dict[str, Point]
     bases: tuple[int, ...] = ()
     models: tuple[SunSpecModel, ...] = ()
+    sum_check: tuple[str, ...] = ()  # (a, b, total): total must equal a + b
 
     def model_kind(self, model_id: int) -> str | None:
         for model in self.models:
@@ -94,7 +95,10 @@ def load_profile(name: str) -> Profile:
         )
         return Profile(name, "sunspec", float(raw["max_power_w"]), {}, tuple(raw["bases"]), models)
     points = {n: _point(n, p, "input", "address") for n, p in raw["points"].items()}
-    return Profile(name, "fixed", float(raw["max_power_w"]), points)
+    sum_check = tuple(raw.get("sum_check", ()))
+    if sum_check and (len(sum_check) != 3 or any(p not in points for p in sum_check)):
+        raise ConfigError("profile %s: sum_check names three of its points" % name)
+    return Profile(name, "fixed", float(raw["max_power_w"]), points, sum_check=sum_check)
 
 
 # ------------------------------------------------------------------ decoding
@@ -129,17 +133,18 @@ def decode_signed(point: Point, value: int) -> int:
 def decode_energy_mwh(point: Point, value: int, scale_exponent: int = 0) -> int:
     """An energy counter in integer mWh. Raises RegisterError if impossible.
 
-    A float32 with a zero exponent and non-zero fraction (a subnormal) is
-    rejected: no certified counter is that small, but a register pair read
-    in the wrong word order often decodes to one.
+    A float32 counter that is not zero but below 1 Wh is rejected: no
+    certified counter holds such a value, but a register pair read in the
+    wrong word order usually decodes to a tiny (or subnormal) number.
     """
     unit = ENERGY_UNITS.get(point.unit or "", 0)
     if not unit:
         raise ConfigError("profile point %s is an energy without unit kWh or Wh" % point.name)
     if point.type == "float32":
-        if (value >> 23) & 0xFF == 0 and value & 0x7FFFFF:
-            raise RegisterError("IMPLAUSIBLE", "a subnormal float32 (0x%08x) is not a counter" % value)
-        return float32_bits_to_mwh(value, unit)
+        mwh = float32_bits_to_mwh(value, unit)
+        if value & 0x7FFFFFFF and mwh < MWH_PER_WH:
+            raise RegisterError("IMPLAUSIBLE", "float32 0x%08x is a counter below 1 Wh but not zero" % value)
+        return mwh
     if point.type in ("acc32", "uint32", "uint16"):
         return scaled_wh_to_mwh(value, scale_exponent) * (unit // MWH_PER_WH)
     raise ConfigError("profile point %s: type %s cannot hold an energy counter" % (point.name, point.type))

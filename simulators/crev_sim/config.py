@@ -24,6 +24,8 @@ class SimConfig:
     meters: list[SimMeter]
     truth_path: Path | None = None
     timeout_sleep_s: float = 30.0
+    update_s: float = 0.0
+    update_phase_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -108,4 +110,6 @@ def parse(raw: dict[str, Any], base_dir: Path) -> SimConfig:
         meters=meters,
         truth_path=(base_dir / truth) if truth else None,
         timeout_sleep_s=_number(raw, "timeout_sleep_s", 30, "top level"),
+        update_s=_number(raw, "update_s", 0, "top level"),
+        update_phase_s=_number(raw, "update_phase_s", 0, "top level"),
     )

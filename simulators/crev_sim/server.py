@@ -12,6 +12,7 @@ each meter certifies and the tick's true self-consumption in Wh.
 import asyncio
 import json
 import logging
+import math
 import time
 from collections import defaultdict
 from typing import IO
@@ -40,7 +41,15 @@ class Simulation:
             self.truth = config.truth_path.open("a", buffering=1)
 
     def sim_time(self) -> float:
-        return self.config.sim_start + (time.time() - self.wall_start) * self.config.speed
+        """Simulated now. With update_s, registers refresh only every update_s
+        wall seconds (at update_phase_s past it), as real meters refresh
+        theirs periodically; a reader between refreshes sees one state."""
+        wall = time.time()
+        period = self.config.update_s
+        if period > 0:
+            phase = self.config.update_phase_s
+            wall = max(self.wall_start, math.floor((wall - phase) / period) * period + phase)
+        return self.config.sim_start + (wall - self.wall_start) * self.config.speed
 
     def sim_hours(self) -> float:
         return (self.sim_time() - self.config.sim_start) / 3600.0
