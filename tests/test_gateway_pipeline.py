@@ -69,6 +69,16 @@ def start_sim(tmp_path: Path, meters: str, ports: list[int], speed: float) -> Se
     return sim
 
 
+def sunspec_site_with_gateway(tmp_path: Path, broker: Mosquitto, speed: float) -> tuple[Service, Path]:
+    """A running SunSpec site simulator, and an initialised gateway configuration for it."""
+    port = free_port()
+    sim_meters, gw_meters = sunspec_site(port)
+    sim = start_sim(tmp_path, sim_meters, [port], speed)
+    config = gateway_config(tmp_path, DEVICE, broker.url, gw_meters)
+    init_gateway(tmp_path, config)
+    return sim, config
+
+
 def counters_of(reading: Reading) -> tuple[int, ...]:
     return tuple(c[3] for c in reading.channels)
 
@@ -142,11 +152,7 @@ def test_sdm630_float_registers_match_what_the_meters_certify(
 def test_broker_outage_loses_nothing_and_duplicates_nothing(
     tmp_path: Path, broker: Mosquitto, collector: ReadingCollector
 ) -> None:
-    port = free_port()
-    sim_meters, gw_meters = sunspec_site(port)
-    sim = start_sim(tmp_path, sim_meters, [port], 600)
-    config = gateway_config(tmp_path, DEVICE, broker.url, gw_meters)
-    init_gateway(tmp_path, config)
+    sim, config = sunspec_site_with_gateway(tmp_path, broker, speed=600)
     gateway = Service("gateway", ["gateway", "run", "--config", str(config)], tmp_path).start()
     wait_for(lambda: len(collector.payloads(DEVICE)) >= 3, 20, "readings before the outage")
     broker.stop()
@@ -178,11 +184,7 @@ def _outbox_depth(workdir: Path) -> int:
 def test_sigkill_20_times_never_reuses_a_seq_or_loses_a_reading(
     tmp_path: Path, broker: Mosquitto, collector: ReadingCollector
 ) -> None:
-    port = free_port()
-    sim_meters, gw_meters = sunspec_site(port)
-    sim = start_sim(tmp_path, sim_meters, [port], 600)
-    config = gateway_config(tmp_path, DEVICE, broker.url, gw_meters)
-    init_gateway(tmp_path, config)
+    sim, config = sunspec_site_with_gateway(tmp_path, broker, speed=600)
     rng = random.Random(20)
     args = ["gateway", "run", "--config", str(config)]
     for _ in range(20):
