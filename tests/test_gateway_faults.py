@@ -80,7 +80,7 @@ def test_faults_are_flagged_never_substituted(tmp_path: Path, broker: Mosquitto,
     # Meters are read one after another, so each meter is checked on its own.
     served_pv = {rec["meters"]["pv"]["certified"]["generation"] for rec in truth}
     served_grid = truth_index(truth, [("grid", "import"), ("grid", "export")])
-    start = truth[0]["sim_end"] - 60
+    start = truth[0]["sim_end"]  # tick 0: the simulation start
 
     def hour(reading_index: int) -> float:
         position = served_grid[counters_of(readings[reading_index])[1:]]

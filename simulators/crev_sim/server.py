@@ -23,7 +23,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from crev_sim.config import SimConfig
 from crev_sim.meters import SimMeter
-from crev_sim.site import Site
+from crev_sim.site import Site, Tick
 
 log = logging.getLogger("crev.sim")
 
@@ -39,6 +39,8 @@ class Simulation:
         self.truth: IO[str] | None = None
         if config.truth_path is not None:
             self.truth = config.truth_path.open("a", buffering=1)
+            # Tick 0: what the meters serve before the first tick has run.
+            self._log_truth(Tick(0, config.sim_start, 0, 0, 0, 0, 0, 0))
 
     def sim_time(self) -> float:
         """Simulated now. With update_s, registers refresh only every update_s
@@ -61,21 +63,26 @@ class Simulation:
             for meter in self.config.meters:
                 for event in meter.apply_events(hours, self.site.counters):
                     log.info("fault: %s", event)
-            if self.truth is not None:
-                images = {m.name: m.image(self.site.counters, self.site.power_w, hours) for m in self.config.meters}
-                record = {
-                    "tick": tick.index,
-                    "sim_end": tick.sim_end,
-                    "wall": time.time(),
-                    "self_wh": tick.self_wh,
-                    "pv_wh": tick.pv_wh,
-                    "wind_wh": tick.wind_wh,
-                    "load_wh": tick.load_wh,
-                    "import_wh": tick.import_wh,
-                    "export_wh": tick.export_wh,
-                    "meters": {n: {"certified": i.certified, "serial": i.serial} for n, i in images.items()},
-                }
-                self.truth.write(json.dumps(record) + "\n")
+            self._log_truth(tick)
+
+    def _log_truth(self, tick: Tick) -> None:
+        if self.truth is None:
+            return
+        hours = (tick.sim_end - self.config.sim_start) / 3600.0
+        images = {m.name: m.image(self.site.counters, self.site.power_w, hours) for m in self.config.meters}
+        record = {
+            "tick": tick.index,
+            "sim_end": tick.sim_end,
+            "wall": time.time(),
+            "self_wh": tick.self_wh,
+            "pv_wh": tick.pv_wh,
+            "wind_wh": tick.wind_wh,
+            "load_wh": tick.load_wh,
+            "import_wh": tick.import_wh,
+            "export_wh": tick.export_wh,
+            "meters": {n: {"certified": i.certified, "serial": i.serial} for n, i in images.items()},
+        }
+        self.truth.write(json.dumps(record) + "\n")
 
     async def _serve(
         self,
