@@ -151,14 +151,14 @@ def sim_config(workdir: Path, meters: str, speed: float, tick_s: int = 60, seed:
 
 
 def gateway_config(
-    workdir: Path, device: str, broker_url: str, meters: str, interval_s: int = 1, extra: str = ""
+    workdir: Path, device: str, broker_url: str, meters: str, interval_s: int = 1, extra: str = "", outbox: str = ""
 ) -> Path:
     return write_toml(
         workdir / ("%s.toml" % device),
         '[device]\nid = "%s"\nkey = "%s.key"\ninterval_s = %d\nclock = "synchronised"\n\n'
-        '[mqtt]\nurl = "%s"\nkeepalive_s = 5\n\n[outbox]\npath = "%s-outbox.sqlite"\n\n'
+        '[mqtt]\nurl = "%s"\nkeepalive_s = 5\n\n[outbox]\npath = "%s-outbox.sqlite"\n%s\n'
         "[modbus]\ntimeout_s = 0.5\nretries = 1\nbackoff_s = 0.05\npause_s = 0\n\n%s\n%s"
-        % (device, device, interval_s, broker_url, device, extra, meters),
+        % (device, device, interval_s, broker_url, device, outbox, extra, meters),
     )
 
 

@@ -166,3 +166,16 @@ def test_rtu_urls_are_parsed_and_a_missing_port_is_a_connection_error() -> None:
     with pytest.raises(MeterError) as caught:
         MeterReader(meter, load_profile("sdm120"), ModbusBus(meter.url, 0.2, 0, 0, 0)).read()
     assert caught.value.code == "CONNECTION"
+
+
+def test_word_and_byte_order_per_point() -> None:
+    from crev_gateway.profiles import Point, raw_value
+
+    big = Point("p", "uint32", 0)
+    little_words = Point("p", "uint32", 0, word_order="little")
+    swapped_bytes = Point("p", "uint32", 0, byte_order="little")
+    words = [0x1234, 0x5678]
+    assert raw_value(big, words) == 0x12345678
+    assert raw_value(little_words, words) == 0x56781234
+    assert raw_value(swapped_bytes, words) == 0x34127856
+    assert raw_value(big, words, word_order="little") == 0x56781234  # the meter's config overrides

@@ -7,6 +7,7 @@ loopback, `crev gateway run`, and mosquitto started by the fixture.
 import random
 import sqlite3
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -69,12 +70,14 @@ def start_sim(tmp_path: Path, meters: str, ports: list[int], speed: float) -> Se
     return sim
 
 
-def sunspec_site_with_gateway(tmp_path: Path, broker: Mosquitto, speed: float) -> tuple[Service, Path]:
+def sunspec_site_with_gateway(
+    tmp_path: Path, broker: Mosquitto, speed: float, extra: str = "", outbox: str = ""
+) -> tuple[Service, Path]:
     """A running SunSpec site simulator, and an initialised gateway configuration for it."""
     port = free_port()
     sim_meters, gw_meters = sunspec_site(port)
     sim = start_sim(tmp_path, sim_meters, [port], speed)
-    config = gateway_config(tmp_path, DEVICE, broker.url, gw_meters)
+    config = gateway_config(tmp_path, DEVICE, broker.url, gw_meters, extra=extra, outbox=outbox)
     init_gateway(tmp_path, config)
     return sim, config
 
@@ -208,3 +211,53 @@ def test_sigkill_20_times_never_reuses_a_seq_or_loses_a_reading(
     assert len(restarts) >= 10, "most runs should have committed at least one reading"
     for reading in restarts:
         assert reading.energies is not None, "a restart keeps the baseline: energies span the downtime"
+
+
+def _metric(port: int, name: str) -> float:
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("metric %s not exported" % name)
+
+
+@pytest.mark.slow
+def test_full_outbox_pauses_readings_raises_the_alarm_and_drops_nothing(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path)  # not started yet: the broker is down from the start
+    metrics_port = free_port()
+    sim, config = sunspec_site_with_gateway(
+        tmp_path,
+        broker,
+        speed=600,
+        extra='[metrics]\nlisten = "127.0.0.1:%d"\n' % metrics_port,
+        outbox="max_readings = 4\nalarm_fraction = 0.5\n",
+    )
+    gateway = Service("gateway", ["gateway", "run", "--config", str(config)], tmp_path).start()
+    try:
+        wait_for(lambda: '"event": "outbox_full"' in gateway.log(), 30, "the outbox to fill")
+        time.sleep(2)
+        assert _outbox_depth(tmp_path) == 4, "the bound holds: no more, and nothing dropped"
+        assert _metric(metrics_port, "crev_gateway_outbox_depth") == 4
+        assert _metric(metrics_port, "crev_gateway_outbox_alarm") == 1
+        assert _metric(metrics_port, "crev_gateway_mqtt_connected") == 0
+        assert _metric(metrics_port, "crev_gateway_outbox_oldest_unacked_age_seconds") > 1
+        assert '"event": "outbox_alarm"' in gateway.log()
+
+        broker.start()
+        collector = ReadingCollector(broker.port, "crev-test-late-collector")
+        try:
+            wait_for(lambda: len(collector.payloads(DEVICE)) >= 8, 60, "the outbox to drain and readings to resume")
+            assert collector.status.get(DEVICE) == b"online"
+            assert _metric(metrics_port, "crev_gateway_mqtt_connected") == 1
+            assert gateway.stop() == 0, gateway.log()
+            wait_for(lambda: collector.status.get(DEVICE) == b"offline", 10, "the retained offline status")
+            readings = check_chain(collector.payloads(DEVICE))
+        finally:
+            collector.close()
+    finally:
+        gateway.stop()
+        sim.stop()
+        broker.stop()
+    paused = [r for r in readings if r.t1 - r.t0 > 3]
+    assert paused, "the first reading after the pause spans it"
+    assert paused[0].energies is not None

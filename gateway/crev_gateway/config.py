@@ -48,8 +48,8 @@ class MeterConfig:
     role: str
     source: int
     counter: str
-    word_order: str = "big"
-    byte_order: str = "big"
+    word_order: str | None = None  # None: as each point of the profile says
+    byte_order: str | None = None
     max_power_w: float | None = None
     meter_id: str | None = None  # overrides the serial number read from the meter
 
@@ -231,8 +231,8 @@ def _meter(path: Path, raw: dict[str, Any], index: int, seen: set[str]) -> Meter
         role=role,
         source=source,
         counter=counter,
-        word_order=r.choice("word_order", ("big", "little"), "big"),
-        byte_order=r.choice("byte_order", ("big", "little"), "big"),
+        word_order=r.choice("word_order", ("big", "little")) if "word_order" in raw else None,
+        byte_order=r.choice("byte_order", ("big", "little")) if "byte_order" in raw else None,
         max_power_w=r.number("max_power_w", 0, 1, 1e12) if max_power is not None else None,
         meter_id=r.optional_text("meter_id"),
     )
@@ -274,7 +274,7 @@ def parse(raw: dict[str, Any], path: Path) -> GatewayConfig:
         clock=device.choice("clock", CLOCK_MODES, "auto"),
         mqtt=_mqtt(_Reader(path, raw.get("mqtt", {}), "[mqtt]")),
         outbox_path=outbox.path_value("path", "outbox.sqlite"),
-        outbox_max_readings=outbox.integer("max_readings", 1_051_200, 10, 100_000_000),
+        outbox_max_readings=outbox.integer("max_readings", 1_051_200, 1, 100_000_000),
         outbox_max_age_s=outbox.number("max_age_days", 365, 0.001, 3650) * 86400,
         outbox_alarm_fraction=outbox.number("alarm_fraction", 0.8, 0.1, 0.99),
         modbus_timeout_s=modbus.number("timeout_s", 1.0, 0.05, 60),

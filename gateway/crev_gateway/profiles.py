@@ -30,6 +30,8 @@ class Point:
     unit: str | None = None
     scale: str | None = None  # name of the SunSpec scale-factor point
     length: int = 1  # registers, for strings
+    word_order: str = "big"  # "little": low word first (some vendors' 32-bit values)
+    byte_order: str = "big"  # "little": bytes swapped within each word
 
     @property
     def count(self) -> int:
@@ -75,7 +77,16 @@ def _point(name: str, raw: dict[str, Any], function: str, key: str) -> Point:
         unit=raw.get("unit"),
         scale=raw.get("scale"),
         length=int(raw.get("length", 1)),
+        word_order=_order(name, raw, "word_order"),
+        byte_order=_order(name, raw, "byte_order"),
     )
+
+
+def _order(name: str, raw: dict[str, Any], key: str) -> str:
+    value = raw.get(key, "big")
+    if value not in ("big", "little"):
+        raise ConfigError("profile point %s: %s must be big or little, got %r" % (name, key, value))
+    return str(value)
 
 
 @cache
@@ -115,9 +126,13 @@ def _ordered(words: list[int], word_order: str, byte_order: str) -> int:
     return value
 
 
-def raw_value(point: Point, words: list[int], word_order: str = "big", byte_order: str = "big") -> int:
-    """The point's bits as an unsigned integer, after word and byte order."""
-    return _ordered(words, word_order, byte_order)
+def raw_value(point: Point, words: list[int], word_order: str | None = None, byte_order: str | None = None) -> int:
+    """The point's bits as an unsigned integer.
+
+    The point's own word and byte order come from the profile; a meter's
+    configuration may override them for all its points.
+    """
+    return _ordered(words, word_order or point.word_order, byte_order or point.byte_order)
 
 
 def decode_text(words: list[int]) -> str:
