@@ -6,7 +6,7 @@ both share. Each case yields ``(case_id, result)`` where result is plain
 JSON-ready data; the tests compare results across interpreters byte for byte.
 """
 
-from crev import cbor
+from crev import cbor, merkle
 from crev.errors import CrevError
 from crev.keys import SigningKey, verify_signature
 from crev.reading import ChainHead, Reading, verify_reading
@@ -99,8 +99,42 @@ def run_all(doc: dict, backend: str) -> list:
             "other_message_verifies": verify_signature(key.public_key, signature, message + b"x", backend),
         }  # type: dict
         results.append(("ed25519-" + case["name"], ed_result))
+    results.extend(run_merkle())
     device = doc["device"]
     device_key = SigningKey(bytes.fromhex(device["seed"]), backend)
     for case in doc["readings"]:
         results.append(("reading-" + case["name"], run_reading(case, device, device_key)))
+    return results
+
+
+def run_merkle() -> list:
+    """Roots and proofs of logs of 1..20 leaves (compared across interpreters)."""
+    results = []
+    frontier = merkle.MerkleFrontier()
+    nodes = {}  # type: dict[tuple[int, int], bytes]
+    for n in range(1, 21):
+        for level, index, value in frontier.append(merkle.leaf_hash(bytes([n]) * n)):
+            nodes[(level, index)] = value
+
+        def node(level: int, index: int) -> bytes:
+            return nodes[(level, index)]
+
+        root = frontier.root()
+        path = merkle.inclusion_path(n // 2, n, node)
+        consistency = merkle.consistency_path((n + 1) // 2, n, node)
+        old_root = merkle.root_of((n + 1) // 2, node)
+        results.append(
+            (
+                "merkle-%d" % n,
+                {
+                    "root": root.hex(),
+                    "inclusion": [h.hex() for h in path],
+                    "consistency": [h.hex() for h in consistency],
+                    "inclusion_ok": merkle.verify_inclusion(
+                        merkle.leaf_hash(bytes([n // 2 + 1]) * (n // 2 + 1)), n // 2, n, path, root
+                    ),
+                    "consistency_ok": merkle.verify_consistency((n + 1) // 2, n, consistency, old_root, root),
+                },
+            )
+        )
     return results

@@ -1,0 +1,197 @@
+"""The RFC 9162 Merkle log: hashes, an O(log n) appender, and proofs.
+
+Leaf hash = SHA-256(0x00 || leaf), node hash = SHA-256(0x01 || left || right)
+(RFC 9162 §2.1.1). The tree over n leaves splits at the largest power of two
+below n, so every complete subtree is aligned: subtree (level j, index i)
+covers leaves [i * 2^j, (i + 1) * 2^j). A store keeps those complete nodes;
+the proof functions take a lookup ``node(level, index) -> bytes`` and compute
+the incomplete right edge themselves, so this module stays free of I/O.
+"""
+
+import hashlib
+
+from crev.errors import MisuseError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    NodeLookup = Callable[[int, int], bytes]
+
+EMPTY_ROOT = hashlib.sha256(b"").digest()
+
+
+def leaf_hash(leaf: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + leaf).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def _split(n: int) -> int:
+    """The largest power of two smaller than n (n >= 2)."""
+    k = 1
+    while k << 1 < n:
+        k <<= 1
+    return k
+
+
+class MerkleFrontier:
+    """Appends leaves in O(log n), keeping one root per complete subtree.
+
+    ``frontier`` holds the roots of the complete subtrees that make up the
+    tree, largest (leftmost) first; their sizes are the set bits of ``size``.
+    """
+
+    def __init__(self, size: int = 0, frontier: list | None = None) -> None:
+        self.size = size
+        self.frontier = list(frontier or [])
+        if len(self.frontier) != bin(size).count("1"):
+            raise MisuseError("a frontier has one hash per set bit of the size")
+
+    def append(self, leaf_hash_value: bytes) -> list:
+        """Add one leaf; return the complete nodes it created as (level, index, hash)."""
+        index = self.size
+        created = [(0, index, leaf_hash_value)]
+        current = leaf_hash_value
+        level = 0
+        # Each trailing 1-bit of the old size is a complete subtree to merge with.
+        while (index >> level) & 1:
+            current = node_hash(self.frontier.pop(), current)
+            level += 1
+            created.append((level, index >> level, current))
+        self.frontier.append(current)
+        self.size += 1
+        return created
+
+    def root(self) -> bytes:
+        if not self.frontier:
+            return EMPTY_ROOT
+        current = self.frontier[-1]  # type: bytes
+        for left in reversed(self.frontier[:-1]):
+            current = node_hash(left, current)
+        return current
+
+
+def subtree_root(start: int, end: int, node: "NodeLookup") -> bytes:
+    """MTH(D[start:end]) from stored complete nodes (RFC 9162 §2.1.1)."""
+    count = end - start
+    if count <= 0:
+        raise MisuseError("an empty range has no subtree root")
+    if count & (count - 1) == 0 and start % count == 0:
+        level = 0
+        while 1 << level < count:
+            level += 1
+        return node(level, start >> level)
+    k = _split(count)
+    return node_hash(subtree_root(start, start + k, node), subtree_root(start + k, end, node))
+
+
+def root_of(size: int, node: "NodeLookup") -> bytes:
+    return EMPTY_ROOT if size == 0 else subtree_root(0, size, node)
+
+
+def _path(index: int, start: int, end: int, node: "NodeLookup", out: list) -> None:
+    # RFC 9162 §2.1.3.1, collected leaf-side first.
+    if end - start == 1:
+        return
+    k = _split(end - start)
+    if index < start + k:
+        _path(index, start, start + k, node, out)
+        out.append(subtree_root(start + k, end, node))
+    else:
+        _path(index, start + k, end, node, out)
+        out.append(subtree_root(start, start + k, node))
+
+
+def inclusion_path(index: int, size: int, node: "NodeLookup") -> list:
+    """The audit path of leaf ``index`` in the tree of ``size`` leaves."""
+    if not 0 <= index < size:
+        raise MisuseError("leaf %d is not in a tree of %d leaves" % (index, size))
+    out = []  # type: list[bytes]
+    _path(index, 0, size, node, out)
+    return out
+
+
+def _subproof(m: int, start: int, end: int, complete: bool, node: "NodeLookup", out: list) -> None:
+    # RFC 9162 §2.1.4.1, SUBPROOF(m, D[start:end], b), collected leaf-side first.
+    n = end - start
+    if m == n:
+        if not complete:
+            out.append(subtree_root(start, end, node))
+        return
+    k = _split(n)
+    if m <= k:
+        _subproof(m, start, start + k, complete, node, out)
+        out.append(subtree_root(start + k, end, node))
+    else:
+        _subproof(m - k, start + k, end, False, node, out)
+        out.append(subtree_root(start, start + k, node))
+
+
+def consistency_path(old_size: int, new_size: int, node: "NodeLookup") -> list:
+    """The proof that the tree of ``old_size`` leaves is a prefix of ``new_size``."""
+    if not 0 <= old_size <= new_size:
+        raise MisuseError("consistency needs 0 <= old size <= new size")
+    out = []  # type: list[bytes]
+    if 0 < old_size < new_size:
+        _subproof(old_size, 0, new_size, True, node, out)
+    return out
+
+
+def verify_inclusion(leaf: bytes, index: int, size: int, path: list, root: bytes) -> bool:
+    """RFC 9162 §2.1.3.2 with ``leaf`` the leaf hash."""
+    if not 0 <= index < size:
+        return False
+    fn = index
+    sn = size - 1
+    r = leaf
+    for p in path:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            r = node_hash(r, p)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and r == root
+
+
+def verify_consistency(old_size: int, new_size: int, path: list, old_root: bytes, new_root: bytes) -> bool:
+    """RFC 9162 §2.1.4.2."""
+    if not 0 <= old_size <= new_size:
+        return False
+    if old_size == new_size:
+        return not path and old_root == new_root
+    if old_size == 0:
+        return not path and old_root == EMPTY_ROOT
+    if old_size & (old_size - 1) == 0:
+        path = [old_root] + list(path)
+    if not path:
+        return False
+    fn = old_size - 1
+    sn = new_size - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = path[0]
+    sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr = node_hash(c, fr)
+            sr = node_hash(c, sr)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and fr == old_root and sr == new_root
