@@ -236,3 +236,16 @@ def check_chain(payloads: list[bytes]) -> list[Reading]:
 def load_truth(path: Path) -> list[dict[str, Any]]:
     with path.open() as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def ingest_config(workdir: Path, broker_url: str, block_interval_s: float = 1.0) -> Path:
+    return write_toml(
+        workdir / "ingest.toml",
+        '[mqtt]\nurl = "%s"\n\n[storage]\npath = "crev.sqlite"\n\n[ledger]\nkey = "ledger.key"\n'
+        'origin = "crev.test/ledger"\nblock_interval_s = %g\nblock_max_leaves = 1000\n\n'
+        "[emission]\ndefault_g_per_kwh = 423\n" % (broker_url, block_interval_s),
+    )
+
+
+def run_crev(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(crev_command(*args), capture_output=True, text=True, cwd=workdir, timeout=120, check=False)

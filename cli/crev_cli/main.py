@@ -49,6 +49,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(handler=service_cmds.gateway_run)
 
+    ingest = commands.add_parser("ingest", help="the cloud service: verification, quarantine, ledger")
+    ingest_commands = ingest.add_subparsers(dest="ingest_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    ingest_commands.required = True
+    for name, help_text, handler in (
+        ("init", "create the ledger key; print its public key", service_cmds.ingest_init),
+        ("enroll", "enrol a device's public key", service_cmds.ingest_enroll),
+        ("revoke", "revoke a device's current key", service_cmds.ingest_revoke),
+        ("run", "verify and store readings until stopped", service_cmds.ingest_run),
+    ):
+        command = ingest_commands.add_parser(name, help=help_text)
+        command.add_argument("--config", required=True, metavar="FILE", help="the ingest TOML configuration")
+        if name in ("enroll", "revoke"):
+            command.add_argument("--device", required=True, metavar="ID", help="the device id")
+        if name == "enroll":
+            command.add_argument("--pubkey", required=True, metavar="HEX", help="the device's Ed25519 public key")
+        command.set_defaults(handler=handler)
+
+    audit = commands.add_parser("audit", help="verify the ledger and evidence bundles")
+    audit_commands = audit.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    audit_commands.required = True
+    ledger = audit_commands.add_parser("ledger", help="recompute and verify the whole local ledger")
+    ledger.add_argument("--config", required=True, metavar="FILE", help="the ingest TOML configuration")
+    ledger.set_defaults(handler=service_cmds.audit_ledger)
+
     sim = commands.add_parser("sim", help="simulated meters for tests and demos")
     sim_commands = sim.add_subparsers(dest="sim_command", metavar="SUBCOMMAND", parser_class=_Parser)
     sim_commands.required = True

@@ -43,3 +43,47 @@ def sim_meters(args: argparse.Namespace) -> int:
     except OSError as err:
         raise UsageError(str(err)) from err
     return 0
+
+
+def _ingest(action: str, args: argparse.Namespace) -> int:
+    from crev_ingest import IngestError
+    from crev_ingest import cli as ingest_cli
+
+    try:
+        if action == "init":
+            return ingest_cli.init(Path(args.config))
+        if action == "enroll":
+            return ingest_cli.enroll(Path(args.config), args.device, args.pubkey)
+        if action == "revoke":
+            return ingest_cli.revoke(Path(args.config), args.device)
+        return ingest_cli.run(Path(args.config))
+    except IngestError as err:
+        raise UsageError(str(err)) from err
+
+
+def ingest_init(args: argparse.Namespace) -> int:
+    return _ingest("init", args)
+
+
+def ingest_enroll(args: argparse.Namespace) -> int:
+    return _ingest("enroll", args)
+
+
+def ingest_revoke(args: argparse.Namespace) -> int:
+    return _ingest("revoke", args)
+
+
+def ingest_run(args: argparse.Namespace) -> int:
+    return _ingest("run", args)
+
+
+def audit_ledger(args: argparse.Namespace) -> int:
+    from crev_ingest import IngestError
+    from crev_ingest.cli import audit_ledger as verify
+
+    try:
+        ok, message = verify(Path(args.config))
+    except IngestError as err:
+        raise UsageError(str(err)) from err
+    print(message)
+    return 0 if ok else 1

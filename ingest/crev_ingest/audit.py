@@ -1,0 +1,147 @@
+"""``crev audit ledger``: recompute the whole local ledger and compare.
+
+Checks, in order, and names the first row that fails:
+1. every leaf: its hash recomputed from its stored bytes, its type and time;
+2. every stored Merkle node, recomputed by appending the leaves again;
+3. every block: signature by the ledger key, fields, link to the previous
+   block's hash, its tree size and root against the recomputed tree, and
+   its checkpoint note;
+4. every reading row and key-event row against the leaf it claims;
+5. every time-series row against the reading it came from.
+"""
+
+import hashlib
+
+from crev import cbor, merkle
+from crev.cose import Sign1
+from crev.errors import CrevError
+from crev.reading import Reading
+from crev_ingest import LedgerError
+from crev_ingest.ledger import (
+    LEAF_KEY_EVENT,
+    LEAF_READING,
+    ZERO_HASH,
+    parse_block_header,
+    verify_checkpoint,
+)
+from crev_ingest.store import Store
+
+
+def verify_ledger(store: Store, ledger_key: bytes, origin: str) -> dict[str, int]:
+    """Raise LedgerError at the first problem; return counts when all holds."""
+    db = store.db
+    blocks = db.execute(
+        "SELECT height, header, block_hash, tree_size, root, time_ms, checkpoint FROM blocks ORDER BY height"
+    ).fetchall()
+    frontier = merkle.MerkleFrontier()
+    block_position = 0
+    previous_hash = ZERO_HASH
+    leaf_types: dict[int, tuple[int, bytes]] = {}
+
+    def check_blocks_at(size: int) -> None:
+        nonlocal block_position, previous_hash
+        while block_position < len(blocks) and blocks[block_position][3] == size:
+            height, header, block_hash, tree_size, root, time_ms, note = blocks[block_position]
+            where = "blocks row height %d" % height
+            try:
+                fields = parse_block_header(bytes(header), ledger_key)
+            except ValueError as err:
+                raise LedgerError("%s: header signature or format: %s" % (where, err)) from err
+            if hashlib.sha256(bytes(header)).digest() != bytes(block_hash):
+                raise LedgerError("%s: block_hash is not SHA-256 of the signed header" % where)
+            if fields[1] != height or fields[3] != tree_size or fields[4] != bytes(root) or fields[5] != time_ms:
+                raise LedgerError("%s: the columns disagree with the signed header" % where)
+            if height != block_position or fields[2] != previous_hash:
+                raise LedgerError("%s: does not link to the previous block" % where)
+            if frontier.root() != bytes(root):
+                raise LedgerError("%s: root differs from the tree recomputed from the leaves" % where)
+            try:
+                if verify_checkpoint(str(note), origin, ledger_key) != (tree_size, bytes(root)):
+                    raise ValueError("size or root differ")
+            except ValueError as err:
+                raise LedgerError("%s: checkpoint: %s" % (where, err)) from err
+            previous_hash = bytes(block_hash)
+            block_position += 1
+
+    check_blocks_at(0)
+    for idx, leaf_type, received_ms, data, stored_hash in db.execute(
+        "SELECT idx, type, received_ms, data, leaf_hash FROM leaves ORDER BY idx"
+    ):
+        where = "leaves row idx %d" % idx
+        if idx != frontier.size:
+            raise LedgerError("%s: leaf indices are not contiguous" % where)
+        data = bytes(data)
+        hashed = merkle.leaf_hash(data)
+        if hashed != bytes(stored_hash):
+            raise LedgerError("%s: leaf_hash is not the hash of the stored leaf" % where)
+        try:
+            decoded = cbor.loads(data)
+        except CrevError as err:
+            raise LedgerError("%s: not a deterministic CBOR leaf: %s" % (where, err)) from err
+        if not isinstance(decoded, list) or len(decoded) != 3 or decoded[0] != leaf_type or decoded[1] != received_ms:
+            raise LedgerError("%s: type or received_ms differ from the leaf bytes" % where)
+        leaf_types[idx] = (leaf_type, bytes(decoded[2]))
+        for level, index, value in frontier.append(hashed):
+            try:
+                stored = store.node(level, index)
+            except KeyError:
+                raise LedgerError("nodes row level %d idx %d: missing" % (level, index)) from None
+            if stored != value:
+                raise LedgerError("nodes row level %d idx %d: hash differs from the recomputed tree" % (level, index))
+        check_blocks_at(frontier.size)
+    if block_position != len(blocks):
+        raise LedgerError("blocks row height %d: tree size beyond the stored leaves" % blocks[block_position][0])
+    extra = db.execute("SELECT count(*) FROM nodes").fetchone()[0]
+    if extra != _node_count(frontier.size):
+        raise LedgerError("nodes: %d rows where the tree has %d" % (extra, _node_count(frontier.size)))
+
+    readings = 0
+    for dev, seq, t0, t1, leaf_idx, cose in db.execute("SELECT dev, seq, t0, t1, leaf_idx, cose FROM readings"):
+        where = "readings row (%s, %d)" % (dev, seq)
+        leaf = leaf_types.get(leaf_idx)
+        if leaf is None or leaf[0] != LEAF_READING or leaf[1] != bytes(cose):
+            raise LedgerError("%s: differs from ledger leaf %d" % (where, leaf_idx))
+        reading = Reading.from_cose(bytes(cose))
+        if (reading.dev, reading.seq, reading.t0, reading.t1) != (dev, seq, t0, t1):
+            raise LedgerError("%s: columns differ from the signed reading" % where)
+        readings += 1
+    leaf_readings = sum(1 for t, _ in leaf_types.values() if t == LEAF_READING)
+    if readings != leaf_readings:
+        raise LedgerError("readings: %d rows for %d reading leaves (a row was deleted)" % (readings, leaf_readings))
+
+    for leaf_idx, action, dev, pubkey, kid, when in db.execute(
+        "SELECT leaf_idx, action, dev, pubkey, kid, time FROM key_events"
+    ):
+        where = "key_events row leaf %d" % leaf_idx
+        leaf = leaf_types.get(leaf_idx)
+        if leaf is None or leaf[0] != LEAF_KEY_EVENT:
+            raise LedgerError("%s: no key-event leaf" % where)
+        try:
+            envelope = Sign1.from_bytes(leaf[1])
+            envelope.verify(ledger_key)
+            statement = cbor.loads(envelope.payload)
+        except CrevError as err:
+            raise LedgerError("%s: key event signature: %s" % (where, err)) from err
+        if statement != {0: action, 1: dev, 2: bytes(pubkey), 3: when} or hashlib.sha256(bytes(pubkey)).digest()[
+            :8
+        ] != bytes(kid):
+            raise LedgerError("%s: columns differ from the signed key event" % where)
+
+    for row in db.execute(
+        "SELECT s.dev, s.seq, s.gen_mwh, s.import_mwh, s.export_mwh, s.self_mwh, s.demand_mwh, r.cose "
+        "FROM series s LEFT JOIN readings r ON r.dev = s.dev AND r.seq = s.seq"
+    ):
+        dev, seq, *values, cose = row
+        if cose is None or Reading.from_cose(bytes(cose)).energies != values:
+            raise LedgerError("series row (%s, %d): differs from its reading" % (dev, seq))
+    return {"leaves": frontier.size, "blocks": len(blocks), "readings": readings}
+
+
+def _node_count(size: int) -> int:
+    """Complete aligned subtrees of a log of ``size`` leaves (levels 0 and up)."""
+    total = 0
+    level = 0
+    while 1 << level <= size:
+        total += size >> level
+        level += 1
+    return total

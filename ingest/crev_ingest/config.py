@@ -1,0 +1,104 @@
+"""The ingest TOML configuration (SPEC §7)."""
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from crev_ingest import ConfigError
+
+
+@dataclass
+class IngestConfig:
+    path: Path
+    mqtt_host: str
+    mqtt_port: int
+    mqtt_tls: bool
+    mqtt_username: str | None
+    mqtt_password_file: Path | None
+    storage_path: Path
+    ledger_key_path: Path
+    origin: str
+    block_interval_s: float
+    block_max_leaves: int
+    default_g_per_kwh: float
+    site_g_per_kwh: dict[str, float] = field(default_factory=dict)
+    device_sites: dict[str, str] = field(default_factory=dict)
+    batch_max: int = 500
+    batch_wait_s: float = 0.05
+    max_future_s: int = 300
+
+    def site_of(self, dev: str) -> str:
+        return self.device_sites.get(dev, dev)
+
+    def factor_for(self, dev: str) -> float:
+        return self.site_g_per_kwh.get(self.site_of(dev), self.default_g_per_kwh)
+
+
+def _table(raw: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
+    value = raw.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError("%s: [%s] must be a table" % (path.name, name))
+    return value
+
+
+def load(path: Path) -> IngestConfig:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError("%s does not exist; write one (see ingest/examples/ingest.toml)" % path) from None
+    except OSError as err:
+        raise ConfigError("cannot read %s: %s" % (path, err.strerror)) from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError("%s is not valid TOML: %s" % (path.name, err)) from err
+    return parse(raw, path)
+
+
+def parse(raw: dict[str, Any], path: Path) -> IngestConfig:
+    base = path.parent
+    mqtt = _table(raw, "mqtt", path)
+    url = mqtt.get("url", "mqtt://127.0.0.1:1883")
+    parts = urlsplit(str(url))
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ConfigError(
+            "%s: [mqtt] url must look like mqtt://host:1883 or mqtts://host:8883, got %r" % (path.name, url)
+        )
+    try:
+        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+    except ValueError:
+        raise ConfigError("%s: [mqtt] url has a bad port: %r" % (path.name, url)) from None
+    storage = _table(raw, "storage", path)
+    ledger = _table(raw, "ledger", path)
+    emission = _table(raw, "emission", path)
+    sites = emission.get("sites", {})
+    factor = emission.get("default_g_per_kwh", 423)
+    if isinstance(factor, bool) or not isinstance(factor, int | float) or not 0 <= factor <= 2000:
+        raise ConfigError("%s: [emission] default_g_per_kwh must be a number of g-CO2/kWh (0-2000)" % path.name)
+    interval = ledger.get("block_interval_s", 10)
+    max_leaves = ledger.get("block_max_leaves", 10000)
+    if not isinstance(interval, int | float) or interval <= 0:
+        raise ConfigError("%s: [ledger] block_interval_s must be a positive number" % path.name)
+    if not isinstance(max_leaves, int) or max_leaves < 1:
+        raise ConfigError("%s: [ledger] block_max_leaves must be a positive whole number" % path.name)
+    origin = ledger.get("origin", "crev.example/ledger")
+    if not isinstance(origin, str) or not origin or "\n" in origin:
+        raise ConfigError("%s: [ledger] origin must be one line of text" % path.name)
+    password_file = mqtt.get("password_file")
+    return IngestConfig(
+        path=path,
+        mqtt_host=parts.hostname,
+        mqtt_port=port,
+        mqtt_tls=parts.scheme == "mqtts",
+        mqtt_username=mqtt.get("username"),
+        mqtt_password_file=(base / password_file).resolve() if password_file else None,
+        storage_path=(base / storage.get("path", "crev.sqlite")).resolve(),
+        ledger_key_path=(base / ledger.get("key", "ledger.key")).resolve(),
+        origin=origin,
+        block_interval_s=float(interval),
+        block_max_leaves=max_leaves,
+        default_g_per_kwh=float(factor),
+        site_g_per_kwh={str(k): float(v) for k, v in sites.items()},
+        device_sites={str(k): str(v) for k, v in _table(raw, "sites", path).items()},
+        max_future_s=int(raw.get("validation", {}).get("max_future_s", 300)),
+    )

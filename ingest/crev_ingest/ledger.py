@@ -1,0 +1,152 @@
+"""The ledger (SPEC §5): an RFC 9162 Merkle log under signed, hash-chained blocks.
+
+A leaf is the deterministic CBOR ``[type, received_ms, data]``:
+type 1 a reading (its COSE bytes), type 2 a key event (a COSE_Sign1 by the
+ledger key over ``{0: action, 1: dev, 2: pubkey, 3: time}``), type 3
+reserved for gap notices. Appending costs O(log n): only the frontier of
+complete subtrees is kept in memory, and each complete node is stored once.
+
+Every block header ``{0: 1, 1: height, 2: prev_block_hash, 3: tree_size,
+4: merkle_root, 5: time_ms}`` is signed by the ledger key, and also written
+as a C2SP tlog-checkpoint signed note.
+"""
+
+import base64
+import hashlib
+import time
+
+from crev import cbor, merkle
+from crev.cose import Sign1, sign1
+from crev.errors import CrevError
+from crev.keys import SigningKey, verify_signature
+from crev_ingest.store import Store
+
+LEAF_READING = 1
+LEAF_KEY_EVENT = 2
+LEAF_GAP_NOTICE = 3
+ACTION_ENROL = 1
+ACTION_REVOKE = 2
+BLOCK_VERSION = 1
+ZERO_HASH = bytes(32)
+
+
+def encode_leaf(leaf_type: int, received_ms: int, data: bytes) -> bytes:
+    return cbor.dumps([leaf_type, received_ms, data])
+
+
+def frontier_from_store(store: Store, size: int) -> merkle.MerkleFrontier:
+    """Rebuild the frontier of a stored tree from its complete subtree roots."""
+    hashes = []
+    start = 0
+    for level in range(size.bit_length() - 1, -1, -1):
+        if size >> level & 1:
+            hashes.append(store.node(level, start >> level))
+            start += 1 << level
+    return merkle.MerkleFrontier(size, hashes)
+
+
+def checkpoint_key_hash(origin: str, public_key: bytes) -> bytes:
+    # C2SP signed-note key ID: SHA-256(name || "\n" || 0x01 || Ed25519 public key)[:4].
+    return hashlib.sha256(origin.encode() + b"\n\x01" + public_key).digest()[:4]
+
+
+def checkpoint_text(origin: str, size: int, root: bytes) -> str:
+    return "%s\n%d\n%s\n" % (origin, size, base64.b64encode(root).decode())
+
+
+def make_checkpoint(key: SigningKey, origin: str, size: int, root: bytes) -> str:
+    """A C2SP tlog-checkpoint signed note for (size, root)."""
+    body = checkpoint_text(origin, size, root)
+    signature = key.sign(body.encode())
+    stamp = base64.b64encode(checkpoint_key_hash(origin, key.public_key) + signature).decode()
+    return body + "\n\u2014 %s %s\n" % (origin, stamp)
+
+
+def verify_checkpoint(note: str, origin: str, public_key: bytes) -> tuple[int, bytes]:
+    """Check a signed note; return (size, root). Raises ValueError if it does not verify."""
+    body, sep, signatures = note.partition("\n\n")
+    if not sep:
+        raise ValueError("a checkpoint has a blank line before its signatures")
+    lines = body.split("\n")
+    if len(lines) < 3 or lines[0] != origin:
+        raise ValueError("checkpoint origin is not %r" % origin)
+    size, root = int(lines[1]), base64.b64decode(lines[2])
+    wanted = checkpoint_key_hash(origin, public_key)
+    for line in signatures.splitlines():
+        parts = line.split(" ")
+        if len(parts) == 3 and parts[0] == "\u2014" and parts[1] == origin:
+            blob = base64.b64decode(parts[2])
+            if blob[:4] == wanted and verify_signature(public_key, blob[4:], (body + "\n").encode()):
+                return size, root
+    raise ValueError("no valid signature by the ledger key")
+
+
+class Ledger:
+    def __init__(
+        self, store: Store, key: SigningKey, origin: str, block_interval_s: float, block_max_leaves: int
+    ) -> None:
+        self.store = store
+        self.key = key
+        self.origin = origin
+        self.block_interval_s = block_interval_s
+        self.block_max_leaves = block_max_leaves
+        self.frontier = frontier_from_store(store, store.leaf_count())
+        last = store.last_block()
+        self.height = -1 if last is None else last[0]
+        self.last_block_hash = ZERO_HASH if last is None else last[1]
+        self.sealed_size = 0 if last is None else last[2]
+        self.last_seal = time.monotonic()
+
+    @property
+    def size(self) -> int:
+        return self.frontier.size
+
+    def append(self, leaf_type: int, received_ms: int, data: bytes) -> int:
+        """Append a leaf inside the caller's transaction; return its index."""
+        leaf = encode_leaf(leaf_type, received_ms, data)
+        hashed = merkle.leaf_hash(leaf)
+        index = self.frontier.size
+        self.store.add_leaf(index, leaf_type, received_ms, leaf, hashed)
+        self.store.add_nodes(self.frontier.append(hashed))
+        return index
+
+    def key_event(self, action: int, dev: str, public_key: bytes, when_s: int, received_ms: int) -> int:
+        """Sign and append a key event, and record it in the registry."""
+        statement = sign1(cbor.dumps({0: action, 1: dev, 2: public_key, 3: when_s}), self.key)
+        index = self.append(LEAF_KEY_EVENT, received_ms, statement)
+        self.store.add_key_event(index, action, dev, public_key, hashlib.sha256(public_key).digest()[:8], when_s)
+        return index
+
+    def due(self) -> bool:
+        pending = self.size - self.sealed_size
+        if pending <= 0:
+            return False
+        return pending >= self.block_max_leaves or time.monotonic() - self.last_seal >= self.block_interval_s
+
+    def seal(self, now_ms: int) -> int:
+        """Sign a block over the current tree, inside the caller's transaction."""
+        root = self.frontier.root()
+        height = self.height + 1
+        header = {0: BLOCK_VERSION, 1: height, 2: self.last_block_hash, 3: self.size, 4: root, 5: now_ms}
+        signed = sign1(cbor.dumps(header), self.key)
+        block_hash = hashlib.sha256(signed).digest()
+        note = make_checkpoint(self.key, self.origin, self.size, root)
+        self.store.add_block(height, signed, block_hash, self.size, root, now_ms, note)
+        self.height = height
+        self.last_block_hash = block_hash
+        self.sealed_size = self.size
+        self.last_seal = time.monotonic()
+        return height
+
+
+def parse_block_header(signed: bytes, ledger_key: bytes) -> dict[int, object]:
+    """Verify a signed block header and return its fields. Raises ValueError."""
+    try:
+        envelope = Sign1.from_bytes(signed)
+        envelope.verify(ledger_key)
+        header = cbor.loads(envelope.payload)
+    except CrevError as err:
+        raise ValueError(str(err)) from err
+    if not isinstance(header, dict) or sorted(header) != [0, 1, 2, 3, 4, 5] or header[0] != BLOCK_VERSION:
+        raise ValueError("not a version 1 block header")
+    return header

@@ -1,0 +1,148 @@
+"""``crev ingest run``: MQTT in, verified readings and ledger blocks out.
+
+paho-mqtt with MQTT v5, a shared subscription (``$share/crev-ingest/...``)
+so several workers split the load, and manual acknowledgement: a PUBACK
+leaves only after the batch holding the message is committed (SQLite WAL,
+synchronous=FULL). A crash before the commit means the broker redelivers.
+The session persists (clean_start off, one day expiry) under a stable
+client id, so a restarted worker gets back what it had not acknowledged.
+"""
+
+import logging
+import queue
+import socket
+import ssl
+import threading
+import time
+import traceback
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from crev_ingest.config import IngestConfig
+from crev_ingest.keyfile import load_key
+from crev_ingest.ledger import Ledger
+from crev_ingest.store import Store
+from crev_ingest.validate import Ingestor
+
+log = logging.getLogger("crev.ingest")
+SHARED_TOPIC = "$share/crev-ingest/crev/v1/+/reading"
+
+
+class IngestService:
+    def __init__(self, config: IngestConfig, client_id: str | None = None) -> None:
+        self.config = config
+        key = load_key(config.ledger_key_path)
+        self.store = Store(config.storage_path)
+        self.ledger = Ledger(self.store, key, config.origin, config.block_interval_s, config.block_max_leaves)
+        self.ingestor = Ingestor(self.store, self.ledger, config)
+        self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self.stop_event = threading.Event()
+        self.counts = {"accepted": 0, "duplicate": 0, "quarantined": 0}
+        self.client_id = client_id or "crev-ingest-%s" % socket.gethostname()
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5, manual_ack=True
+        )
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        if config.mqtt_username:
+            password = config.mqtt_password_file.read_text().strip() if config.mqtt_password_file else None
+            client.username_pw_set(config.mqtt_username, password)
+        if config.mqtt_tls:
+            client.tls_set_context(ssl.create_default_context())
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        self.client = client
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: object, flags: object, reason: ReasonCode, properties: object
+    ) -> None:
+        if reason.is_failure:
+            log.error("broker refused the connection: %s", reason)
+            return
+        client.subscribe(SHARED_TOPIC, qos=1)
+        log.info("connected; subscribed to %s", SHARED_TOPIC)
+
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        self.inbox.put(message)
+
+    def _take_batch(self) -> list[mqtt.MQTTMessage]:
+        batch = []
+        try:
+            batch.append(self.inbox.get(timeout=0.2))
+            deadline = time.monotonic() + self.config.batch_wait_s
+            while len(batch) < self.config.batch_max:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                batch.append(self.inbox.get(timeout=remaining))
+        except queue.Empty:
+            pass
+        return batch
+
+    def process_batch(self, batch: list[mqtt.MQTTMessage]) -> None:
+        self.store.begin()
+        try:
+            for message in batch:
+                received_ms = int(time.time() * 1000)
+                try:
+                    outcome = self.ingestor.process(message.topic, bytes(message.payload), received_ms)
+                except Exception:  # a bug must not lose the message: keep it for inspection
+                    detail = traceback.format_exc(limit=3)
+                    self.store.quarantine(received_ms, message.topic, "INTERNAL_ERROR", detail, bytes(message.payload))
+                    log.exception("internal error on a message from %s; quarantined", message.topic)
+                    self.counts["quarantined"] += 1
+                    continue
+                self.counts[outcome.status] += 1
+                if outcome.status == "quarantined":
+                    log.warning(
+                        "quarantined %s from %s: %s",
+                        outcome.reason,
+                        message.topic,
+                        outcome.detail,
+                        extra={"fields": {"event": "quarantine", "reason": outcome.reason, "topic": message.topic}},
+                    )
+            if self.ledger.due():
+                self.ledger.seal(int(time.time() * 1000))
+            self.store.commit()
+        except BaseException:
+            self.store.rollback()
+            raise
+        for message in batch:  # only now, after the durable commit
+            self.client.ack(message.mid, message.qos)
+
+    def seal_if_due(self) -> None:
+        if self.ledger.due():
+            self.store.begin()
+            try:
+                self.ledger.seal(int(time.time() * 1000))
+                self.store.commit()
+            except BaseException:
+                self.store.rollback()
+                raise
+
+    def run(self) -> None:
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = 86400
+        self.client.connect_async(
+            self.config.mqtt_host, self.config.mqtt_port, keepalive=30, clean_start=False, properties=properties
+        )
+        self.client.loop_start()
+        log.info("ingest running: ledger size %d, height %d", self.ledger.size, self.ledger.height)
+        try:
+            while not self.stop_event.is_set():
+                batch = self._take_batch()
+                if batch:
+                    self.process_batch(batch)
+                else:
+                    self.seal_if_due()
+        finally:
+            self.client.disconnect()
+            self.client.loop_stop()
+            self.seal_if_due()
+            self.store.close()
+
+    def stop(self) -> None:
+        self.stop_event.set()

@@ -1,0 +1,252 @@
+"""SQLite storage for ingest: readings, time series, gaps, quarantine, the
+device registry and the ledger, in one file.
+
+Ledger rows (leaves, nodes, blocks, readings, key events) are only ever
+inserted: this module has no UPDATE or DELETE for them. Only the
+bookkeeping tables (gaps, stats, alarms) change in place, and a gap's
+history is kept as rows too. The Store is the small interface a server
+database would implement to take over.
+"""
+
+import sqlite3
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS leaves (
+    idx INTEGER PRIMARY KEY,
+    type INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    leaf_hash BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS nodes (
+    level INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (level, idx)
+);
+CREATE TABLE IF NOT EXISTS blocks (
+    height INTEGER PRIMARY KEY,
+    header BLOB NOT NULL,
+    block_hash BLOB NOT NULL,
+    tree_size INTEGER NOT NULL,
+    root BLOB NOT NULL,
+    time_ms INTEGER NOT NULL,
+    checkpoint TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS key_events (
+    leaf_idx INTEGER PRIMARY KEY,
+    action INTEGER NOT NULL,
+    dev TEXT NOT NULL,
+    pubkey BLOB NOT NULL,
+    kid BLOB NOT NULL,
+    time INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS key_events_kid ON key_events (kid);
+CREATE TABLE IF NOT EXISTS readings (
+    dev TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    t0 INTEGER NOT NULL,
+    t1 INTEGER NOT NULL,
+    leaf_idx INTEGER NOT NULL,
+    cose BLOB NOT NULL,
+    PRIMARY KEY (dev, seq)
+);
+CREATE INDEX IF NOT EXISTS readings_t1 ON readings (dev, t1);
+CREATE TABLE IF NOT EXISTS series (
+    dev TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    t1 INTEGER NOT NULL,
+    site TEXT NOT NULL,
+    gen_mwh INTEGER NOT NULL,
+    import_mwh INTEGER NOT NULL,
+    export_mwh INTEGER NOT NULL,
+    self_mwh INTEGER NOT NULL,
+    demand_mwh INTEGER NOT NULL,
+    co2_g REAL NOT NULL,
+    PRIMARY KEY (dev, seq)
+);
+CREATE TABLE IF NOT EXISTS gaps (
+    dev TEXT NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    opened_ms INTEGER NOT NULL,
+    closed_ms INTEGER,
+    PRIMARY KEY (dev, first_seq, opened_ms)
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY,
+    received_ms INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    raw BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alarms (
+    id INTEGER PRIMARY KEY,
+    time_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    dev TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS stats (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(str(path), isolation_level=None, timeout=30, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+
+    # ------------------------------------------------------------ transactions
+
+    def begin(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self.db.execute("COMMIT")
+
+    def rollback(self) -> None:
+        self.db.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ------------------------------------------------------------ ledger rows
+
+    def add_leaf(self, idx: int, leaf_type: int, received_ms: int, data: bytes, leaf_hash: bytes) -> None:
+        self.db.execute(
+            "INSERT INTO leaves (idx, type, received_ms, data, leaf_hash) VALUES (?, ?, ?, ?, ?)",
+            (idx, leaf_type, received_ms, data, leaf_hash),
+        )
+
+    def add_nodes(self, nodes: list[tuple[int, int, bytes]]) -> None:
+        self.db.executemany("INSERT INTO nodes (level, idx, hash) VALUES (?, ?, ?)", nodes)
+
+    def node(self, level: int, idx: int) -> bytes:
+        row = self.db.execute("SELECT hash FROM nodes WHERE level = ? AND idx = ?", (level, idx)).fetchone()
+        if row is None:
+            raise KeyError("no node at level %d index %d" % (level, idx))
+        return bytes(row[0])
+
+    def leaf_count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM leaves").fetchone()[0])
+
+    def add_block(
+        self, height: int, header: bytes, block_hash: bytes, size: int, root: bytes, time_ms: int, checkpoint: str
+    ) -> None:
+        self.db.execute(
+            "INSERT INTO blocks (height, header, block_hash, tree_size, root, time_ms, checkpoint) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (height, header, block_hash, size, root, time_ms, checkpoint),
+        )
+
+    def last_block(self) -> tuple[int, bytes, int] | None:
+        row = self.db.execute(
+            "SELECT height, block_hash, tree_size FROM blocks ORDER BY height DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]), int(row[2]))
+
+    def add_key_event(self, leaf_idx: int, action: int, dev: str, pubkey: bytes, kid: bytes, time_s: int) -> None:
+        self.db.execute(
+            "INSERT INTO key_events (leaf_idx, action, dev, pubkey, kid, time) VALUES (?, ?, ?, ?, ?, ?)",
+            (leaf_idx, action, dev, pubkey, kid, time_s),
+        )
+
+    def key_events_for_kid(self, kid: bytes) -> list[tuple[int, str, bytes, int]]:
+        rows = self.db.execute(
+            "SELECT action, dev, pubkey, time FROM key_events WHERE kid = ? ORDER BY leaf_idx", (kid,)
+        )
+        return [(int(r[0]), str(r[1]), bytes(r[2]), int(r[3])) for r in rows]
+
+    def key_events_for_device(self, dev: str) -> list[tuple[int, bytes, int]]:
+        rows = self.db.execute("SELECT action, pubkey, time FROM key_events WHERE dev = ? ORDER BY leaf_idx", (dev,))
+        return [(int(r[0]), bytes(r[1]), int(r[2])) for r in rows]
+
+    def add_reading(self, dev: str, seq: int, t0: int, t1: int, leaf_idx: int, cose: bytes) -> None:
+        self.db.execute(
+            "INSERT INTO readings (dev, seq, t0, t1, leaf_idx, cose) VALUES (?, ?, ?, ?, ?, ?)",
+            (dev, seq, t0, t1, leaf_idx, cose),
+        )
+
+    def reading(self, dev: str, seq: int) -> bytes | None:
+        row = self.db.execute("SELECT cose FROM readings WHERE dev = ? AND seq = ?", (dev, seq)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def max_seq(self, dev: str) -> int | None:
+        row = self.db.execute("SELECT max(seq) FROM readings WHERE dev = ?", (dev,)).fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def add_series(self, row: tuple[str, int, int, str, int, int, int, int, int, float]) -> None:
+        self.db.execute(
+            "INSERT INTO series (dev, seq, t1, site, gen_mwh, import_mwh, export_mwh, self_mwh, demand_mwh, co2_g) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            row,
+        )
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def open_gap(self, dev: str, first: int, last: int, now_ms: int) -> None:
+        self.db.execute(
+            "INSERT INTO gaps (dev, first_seq, last_seq, opened_ms) VALUES (?, ?, ?, ?)", (dev, first, last, now_ms)
+        )
+
+    def fill_gap(self, dev: str, seq: int, now_ms: int) -> bool:
+        """Close the open gap holding ``seq``, reopening what is still missing around it."""
+        row = self.db.execute(
+            "SELECT first_seq, last_seq, opened_ms FROM gaps WHERE dev = ? AND closed_ms IS NULL "
+            "AND first_seq <= ? AND last_seq >= ?",
+            (dev, seq, seq),
+        ).fetchone()
+        if row is None:
+            return False
+        first, last, opened = int(row[0]), int(row[1]), int(row[2])
+        self.db.execute(
+            "UPDATE gaps SET closed_ms = ? WHERE dev = ? AND first_seq = ? AND opened_ms = ?",
+            (now_ms, dev, first, opened),
+        )
+        if first < seq:
+            self.open_gap(dev, first, seq - 1, now_ms)
+        if seq < last:
+            self.open_gap(dev, seq + 1, last, now_ms + 1 if first < seq else now_ms)
+        return True
+
+    def open_gaps(self, dev: str | None = None) -> list[tuple[str, int, int]]:
+        query = "SELECT dev, first_seq, last_seq FROM gaps WHERE closed_ms IS NULL"
+        rows = self.db.execute(
+            query + (" AND dev = ?" if dev else "") + " ORDER BY dev, first_seq", (dev,) if dev else ()
+        )
+        return [(str(r[0]), int(r[1]), int(r[2])) for r in rows]
+
+    def quarantine(self, received_ms: int, topic: str, reason: str, detail: str, raw: bytes) -> None:
+        self.db.execute(
+            "INSERT INTO quarantine (received_ms, topic, reason, detail, raw) VALUES (?, ?, ?, ?, ?)",
+            (received_ms, topic, reason, detail[:1000], raw),
+        )
+
+    def quarantine_counts(self) -> dict[str, int]:
+        rows = self.db.execute("SELECT reason, count(*) FROM quarantine GROUP BY reason")
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    def alarm(self, now_ms: int, kind: str, dev: str, detail: str) -> None:
+        self.db.execute(
+            "INSERT INTO alarms (time_ms, kind, dev, detail) VALUES (?, ?, ?, ?)", (now_ms, kind, dev, detail)
+        )
+
+    def bump(self, name: str, by: int = 1) -> None:
+        self.db.execute(
+            "INSERT INTO stats (name, value) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            (name, by),
+        )
+
+    def stat(self, name: str) -> int:
+        row = self.db.execute("SELECT value FROM stats WHERE name = ?", (name,)).fetchone()
+        return 0 if row is None else int(row[0])

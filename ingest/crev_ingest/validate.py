@@ -1,0 +1,153 @@
+"""Validation of one received reading, in SPEC §5 order, and what to store.
+
+    (1) MALFORMED          not a COSE_Sign1 (or larger than MAX_MESSAGE)
+    (2) BAD_ALG            not EdDSA (-8) or Ed25519 (-19)
+    (3) UNKNOWN_KEY / REVOKED_KEY
+    (4) BAD_SIGNATURE
+    (5) NON_CANONICAL / BAD_SCHEMA
+    (6) DEVICE_MISMATCH    topic, payload and key must name one device
+    (7) DUPLICATE (acknowledged, counted, not stored again) / CONFLICT (alarm);
+        seq gaps opened and closed; prev must link to stored neighbours
+    (8) FUTURE_TIMESTAMP   t1 more than max_future_s ahead of our clock
+    (9) MISMATCH_RECOMPUTE e and gs recomputed from the counters differ
+
+Everything that fails is kept in quarantine with its raw bytes and reason.
+The caller holds the transaction; nothing here commits.
+"""
+
+from dataclasses import dataclass
+
+from crev import dgcc
+from crev.cose import Sign1
+from crev.errors import ReadingError
+from crev.reading import Reading, reading_hash
+from crev_ingest.config import IngestConfig
+from crev_ingest.ledger import ACTION_ENROL, ACTION_REVOKE, LEAF_READING, Ledger
+from crev_ingest.store import Store
+
+MAX_MESSAGE = 16384
+RULE_FLAGS = dgcc.COUNTER_RESET | dgcc.NO_BASELINE | dgcc.EXPORT_EXCEEDS_GEN
+
+
+@dataclass
+class Outcome:
+    status: str  # accepted | duplicate | quarantined
+    reason: str | None = None
+    detail: str = ""
+    dev: str | None = None
+    seq: int | None = None
+
+
+class Rejected(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def topic_device(topic: str) -> str | None:
+    parts = topic.split("/")
+    if len(parts) == 4 and parts[0] == "crev" and parts[1] == "v1" and parts[3] == "reading":
+        return parts[2]
+    return None
+
+
+class Ingestor:
+    def __init__(self, store: Store, ledger: Ledger, config: IngestConfig) -> None:
+        self.store = store
+        self.ledger = ledger
+        self.config = config
+
+    def _key_for(self, envelope: Sign1) -> tuple[str, bytes, int | None]:
+        """(3): the device, key and revocation time (or None) enrolled under this kid."""
+        current: tuple[str, bytes, int | None] | None = None
+        for action, dev, pubkey, when in self.store.key_events_for_kid(envelope.kid):
+            if action == ACTION_ENROL:
+                current = (dev, pubkey, None)
+            elif action == ACTION_REVOKE and current is not None and current[1] == pubkey:
+                current = (current[0], current[1], when)
+        if current is None:
+            raise Rejected("UNKNOWN_KEY", "kid %s is not enrolled" % envelope.kid.hex())
+        return current
+
+    def _check(self, topic: str, raw: bytes, now_s: int) -> Reading | Outcome:
+        if len(raw) > MAX_MESSAGE:
+            raise Rejected("MALFORMED", "%d bytes is larger than %d" % (len(raw), MAX_MESSAGE))
+        try:
+            envelope = Sign1.from_bytes(raw)  # (1), (2)
+        except ReadingError as err:
+            raise Rejected(err.code, err.detail) from err
+        key_dev, public_key, revoked_at = self._key_for(envelope)  # (3)
+        if revoked_at is not None:
+            try:
+                t1 = Reading.from_payload(envelope.payload).t1
+            except ReadingError:
+                t1 = None
+            if t1 is None or t1 >= revoked_at:
+                raise Rejected("REVOKED_KEY", "the key of %s was revoked at %d" % (key_dev, revoked_at))
+        try:
+            envelope.verify(public_key)  # (4)
+            reading = Reading.from_payload(envelope.payload)  # (5)
+        except ReadingError as err:
+            raise Rejected(err.code, err.detail) from err
+        reading.cose = envelope
+        dev = topic_device(topic)  # (6)
+        if dev != reading.dev or reading.dev != key_dev:
+            raise Rejected("DEVICE_MISMATCH", "topic %s, payload %s, key %s" % (dev, reading.dev, key_dev))
+        stored = self.store.reading(reading.dev, reading.seq)  # (7)
+        if stored is not None:
+            if stored == raw:
+                return Outcome("duplicate", "DUPLICATE", "", reading.dev, reading.seq)
+            raise Rejected("CONFLICT", "a different reading is stored as %s seq %d" % (reading.dev, reading.seq))
+        before = self.store.reading(reading.dev, reading.seq - 1) if reading.seq > 0 else None
+        if before is not None and reading.prev != reading_hash(before):
+            raise Rejected("CONFLICT", "prev does not link to the stored seq %d" % (reading.seq - 1))
+        after = self.store.reading(reading.dev, reading.seq + 1)
+        if after is not None and Reading.from_cose(after).prev != reading_hash(raw):
+            raise Rejected("CONFLICT", "the stored seq %d does not link to this reading" % (reading.seq + 1))
+        if reading.t1 > now_s + self.config.max_future_s:  # (8)
+            raise Rejected("FUTURE_TIMESTAMP", "t1 %d is %d s ahead" % (reading.t1, reading.t1 - now_s))
+        if before is not None:  # (9)
+            previous = Reading.from_cose(before)
+            energies, generator_self, flags = dgcc.apply_rules(previous.channels, reading.channels)
+            if (
+                energies != reading.energies
+                or generator_self != reading.generator_self
+                or flags != reading.flags & RULE_FLAGS
+            ):
+                raise Rejected("MISMATCH_RECOMPUTE", "e/gs/flags differ from the counters of seq %d" % previous.seq)
+        return reading
+
+    def process(self, topic: str, raw: bytes, received_ms: int) -> Outcome:
+        """Validate and store one message (inside the caller's transaction)."""
+        try:
+            checked = self._check(topic, raw, received_ms // 1000)
+        except Rejected as rejected:
+            self.store.quarantine(received_ms, topic, rejected.reason, rejected.detail, raw)
+            self.store.bump("quarantined")
+            if rejected.reason == "CONFLICT":
+                self.store.alarm(received_ms, "CONFLICT", topic_device(topic) or "?", rejected.detail)
+            return Outcome("quarantined", rejected.reason, rejected.detail, topic_device(topic))
+        if isinstance(checked, Outcome):
+            self.store.bump("duplicates")
+            return checked
+        self._store_reading(checked, raw, received_ms)
+        return Outcome("accepted", None, "", checked.dev, checked.seq)
+
+    def _store_reading(self, reading: Reading, raw: bytes, received_ms: int) -> None:
+        dev = reading.dev
+        highest = self.store.max_seq(dev)
+        leaf = self.ledger.append(LEAF_READING, received_ms, raw)
+        self.store.add_reading(dev, reading.seq, reading.t0, reading.t1, leaf, raw)
+        if highest is None:
+            if reading.seq > 0:
+                self.store.open_gap(dev, 0, reading.seq - 1, received_ms)
+        elif reading.seq > highest + 1:
+            self.store.open_gap(dev, highest + 1, reading.seq - 1, received_ms)
+        elif reading.seq < highest:
+            self.store.fill_gap(dev, reading.seq, received_ms)
+        if reading.energies is not None:
+            g, i, e, s, d = reading.energies
+            co2 = s * self.config.factor_for(dev) / 1e6
+            self.store.add_series((dev, reading.seq, reading.t1, self.config.site_of(dev), g, i, e, s, d, co2))
+        self.store.bump("accepted")

@@ -1,0 +1,66 @@
+"""gateway -> mosquitto -> ingest, all real processes; then `crev audit ledger`."""
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import Mosquitto, Service, ingest_config, load_truth, run_crev, wait_for
+from test_gateway_pipeline import DAY_SPEED, DEVICE, sunspec_site_with_gateway
+
+from crev.keys import SigningKey
+from crev.reading import Reading
+
+
+def device_public_key(workdir: Path) -> str:
+    """The public key of the gateway key that `crev gateway init` wrote."""
+    return SigningKey(bytes.fromhex((workdir / ("%s.key" % DEVICE)).read_text().strip())).public_key.hex()
+
+
+def _rows(db_path: Path, query: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db_path) as db:
+        return db.execute(query).fetchall()
+
+
+@pytest.mark.slow
+def test_readings_flow_into_the_ledger_exactly_once(tmp_path: Path, broker: Mosquitto) -> None:
+    config = ingest_config(tmp_path, broker.url)
+    assert run_crev(tmp_path, "ingest", "init", "--config", str(config)).returncode == 0
+    sim, gw_config = sunspec_site_with_gateway(tmp_path, broker, speed=DAY_SPEED)
+    pubkey = device_public_key(tmp_path)
+    done = run_crev(tmp_path, "ingest", "enroll", "--config", str(config), "--device", DEVICE, "--pubkey", pubkey)
+    assert done.returncode == 0, done.stderr
+    ingest = Service("ingest", ["ingest", "run", "--config", str(config)], tmp_path).start()
+    gateway = Service("gateway", ["gateway", "run", "--config", str(gw_config)], tmp_path).start()
+    time.sleep(12)
+    assert gateway.stop() == 0, gateway.log()
+    sim.stop()
+    db_path = tmp_path / "crev.sqlite"
+    with sqlite3.connect(tmp_path / ("%s-outbox.sqlite" % DEVICE)) as outbox:
+        last = outbox.execute("SELECT last_cose FROM chain").fetchone()[0]
+    last_seq = Reading.from_cose(bytes(last)).seq
+    wait_for(lambda: _rows(db_path, "SELECT count(*) FROM readings")[0][0] == last_seq + 1, 20, "ingest to store all")
+    time.sleep(1.5)  # one more block interval
+    assert ingest.stop() == 0, ingest.log()
+
+    seqs = [row[0] for row in _rows(db_path, "SELECT seq FROM readings WHERE dev = '%s' ORDER BY seq" % DEVICE)]
+    assert seqs == list(range(last_seq + 1)), "every reading stored exactly once"
+    assert _rows(db_path, "SELECT count(*) FROM quarantine")[0][0] == 0
+    assert _rows(db_path, "SELECT count(*) FROM leaves WHERE type = 1")[0][0] == last_seq + 1
+
+    truth = load_truth(tmp_path / "truth.jsonl")
+    counters = {
+        tuple(r["meters"]["site"]["certified"][k] for k in ("generation", "import", "export")): i
+        for i, r in enumerate(truth)
+    }
+    readings = [Reading.from_cose(bytes(c[0])) for c in _rows(db_path, "SELECT cose FROM readings ORDER BY seq")]
+    first, last_position = (counters[tuple(c[3] for c in r.channels)] for r in (readings[0], readings[-1]))
+    series_self = _rows(db_path, "SELECT sum(self_mwh), sum(co2_g) FROM series")[0]
+    true_self = sum(int(rec["self_wh"]) * 1000 for rec in truth[first + 1 : last_position + 1])
+    assert series_self[0] == true_self
+    assert abs(float(series_self[1]) - true_self * 423 / 1e6) < 1e-6
+
+    audit = run_crev(tmp_path, "audit", "ledger", "--config", str(config))
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    assert "OK:" in audit.stdout
