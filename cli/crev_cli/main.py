@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("enroll", "enrol a device's public key", service_cmds.ingest_enroll),
         ("revoke", "revoke a device's current key", service_cmds.ingest_revoke),
         ("run", "verify and store readings until stopped", service_cmds.ingest_run),
+        ("broker-users", "write mosquitto's passwd and acl from the registry", service_cmds.ingest_broker_users),
     ):
         command = ingest_commands.add_parser(name, help=help_text)
         command.add_argument("--config", required=True, metavar="FILE", help="the ingest TOML configuration")
@@ -64,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--device", required=True, metavar="ID", help="the device id")
         if name == "enroll":
             command.add_argument("--pubkey", required=True, metavar="HEX", help="the device's Ed25519 public key")
+        if name == "broker-users":
+            command.add_argument("--out", required=True, metavar="DIR", help="where to write passwd, acl, passwords/")
         command.set_defaults(handler=handler)
 
     audit = commands.add_parser("audit", help="verify the ledger and evidence bundles")

@@ -11,6 +11,7 @@ from crev.reading import valid_device_id
 from crev_ingest import ConfigError
 from crev_ingest import config as ingest_config
 from crev_ingest.audit import verify_ledger
+from crev_ingest.broker import write_broker_users
 from crev_ingest.keyfile import create_key, load_key
 from crev_ingest.ledger import ACTION_ENROL, ACTION_REVOKE, Ledger
 from crev_ingest.service import IngestService
@@ -85,6 +86,18 @@ def revoke(config_path: Path, device: str) -> int:
     finally:
         store.close()
     print("revoked the key of %s from %d on" % (device, int(now)))
+    return 0
+
+
+def broker_users(config_path: Path, out: Path) -> int:
+    config = ingest_config.load(config_path)
+    store = Store(config.storage_path)
+    try:
+        users = write_broker_users(store, out)
+    finally:
+        store.close()
+    print("wrote %s and %s for %d users (%s)" % (out / "passwd", out / "acl", len(users), ", ".join(users)))
+    print("device passwords are in %s; copy each to its gateway's password_file" % (out / "passwords"))
     return 0
 
 
