@@ -25,6 +25,10 @@ class IngestConfig:
     default_g_per_kwh: float
     site_g_per_kwh: dict[str, float] = field(default_factory=dict)
     device_sites: dict[str, str] = field(default_factory=dict)
+    influx_url: str | None = None
+    influx_token_file: Path | None = None
+    influx_org: str = "crev"
+    influx_bucket: str = "readings"
     batch_max: int = 500
     batch_wait_s: float = 0.05
     max_future_s: int = 300
@@ -101,4 +105,22 @@ def parse(raw: dict[str, Any], path: Path) -> IngestConfig:
         site_g_per_kwh={str(k): float(v) for k, v in sites.items()},
         device_sites={str(k): str(v) for k, v in _table(raw, "sites", path).items()},
         max_future_s=int(raw.get("validation", {}).get("max_future_s", 300)),
+        **_influx(_table(raw, "influxdb", path), base, path),
     )
+
+
+def _influx(table: dict[str, Any], base: Path, path: Path) -> dict[str, Any]:
+    if not table:
+        return {}
+    url = table.get("url")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise ConfigError("%s: [influxdb] url must be http(s)://host:8086" % path.name)
+    token_file = table.get("token_file")
+    if not isinstance(token_file, str):
+        raise ConfigError("%s: [influxdb] token_file is missing (a file holding the API token)" % path.name)
+    return {
+        "influx_url": url,
+        "influx_token_file": (base / token_file).resolve(),
+        "influx_org": str(table.get("org", "crev")),
+        "influx_bucket": str(table.get("bucket", "readings")),
+    }

@@ -22,7 +22,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from crev.reading import Reading
 from crev_ingest.config import IngestConfig
+from crev_ingest.influx import InfluxWriter, reading_point
 from crev_ingest.keyfile import load_key
 from crev_ingest.ledger import Ledger
 from crev_ingest.store import Store
@@ -55,6 +57,11 @@ class IngestService:
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         self.client = client
+        self.influx: InfluxWriter | None = None
+        if config.influx_url and config.influx_token_file:
+            self.influx = InfluxWriter(
+                config.influx_url, config.influx_token_file, config.influx_org, config.influx_bucket
+            )
 
     def _on_connect(
         self, client: mqtt.Client, userdata: object, flags: object, reason: ReasonCode, properties: object
@@ -83,6 +90,7 @@ class IngestService:
         return batch
 
     def process_batch(self, batch: list[mqtt.MQTTMessage]) -> None:
+        accepted: list[Reading] = []
         self.store.begin()
         try:
             for message in batch:
@@ -96,6 +104,8 @@ class IngestService:
                     self.counts["quarantined"] += 1
                     continue
                 self.counts[outcome.status] += 1
+                if outcome.reading is not None:
+                    accepted.append(outcome.reading)
                 if outcome.status == "quarantined":
                     log.warning(
                         "quarantined %s from %s: %s",
@@ -112,6 +122,9 @@ class IngestService:
             raise
         for message in batch:  # only now, after the durable commit
             self.client.ack(message.mid, message.qos)
+        if self.influx is not None:
+            points = [reading_point(r, self.config.site_of(r.dev), self.config.factor_for(r.dev)) for r in accepted]
+            self.influx.write([p for p in points if p is not None])
 
     def seal_if_due(self) -> None:
         if self.ledger.due():
@@ -143,6 +156,8 @@ class IngestService:
             self.client.loop_stop()
             self.seal_if_due()
             self.store.close()
+            if self.influx is not None:
+                self.influx.close()
 
     def stop(self) -> None:
         self.stop_event.set()

@@ -36,6 +36,7 @@ class Outcome:
     detail: str = ""
     dev: str | None = None
     seq: int | None = None
+    reading: Reading | None = None
 
 
 class Rejected(Exception):
@@ -132,7 +133,7 @@ class Ingestor:
             self.store.bump("duplicates")
             return checked
         self._store_reading(checked, raw, received_ms)
-        return Outcome("accepted", None, "", checked.dev, checked.seq)
+        return Outcome("accepted", None, "", checked.dev, checked.seq, checked)
 
     def _store_reading(self, reading: Reading, raw: bytes, received_ms: int) -> None:
         dev = reading.dev
