@@ -9,7 +9,7 @@ NODE_STAMP := node_modules/.installed
 SITE = $$($(CURDIR)/$(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 MPY_STUBS := $(VENV)/micropython-stubs
 
-.PHONY: test lint typecheck typecheck-firmware pytest bench clean
+.PHONY: demo test lint typecheck typecheck-firmware pytest bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "crev needs Python 3.11 or newer; set PYTHON=python3.11")'
@@ -22,6 +22,10 @@ $(NODE_STAMP): package.json package-lock.json
 	@command -v npm >/dev/null || { echo "npm is missing: install Node.js 18+ and npm (apt-get install nodejs npm)"; exit 2; }
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+
+# The main job: the whole pipeline on this machine, on simulated meters.
+demo: $(STAMP)
+	$(BIN)/crev demo
 
 test: lint typecheck typecheck-firmware pytest
 

@@ -76,6 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
     ledger.add_argument("--config", required=True, metavar="FILE", help="the ingest TOML configuration")
     ledger.set_defaults(handler=service_cmds.audit_ledger)
 
+    demo_parser = commands.add_parser(
+        "demo", help="run the whole pipeline locally on simulated meters, then audit the ledger"
+    )
+    demo_parser.add_argument("--minutes", type=float, default=2.0, help="wall-clock minutes for one simulated day")
+    demo_parser.add_argument(
+        "--broker", choices=("auto", "mosquitto", "embedded"), default="auto", help="auto: mosquitto if installed"
+    )
+    demo_parser.add_argument("--workdir", metavar="DIR", help="where to keep configs, logs and databases")
+    demo_parser.add_argument("--no-live", dest="live", action="store_false", help="print only the final table")
+    demo_parser.set_defaults(handler=_demo)
+
     sim = commands.add_parser("sim", help="simulated meters for tests and demos")
     sim_commands = sim.add_subparsers(dest="sim_command", metavar="SUBCOMMAND", parser_class=_Parser)
     sim_commands.required = True
@@ -83,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     meters.add_argument("--config", required=True, metavar="FILE", help="the simulator's TOML configuration")
     meters.set_defaults(handler=service_cmds.sim_meters)
     return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from crev_cli.demo import demo
+
+    if not 0.1 <= args.minutes <= 1440:
+        raise UsageError("--minutes must be between 0.1 and 1440")
+    return demo(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -36,6 +36,7 @@ SUNSPEC_MARKER = [0x5375, 0x6E53]  # "SunS"
 SUNSPEC_END = 0xFFFF
 MAX_MODELS = 64
 SERIAL_CONFIRMATIONS = 3
+MAX_REQUEST_REGISTERS = 125  # the Modbus limit for one read
 SUM_TOLERANCE_MWH = 10_000  # 10 Wh, plus one part per million of the total
 
 
@@ -84,15 +85,24 @@ class MeterReader:
     # ------------------------------------------------------------ fixed maps
 
     def _read_fixed(self) -> MeterSample:
+        try:
+            return self._read_fixed_once()
+        except MeterError as err:
+            if err.code != "IMPLAUSIBLE" or not err.detail.startswith("total "):
+                raise
+            # The meter may have refreshed its registers between our requests:
+            # read again at once. A wrong word order fails both times.
+            return self._read_fixed_once()
+
+    def _read_fixed_once(self) -> MeterSample:
         points = self.profile.points
         wanted = ["serial", "power", *self._energy_points()]
         wanted += [p for p in self.profile.sum_check if p not in wanted]
         energies: dict[str, int] = {}
         serial = ""
         power = None
-        for name in wanted:
+        for name, words in self._read_points([points[n] for n in wanted]).items():
             point = points[name]
-            words = self._read(point.function, point.address, point.count)
             if name == "serial":
                 serial = str(self._value(point, words))
             elif name == "power":
@@ -108,6 +118,27 @@ class MeterReader:
                     "total %d mWh is not import + export %d mWh (check word_order)" % (total, a + b),
                 )
         return MeterSample(self.config.name, serial, energies, power, time.time())
+
+    def _read_points(self, wanted: list[Point]) -> dict[str, list[int]]:
+        """Read points, merging neighbours of one function into a single request."""
+        words: dict[str, list[int]] = {}
+        ordered = sorted(wanted, key=lambda p: (p.function, p.address))
+        group: list[Point] = []
+        for point in [*ordered, None]:
+            if group and (
+                point is None
+                or point.function != group[0].function
+                or point.address + point.count - group[0].address > MAX_REQUEST_REGISTERS
+                or point.address > group[-1].address + group[-1].count
+            ):
+                start = group[0].address
+                block = self._read(group[0].function, start, group[-1].address + group[-1].count - start)
+                for member in group:
+                    words[member.name] = block[member.address - start : member.address - start + member.count]
+                group = []
+            if point is not None:
+                group.append(point)
+        return words
 
     def _energy_points(self) -> list[str]:
         if self.config.role == "grid":

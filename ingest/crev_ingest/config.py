@@ -29,6 +29,10 @@ class IngestConfig:
     influx_token_file: Path | None = None
     influx_org: str = "crev"
     influx_bucket: str = "readings"
+    # MQTT v5 with a shared subscription (several workers), or 3.1.1 with a
+    # plain one (one worker), for brokers without v5 such as the embedded amqtt.
+    mqtt_v5: bool = True
+    client_id: str | None = None
     batch_max: int = 500
     batch_wait_s: float = 0.05
     max_future_s: int = 300
@@ -105,8 +109,16 @@ def parse(raw: dict[str, Any], path: Path) -> IngestConfig:
         site_g_per_kwh={str(k): float(v) for k, v in sites.items()},
         device_sites={str(k): str(v) for k, v in _table(raw, "sites", path).items()},
         max_future_s=int(raw.get("validation", {}).get("max_future_s", 300)),
+        mqtt_v5=_protocol(mqtt.get("protocol", "5"), path),
+        client_id=mqtt.get("client_id"),
         **_influx(_table(raw, "influxdb", path), base, path),
     )
+
+
+def _protocol(value: object, path: Path) -> bool:
+    if str(value) not in ("5", "3.1.1"):
+        raise ConfigError('%s: [mqtt] protocol must be "5" or "3.1.1"' % path.name)
+    return str(value) == "5"
 
 
 def _influx(table: dict[str, Any], base: Path, path: Path) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from crev_ingest.validate import Ingestor
 
 log = logging.getLogger("crev.ingest")
 SHARED_TOPIC = "$share/crev-ingest/crev/v1/+/reading"
+PLAIN_TOPIC = "crev/v1/+/reading"
 
 
 class IngestService:
@@ -44,10 +45,20 @@ class IngestService:
         self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.stop_event = threading.Event()
         self.counts = {"accepted": 0, "duplicate": 0, "quarantined": 0}
-        self.client_id = client_id or "crev-ingest-%s" % socket.gethostname()
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5, manual_ack=True
-        )
+        self.client_id = client_id or config.client_id or "crev-ingest-%s" % socket.gethostname()
+        self.topic = SHARED_TOPIC if config.mqtt_v5 else PLAIN_TOPIC
+        if config.mqtt_v5:
+            client = mqtt.Client(
+                CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5, manual_ack=True
+            )
+        else:
+            client = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=self.client_id,
+                protocol=mqtt.MQTTv311,
+                clean_session=False,
+                manual_ack=True,
+            )
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         if config.mqtt_username:
             password = config.mqtt_password_file.read_text().strip() if config.mqtt_password_file else None
@@ -69,8 +80,8 @@ class IngestService:
         if reason.is_failure:
             log.error("broker refused the connection: %s", reason)
             return
-        client.subscribe(SHARED_TOPIC, qos=1)
-        log.info("connected; subscribed to %s", SHARED_TOPIC)
+        client.subscribe(self.topic, qos=1)
+        log.info("connected; subscribed to %s", self.topic)
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         self.inbox.put(message)
@@ -137,11 +148,14 @@ class IngestService:
                 raise
 
     def run(self) -> None:
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.SessionExpiryInterval = 86400
-        self.client.connect_async(
-            self.config.mqtt_host, self.config.mqtt_port, keepalive=30, clean_start=False, properties=properties
-        )
+        if self.config.mqtt_v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = 86400
+            self.client.connect_async(
+                self.config.mqtt_host, self.config.mqtt_port, keepalive=30, clean_start=False, properties=properties
+            )
+        else:
+            self.client.connect_async(self.config.mqtt_host, self.config.mqtt_port, keepalive=30)
         self.client.loop_start()
         log.info("ingest running: ledger size %d, height %d", self.ledger.size, self.ledger.height)
         try:

@@ -1,0 +1,313 @@
+"""``crev demo``: the whole pipeline on one machine, on simulated meters.
+
+A broker (mosquitto if installed, else the embedded amqtt), ingest, and for
+each of three sites a simulated SDM630 pair and a gateway. Time runs
+accelerated (a simulated day in about two minutes). A live table shows each
+site's self-consumption, demand, renewable ratio, CO2 avoided and counts;
+halfway, the demo sends a forged and an unknown-key reading to show the
+quarantine. It ends with a summary and the result of `crev audit ledger`.
+"""
+
+import argparse
+import getpass
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from crev.keys import SigningKey
+from crev.reading import ChainHead
+from crev_cli import UsageError
+
+
+@dataclass
+class Site:
+    device: str
+    name: str
+    pv_peak_w: int
+    load_avg_w: int
+    seed: int
+
+
+SITES = [
+    Site("dgc-demo-tokyo-0001", "Tokyo 3 kW", 3000, 450, 11),
+    Site("dgc-demo-osaka-0002", "Osaka 6 kW", 6000, 700, 22),
+    Site("dgc-demo-sapporo-0003", "Sapporo 10 kW", 10000, 900, 33),
+]
+G_PER_KWH = 423
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise UsageError("%s did not start listening on port %d" % (what, port))
+
+
+class Processes:
+    """Child processes with logs in the work directory; all stopped on exit."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.running: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
+        log = (self.workdir / (name + ".log")).open("ab")
+        process = subprocess.Popen(command, stdout=log, stderr=log, cwd=self.workdir)
+        self.running.append((name, process))
+        return process
+
+    def crev(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        return self.start(name, [sys.executable, "-m", "crev_cli.main", *args])
+
+    def stop(self, process: subprocess.Popen[bytes], timeout: float = 20) -> None:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def stop_all(self) -> None:
+        for _name, process in reversed(self.running):
+            self.stop(process, timeout=10)
+
+
+def run_crev(workdir: Path, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "crev_cli.main", *args], capture_output=True, text=True, cwd=workdir, check=False
+    )
+    if done.returncode != 0:
+        raise UsageError("`crev %s` failed: %s" % (" ".join(args[:2]), done.stderr.strip() or done.stdout.strip()))
+    return done.stdout
+
+
+def start_broker(processes: Processes, choice: str) -> tuple[int, bool]:
+    """Start a broker; return (port, whether it speaks MQTT v5)."""
+    port = _free_port()
+    mosquitto = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+    if choice == "mosquitto" and mosquitto is None:
+        raise UsageError("mosquitto is not installed (apt-get install mosquitto), or use --broker embedded")
+    workdir = processes.workdir
+    if mosquitto and choice in ("auto", "mosquitto"):
+        data = workdir / "mosquitto-data"
+        data.mkdir(exist_ok=True)
+        conf = workdir / "mosquitto.conf"
+        conf.write_text(
+            "user %s\nlistener %d 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\n"
+            "max_queued_messages 0\nmax_queued_bytes 0\n" % (getpass.getuser(), port, data)
+        )
+        processes.start("mosquitto", [mosquitto, "-c", str(conf)])
+        _wait_port(port, 15, "mosquitto")
+        return port, True
+    conf = workdir / "amqtt.yaml"
+    conf.write_text(
+        "listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:%d\n"
+        "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n" % port
+    )
+    amqtt = Path(sys.executable).with_name("amqtt")
+    processes.start("amqtt", [str(amqtt) if amqtt.exists() else "amqtt", "-c", str(conf)])
+    _wait_port(port, 30, "the embedded amqtt broker")
+    return port, False
+
+
+def write_configs(workdir: Path, broker_port: int, v5: bool, speed: float) -> list[tuple[Site, Path, Path, list[int]]]:
+    (workdir / "ingest.toml").write_text(
+        '[mqtt]\nurl = "mqtt://127.0.0.1:%d"\nprotocol = "%s"\nclient_id = "crev-demo-ingest"\n\n'
+        '[storage]\npath = "crev.sqlite"\n\n[ledger]\nkey = "ledger.key"\norigin = "crev.demo/ledger"\n'
+        "block_interval_s = 5\nblock_max_leaves = 1000\n\n[emission]\ndefault_g_per_kwh = %d\n"
+        % (broker_port, "5" if v5 else "3.1.1", G_PER_KWH)
+    )
+    sites = []
+    for site in SITES:
+        pv_port, grid_port = _free_port(), _free_port()
+        sim = workdir / ("%s-sim.toml" % site.device)
+        sim.write_text(
+            "update_s = 1.0\nupdate_phase_s = 0.5\n\n[site]\nseed = %d\nspeed = %g\ntick_s = 60\n"
+            'start = "2026-06-21T00:00:00+09:00"\npv_peak_w = %d\nload_avg_w = %d\n\n'
+            '[[meter]]\nname = "pv"\nprofile = "sdm630"\nport = %d\nmeasures = "pv"\nserial = %d\n\n'
+            '[[meter]]\nname = "grid"\nprofile = "sdm630"\nport = %d\nmeasures = "grid"\nserial = %d\n'
+            % (
+                site.seed,
+                speed,
+                site.pv_peak_w,
+                site.load_avg_w,
+                pv_port,
+                630000 + site.seed,
+                grid_port,
+                631000 + site.seed,
+            )
+        )
+        # The accelerated clock makes a site look `speed` times more powerful.
+        rating = max(site.pv_peak_w, site.load_avg_w * 4) * speed * 2
+        gateway = workdir / ("%s.toml" % site.device)
+        gateway.write_text(
+            '[device]\nid = "%s"\nkey = "%s.key"\ninterval_s = 1\nclock = "synchronised"\n\n'
+            '[mqtt]\nurl = "mqtt://127.0.0.1:%d"\nkeepalive_s = 10\n\n[outbox]\npath = "%s-outbox.sqlite"\n\n'
+            '[[meter]]\nname = "pv"\nprofile = "sdm630"\nurl = "tcp://127.0.0.1:%d"\nrole = "generation"\n'
+            'source = "solar"\ncounter = "export"\nmax_power_w = %d\n\n'
+            '[[meter]]\nname = "grid"\nprofile = "sdm630"\nurl = "tcp://127.0.0.1:%d"\nrole = "grid"\n'
+            "max_power_w = %d\n"
+            % (site.device, site.device, broker_port, site.device, pv_port, rating, grid_port, rating)
+        )
+        sites.append((site, sim, gateway, [pv_port, grid_port]))
+    return sites
+
+
+def site_totals(db_path: Path) -> tuple[dict[str, dict[str, float]], dict[str, int], int, int]:
+    """Per device: readings, self, demand, generation, CO2; quarantine by reason; ledger size and height."""
+    totals: dict[str, dict[str, float]] = {}
+    quarantine: dict[str, int] = {}
+    if not db_path.exists():
+        return totals, quarantine, 0, -1
+    with sqlite3.connect("file:%s?mode=ro" % db_path, uri=True, timeout=5) as db:
+        try:
+            for dev, count in db.execute("SELECT dev, count(*) FROM readings GROUP BY dev"):
+                totals[dev] = {"readings": count, "self": 0, "demand": 0, "gen": 0, "co2": 0}
+            for dev, self_mwh, demand, gen, co2 in db.execute(
+                "SELECT dev, sum(self_mwh), sum(demand_mwh), sum(gen_mwh), sum(co2_g) FROM series GROUP BY dev"
+            ):
+                totals.setdefault(dev, {"readings": 0})
+                totals[dev].update(self=self_mwh or 0, demand=demand or 0, gen=gen or 0, co2=co2 or 0)
+            quarantine = {
+                str(r): int(n) for r, n in db.execute("SELECT reason, count(*) FROM quarantine GROUP BY reason")
+            }
+            size = int(db.execute("SELECT count(*) FROM leaves").fetchone()[0])
+            height = int(db.execute("SELECT coalesce(max(height), -1) FROM blocks").fetchone()[0])
+        except sqlite3.OperationalError:  # ingest has not created its tables yet
+            return totals, quarantine, 0, -1
+    return totals, quarantine, size, height
+
+
+def render(db_path: Path, elapsed: float, duration: float, speed: float) -> Table:
+    totals, quarantine, size, height = site_totals(db_path)
+    simulated_h = min(elapsed, duration) * speed / 3600
+    table = Table(
+        title="crev demo: simulated %02d:%02d of 24:00, ledger %d leaves, block height %d"
+        % (int(simulated_h) % 25, int(simulated_h % 1 * 60), size, height)
+    )
+    for column in ("site", "readings", "self kWh", "demand kWh", "renewable", "CO2 avoided kg"):
+        table.add_column(column, justify="left" if column == "site" else "right")
+    for site in SITES:
+        t = totals.get(site.device, {})
+        demand = t.get("demand", 0)
+        ratio = "%.0f %%" % (100 * t.get("self", 0) / demand) if demand else "-"
+        table.add_row(
+            site.name,
+            "%d" % t.get("readings", 0),
+            "%.2f" % (t.get("self", 0) / 1e6),
+            "%.2f" % (demand / 1e6),
+            ratio,
+            "%.2f" % (t.get("co2", 0) / 1000),
+        )
+    table.caption = "quarantined: %s" % (", ".join("%s %d" % kv for kv in sorted(quarantine.items())) or "none")
+    return table
+
+
+def inject_hostile(broker_port: int, db_path: Path) -> None:
+    """Send a forged copy of a stored reading and one from an unknown key."""
+    with sqlite3.connect("file:%s?mode=ro" % db_path, uri=True) as db:
+        row = db.execute("SELECT dev, cose FROM readings ORDER BY rowid DESC LIMIT 1").fetchone()
+    if row is None:
+        return
+    dev, cose = str(row[0]), bytearray(row[1])
+    cose[-5] ^= 0xFF  # a changed signature byte
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="crev-demo-intruder")
+    client.connect("127.0.0.1", broker_port)
+    client.loop_start()
+    client.publish("crev/v1/%s/reading" % dev, bytes(cose), qos=1).wait_for_publish(5)
+    stranger = SigningKey(os.urandom(32))
+    reading = ChainHead().next_reading(
+        dev, int(time.time()), 1, [(0, "X-1", 1, 5)], "intruder/1", t0=int(time.time()) - 60
+    )
+    client.publish("crev/v1/%s/reading" % dev, reading.sign(stranger), qos=1).wait_for_publish(5)
+    client.loop_stop()
+    client.disconnect()
+
+
+def demo(args: argparse.Namespace) -> int:
+    console = Console()
+    workdir = Path(args.workdir).resolve() if args.workdir else Path(tempfile.mkdtemp(prefix="crev-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    if (workdir / "crev.sqlite").exists():
+        raise UsageError("%s already holds a demo; give an empty --workdir" % workdir)
+    speed = 86400 / (args.minutes * 60)
+    duration = args.minutes * 60
+    processes = Processes(workdir)
+    console.print("crev demo in %s (logs and databases stay there)" % workdir)
+    try:
+        broker_port, v5 = start_broker(processes, args.broker)
+        console.print("broker: %s on port %d" % ("mosquitto" if v5 else "embedded amqtt (MQTT 3.1.1)", broker_port))
+        sites = write_configs(workdir, broker_port, v5, speed)
+        run_crev(workdir, "ingest", "init", "--config", "ingest.toml")
+        for site, sim, gateway_config, ports in sites:
+            pubkey = next(
+                line.split()[1]
+                for line in run_crev(workdir, "gateway", "init", "--config", str(gateway_config)).splitlines()
+                if line.startswith("pubkey")
+            )
+            run_crev(
+                workdir, "ingest", "enroll", "--config", "ingest.toml", "--device", site.device, "--pubkey", pubkey
+            )
+            processes.crev("%s-sim" % site.device, "sim", "meters", "--config", str(sim))
+            for port in ports:
+                _wait_port(port, 20, "the simulated meters of %s" % site.name)
+        ingest = processes.crev("ingest", "ingest", "run", "--config", "ingest.toml")
+        deadline = time.monotonic() + 20
+        while "subscribed" not in (workdir / "ingest.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        gateways = [processes.crev(site.device, "gateway", "run", "--config", str(cfg)) for site, _s, cfg, _p in sites]
+        db_path = workdir / "crev.sqlite"
+        start = time.monotonic()
+        injected = False
+        with Live(
+            render(db_path, 0, duration, speed), console=console, refresh_per_second=2, transient=not args.live
+        ) as live:
+            while (elapsed := time.monotonic() - start) < duration:
+                if not injected and elapsed > duration / 2:
+                    inject_hostile(broker_port, db_path)
+                    injected = True
+                time.sleep(0.5)
+                if args.live:
+                    live.update(render(db_path, elapsed, duration, speed))
+            for process in gateways:
+                processes.stop(process)
+            time.sleep(6)  # ingest drains and seals its last block
+            processes.stop(ingest)
+            live.update(render(db_path, duration, duration, speed))
+        console.print(render(db_path, duration, duration, speed))
+        audit = subprocess.run(
+            [sys.executable, "-m", "crev_cli.main", "audit", "ledger", "--config", "ingest.toml"],
+            capture_output=True,
+            text=True,
+            cwd=workdir,
+            check=False,
+        )
+        console.print("crev audit ledger: %s" % audit.stdout.strip())
+        return 0 if audit.returncode == 0 else 1
+    finally:
+        processes.stop_all()
