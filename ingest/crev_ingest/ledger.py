@@ -90,12 +90,25 @@ class Ledger:
         self.origin = origin
         self.block_interval_s = block_interval_s
         self.block_max_leaves = block_max_leaves
-        self.frontier = frontier_from_store(store, store.leaf_count())
-        last = store.last_block()
-        self.height = -1 if last is None else last[0]
-        self.last_block_hash = ZERO_HASH if last is None else last[1]
-        self.sealed_size = 0 if last is None else last[2]
+        self.frontier = merkle.MerkleFrontier()
+        self.height = -1
+        self.last_block_hash = ZERO_HASH
+        self.sealed_size = 0
+        self.sync()
         self.last_seal = time.monotonic()
+
+    def sync(self) -> None:
+        """Catch up with rows other workers (or a rolled-back message) left.
+
+        Call it inside the write transaction: with several workers on one
+        database, the store, not this process's memory, says what the tree is.
+        """
+        size = self.store.leaf_count()
+        if size != self.frontier.size:
+            self.frontier = frontier_from_store(self.store, size)
+        last = self.store.last_block()
+        if last is not None and last[0] != self.height:
+            self.height, self.last_block_hash, self.sealed_size = last[0], last[1], last[2]
 
     @property
     def size(self) -> int:

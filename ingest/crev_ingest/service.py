@@ -104,11 +104,17 @@ class IngestService:
         accepted: list[Reading] = []
         self.store.begin()
         try:
+            self.ledger.sync()
             for message in batch:
                 received_ms = int(time.time() * 1000)
+                self.store.savepoint()
                 try:
                     outcome = self.ingestor.process(message.topic, bytes(message.payload), received_ms)
+                    self.store.release()
                 except Exception:  # a bug must not lose the message: keep it for inspection
+                    # Undo this message's partial rows, and the frontier with them.
+                    self.store.rollback_to_savepoint()
+                    self.ledger.sync()
                     detail = traceback.format_exc(limit=3)
                     self.store.quarantine(received_ms, message.topic, "INTERNAL_ERROR", detail, bytes(message.payload))
                     log.exception("internal error on a message from %s; quarantined", message.topic)
@@ -141,7 +147,9 @@ class IngestService:
         if self.ledger.due():
             self.store.begin()
             try:
-                self.ledger.seal(int(time.time() * 1000))
+                self.ledger.sync()
+                if self.ledger.due():
+                    self.ledger.seal(int(time.time() * 1000))
                 self.store.commit()
             except BaseException:
                 self.store.rollback()

@@ -67,13 +67,14 @@ CREATE TABLE IF NOT EXISTS series (
     PRIMARY KEY (dev, seq)
 );
 CREATE TABLE IF NOT EXISTS gaps (
+    id INTEGER PRIMARY KEY,
     dev TEXT NOT NULL,
     first_seq INTEGER NOT NULL,
     last_seq INTEGER NOT NULL,
     opened_ms INTEGER NOT NULL,
-    closed_ms INTEGER,
-    PRIMARY KEY (dev, first_seq, opened_ms)
+    closed_ms INTEGER
 );
+CREATE INDEX IF NOT EXISTS gaps_open ON gaps (dev, closed_ms);
 CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER PRIMARY KEY,
     received_ms INTEGER NOT NULL,
@@ -115,6 +116,16 @@ class Store:
 
     def rollback(self) -> None:
         self.db.execute("ROLLBACK")
+
+    def savepoint(self) -> None:
+        self.db.execute("SAVEPOINT message")
+
+    def release(self) -> None:
+        self.db.execute("RELEASE message")
+
+    def rollback_to_savepoint(self) -> None:
+        self.db.execute("ROLLBACK TO message")
+        self.db.execute("RELEASE message")
 
     def close(self) -> None:
         self.db.close()
