@@ -28,7 +28,7 @@ from crev_ingest.influx import InfluxWriter, reading_point
 from crev_ingest.keyfile import load_key
 from crev_ingest.ledger import Ledger
 from crev_ingest.store import Store
-from crev_ingest.validate import Ingestor
+from crev_ingest.validate import Ingestor, Rejected
 
 log = logging.getLogger("crev.ingest")
 SHARED_TOPIC = "$share/crev-ingest/crev/v1/+/reading"
@@ -102,14 +102,25 @@ class IngestService:
 
     def process_batch(self, batch: list[mqtt.MQTTMessage]) -> None:
         accepted: list[Reading] = []
+        # Signatures and schemas first, without the write lock, so that
+        # several workers verify in parallel.
+        checked: list[tuple[int, Reading | Rejected]] = []
+        for message in batch:
+            received_ms = int(time.time() * 1000)
+            try:
+                result: Reading | Rejected = self.ingestor.check_message(message.topic, bytes(message.payload))
+            except Rejected as rejected:
+                result = rejected
+            except Exception as err:  # a bug: kept for inspection like any other rejection
+                result = Rejected("INTERNAL_ERROR", "%s: %s" % (type(err).__name__, err))
+            checked.append((received_ms, result))
         self.store.begin()
         try:
             self.ledger.sync()
-            for message in batch:
-                received_ms = int(time.time() * 1000)
+            for message, (received_ms, result) in zip(batch, checked, strict=True):
                 self.store.savepoint()
                 try:
-                    outcome = self.ingestor.process(message.topic, bytes(message.payload), received_ms)
+                    outcome = self.ingestor.store_checked(message.topic, bytes(message.payload), received_ms, result)
                     self.store.release()
                 except Exception:  # a bug must not lose the message: keep it for inspection
                     # Undo this message's partial rows, and the frontier with them.

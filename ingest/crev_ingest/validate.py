@@ -58,6 +58,8 @@ class Ingestor:
         self.store = store
         self.ledger = ledger
         self.config = config
+        # The last reading accepted per device, so the next one need not decode it again.
+        self._recent: dict[str, tuple[bytes, Reading]] = {}
 
     def _key_for(self, envelope: Sign1) -> tuple[str, bytes, int | None]:
         """(3): the device, key and revocation time (or None) enrolled under this kid."""
@@ -71,7 +73,12 @@ class Ingestor:
             raise Rejected("UNKNOWN_KEY", "kid %s is not enrolled" % envelope.kid.hex())
         return current
 
-    def _check(self, topic: str, raw: bytes, now_s: int) -> Reading | Outcome:
+    def check_message(self, topic: str, raw: bytes) -> Reading:
+        """Steps (1)-(6): what needs no write lock. Raises Rejected.
+
+        Run outside the write transaction, so several workers verify
+        signatures in parallel; only the registry is read.
+        """
         if len(raw) > MAX_MESSAGE:
             raise Rejected("MALFORMED", "%d bytes is larger than %d" % (len(raw), MAX_MESSAGE))
         try:
@@ -79,37 +86,47 @@ class Ingestor:
         except ReadingError as err:
             raise Rejected(err.code, err.detail) from err
         key_dev, public_key, revoked_at = self._key_for(envelope)  # (3)
-        if revoked_at is not None:
-            try:
-                t1 = Reading.from_payload(envelope.payload).t1
-            except ReadingError:
-                t1 = None
-            if t1 is None or t1 >= revoked_at:
-                raise Rejected("REVOKED_KEY", "the key of %s was revoked at %d" % (key_dev, revoked_at))
         try:
             envelope.verify(public_key)  # (4)
             reading = Reading.from_payload(envelope.payload)  # (5)
         except ReadingError as err:
+            if revoked_at is not None:
+                raise Rejected("REVOKED_KEY", "the key of %s was revoked at %d" % (key_dev, revoked_at)) from err
             raise Rejected(err.code, err.detail) from err
+        if revoked_at is not None and reading.t1 >= revoked_at:  # (3) needs the signed t1
+            raise Rejected("REVOKED_KEY", "the key of %s was revoked at %d" % (key_dev, revoked_at))
         reading.cose = envelope
         dev = topic_device(topic)  # (6)
         if dev != reading.dev or reading.dev != key_dev:
             raise Rejected("DEVICE_MISMATCH", "topic %s, payload %s, key %s" % (dev, reading.dev, key_dev))
+        return reading
+
+    def _stored(self, dev: str, seq: int) -> tuple[bytes, Reading] | None:
+        raw = self.store.reading(dev, seq)
+        if raw is None:
+            return None
+        cached = self._recent.get(dev)
+        if cached is not None and cached[0] == raw:
+            return cached
+        return raw, Reading.from_cose(raw)
+
+    def check_chain(self, reading: Reading, raw: bytes, now_s: int) -> Outcome | None:
+        """Steps (7)-(9), inside the write transaction. Raises Rejected."""
         stored = self.store.reading(reading.dev, reading.seq)  # (7)
         if stored is not None:
             if stored == raw:
                 return Outcome("duplicate", "DUPLICATE", "", reading.dev, reading.seq)
             raise Rejected("CONFLICT", "a different reading is stored as %s seq %d" % (reading.dev, reading.seq))
-        before = self.store.reading(reading.dev, reading.seq - 1) if reading.seq > 0 else None
-        if before is not None and reading.prev != reading_hash(before):
+        before = self._stored(reading.dev, reading.seq - 1) if reading.seq > 0 else None
+        if before is not None and reading.prev != reading_hash(before[0]):
             raise Rejected("CONFLICT", "prev does not link to the stored seq %d" % (reading.seq - 1))
-        after = self.store.reading(reading.dev, reading.seq + 1)
-        if after is not None and Reading.from_cose(after).prev != reading_hash(raw):
+        after = self._stored(reading.dev, reading.seq + 1)
+        if after is not None and after[1].prev != reading_hash(raw):
             raise Rejected("CONFLICT", "the stored seq %d does not link to this reading" % (reading.seq + 1))
         if reading.t1 > now_s + self.config.max_future_s:  # (8)
             raise Rejected("FUTURE_TIMESTAMP", "t1 %d is %d s ahead" % (reading.t1, reading.t1 - now_s))
         if before is not None:  # (9)
-            previous = Reading.from_cose(before)
+            previous = before[1]
             energies, generator_self, flags = dgcc.apply_rules(previous.channels, reading.channels)
             if (
                 energies != reading.energies
@@ -117,23 +134,37 @@ class Ingestor:
                 or flags != reading.flags & RULE_FLAGS
             ):
                 raise Rejected("MISMATCH_RECOMPUTE", "e/gs/flags differ from the counters of seq %d" % previous.seq)
-        return reading
+        return None
+
+    def quarantine(self, topic: str, raw: bytes, received_ms: int, rejected: Rejected) -> Outcome:
+        self.store.quarantine(received_ms, topic, rejected.reason, rejected.detail, raw)
+        self.store.bump("quarantined")
+        if rejected.reason == "CONFLICT":
+            self.store.alarm(received_ms, "CONFLICT", topic_device(topic) or "?", rejected.detail)
+        return Outcome("quarantined", rejected.reason, rejected.detail, topic_device(topic))
+
+    def store_checked(self, topic: str, raw: bytes, received_ms: int, checked: "Reading | Rejected") -> Outcome:
+        """Finish a message, given what check_message made of it (inside the transaction)."""
+        if isinstance(checked, Rejected):
+            return self.quarantine(topic, raw, received_ms, checked)
+        try:
+            duplicate = self.check_chain(checked, raw, received_ms // 1000)
+        except Rejected as rejected:
+            return self.quarantine(topic, raw, received_ms, rejected)
+        if duplicate is not None:
+            self.store.bump("duplicates")
+            return duplicate
+        self._store_reading(checked, raw, received_ms)
+        self._recent[checked.dev] = (raw, checked)
+        return Outcome("accepted", None, "", checked.dev, checked.seq, checked)
 
     def process(self, topic: str, raw: bytes, received_ms: int) -> Outcome:
         """Validate and store one message (inside the caller's transaction)."""
         try:
-            checked = self._check(topic, raw, received_ms // 1000)
+            checked: Reading | Rejected = self.check_message(topic, raw)
         except Rejected as rejected:
-            self.store.quarantine(received_ms, topic, rejected.reason, rejected.detail, raw)
-            self.store.bump("quarantined")
-            if rejected.reason == "CONFLICT":
-                self.store.alarm(received_ms, "CONFLICT", topic_device(topic) or "?", rejected.detail)
-            return Outcome("quarantined", rejected.reason, rejected.detail, topic_device(topic))
-        if isinstance(checked, Outcome):
-            self.store.bump("duplicates")
-            return checked
-        self._store_reading(checked, raw, received_ms)
-        return Outcome("accepted", None, "", checked.dev, checked.seq, checked)
+            checked = rejected
+        return self.store_checked(topic, raw, received_ms, checked)
 
     def _store_reading(self, reading: Reading, raw: bytes, received_ms: int) -> None:
         dev = reading.dev
