@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import gateway_bench  # noqa: E402
+import ingest_bench  # noqa: E402
 
 from crev.keys import SigningKey  # noqa: E402
 from crev.reading import ChainHead  # noqa: E402
@@ -93,6 +94,11 @@ def main() -> None:
     print("MicroPython heap allocated per reading (gc.mem_alloc delta, GC off): %d bytes" % micro["alloc_per_reading"])
     print()
     gateway_bench.report(3 if args.quick else 30)
+    print()
+    if args.quick:
+        ingest_bench.report(20, 3)
+    else:
+        ingest_bench.report(1000, 10)
 
 
 if __name__ == "__main__":

@@ -22,3 +22,4 @@ def test_bench_quick_run_reports_all_three_setups() -> None:
     assert "heap allocated per reading" in done.stdout
     assert "gateway (read, DGC-C, sign, commit, publish)" in done.stdout
     assert "peak RSS: gateway" in done.stdout
+    assert "ingest, 2 workers sharing the subscription" in done.stdout

@@ -1,5 +1,6 @@
 """Changing any byte of any stored ledger row makes `audit ledger` fail, naming it."""
 
+import itertools
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,3 +93,24 @@ def test_other_edits_are_caught(ledger_file: Path, tmp_path: Path, statement: st
     with pytest.raises(LedgerError) as caught:
         verify_ledger(store, LEDGER_KEY.public_key, "crev.test/ledger")
     assert str(caught.value).startswith(named), str(caught.value)
+
+
+def test_proofs_from_the_store_verify_against_signed_blocks(ledger_file: Path, tmp_path: Path) -> None:
+    from crev import merkle
+    from crev_ingest.ledger import parse_block_header
+
+    store = _copy(ledger_file, tmp_path / "proofs.sqlite")
+    blocks = store.db.execute("SELECT header FROM blocks ORDER BY height").fetchall()
+    headers = [parse_block_header(bytes(b[0]), LEDGER_KEY.public_key) for b in blocks]
+    leaves = [bytes(r[0]) for r in store.db.execute("SELECT leaf_hash FROM leaves ORDER BY idx")]
+    for header in headers:
+        size, root = header[3], header[4]
+        assert isinstance(size, int) and isinstance(root, bytes)
+        for index in range(0, size, max(1, size // 7)):
+            path = merkle.inclusion_path(index, size, store.node)
+            assert merkle.verify_inclusion(leaves[index], index, size, path, root)
+    for old, new in itertools.pairwise(headers):
+        old_size, new_size = old[3], new[3]
+        assert isinstance(old_size, int) and isinstance(new_size, int)
+        path = merkle.consistency_path(old_size, new_size, store.node)
+        assert merkle.verify_consistency(old_size, new_size, path, old[4], new[4])  # type: ignore[arg-type]
