@@ -152,10 +152,13 @@ def ingest_rate(
         with sqlite3.connect(db, timeout=30) as conn:
             return int(conn.execute("SELECT count(*) FROM readings").fetchone()[0])
 
-    wait_for(lambda: stored() > 0, 120, "ingest to start storing")
-    first_count, first_time = stored(), time.perf_counter()
     wait_for(lambda: stored() >= len(messages), 900, "ingest to store the fleet", interval=0.2)
-    elapsed = time.perf_counter() - first_time
+    # ingest stamps each reading leaf when it takes the message: first to last is its drain time.
+    with sqlite3.connect(db, timeout=30) as conn:
+        first_ms, last_ms = conn.execute(
+            "SELECT min(received_ms), max(received_ms) FROM leaves WHERE type = 1"
+        ).fetchone()
+    elapsed = max(0.001, (int(last_ms) - int(first_ms)) / 1000)
     for service in services:
         service.stop()
     for worker in range(workers):
@@ -165,7 +168,7 @@ def ingest_rate(
         )
         forget.connect("127.0.0.1", broker.port, clean_start=True)
         forget.disconnect()
-    return (len(messages) - first_count) / elapsed
+    return (len(messages) - 1) / elapsed
 
 
 def report(devices: int, per_device: int) -> None:
@@ -186,7 +189,7 @@ def report(devices: int, per_device: int) -> None:
                 check=True,
             )
             received, seconds, bad = done.stdout.split()
-            baseline = int(received) / float(seconds)
+            baseline = (int(received) - 1) / max(0.001, float(seconds))
             one = ingest_rate(work, broker, messages, keys, 1)
             two = ingest_rate(work, broker, messages, keys, 2)
         finally:
