@@ -62,10 +62,9 @@ def enroll(config_path: Path, device: str, pubkey_hex: str) -> int:
             if other != device:
                 raise ConfigError("this key is already enrolled for %s; a key belongs to one device" % other)
         now = time.time()
-        store.begin()
-        ledger.key_event(ACTION_ENROL, device, pubkey, int(now), int(now * 1000))
-        ledger.seal(int(now * 1000))
-        store.commit()
+        with store.transaction():
+            ledger.key_event(ACTION_ENROL, device, pubkey, int(now), int(now * 1000))
+            ledger.seal(int(now * 1000))
     finally:
         store.close()
     print("enrolled %s (key %s)" % (device, pubkey.hex()))
@@ -79,10 +78,9 @@ def revoke(config_path: Path, device: str) -> int:
         if active is None:
             raise ConfigError("%s has no enrolled key to revoke" % device)
         now = time.time()
-        store.begin()
-        ledger.key_event(ACTION_REVOKE, device, active, int(now), int(now * 1000))
-        ledger.seal(int(now * 1000))
-        store.commit()
+        with store.transaction():
+            ledger.key_event(ACTION_REVOKE, device, active, int(now), int(now * 1000))
+            ledger.seal(int(now * 1000))
     finally:
         store.close()
     print("revoked the key of %s from %d on" % (device, int(now)))

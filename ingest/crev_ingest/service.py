@@ -114,8 +114,7 @@ class IngestService:
             except Exception as err:  # a bug: kept for inspection like any other rejection
                 result = Rejected("INTERNAL_ERROR", "%s: %s" % (type(err).__name__, err))
             checked.append((received_ms, result))
-        self.store.begin()
-        try:
+        with self.store.transaction():
             self.ledger.sync()
             for message, (received_ms, result) in zip(batch, checked, strict=True):
                 self.store.savepoint()
@@ -144,10 +143,6 @@ class IngestService:
                     )
             if self.ledger.due():
                 self.ledger.seal(int(time.time() * 1000))
-            self.store.commit()
-        except BaseException:
-            self.store.rollback()
-            raise
         for message in batch:  # only now, after the durable commit
             self.client.ack(message.mid, message.qos)
         if self.influx is not None:
@@ -156,15 +151,10 @@ class IngestService:
 
     def seal_if_due(self) -> None:
         if self.ledger.due():
-            self.store.begin()
-            try:
+            with self.store.transaction():
                 self.ledger.sync()
                 if self.ledger.due():
                     self.ledger.seal(int(time.time() * 1000))
-                self.store.commit()
-            except BaseException:
-                self.store.rollback()
-                raise
 
     def run(self) -> None:
         if self.config.mqtt_v5:
