@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from collections import defaultdict
+from functools import partial
 from typing import IO
 
 from pymodbus.constants import ExcCodes
@@ -122,17 +123,8 @@ class Simulation:
             else [SimData(0, 1, 0, DataType.INVALID)]
         )
 
-        async def action(
-            function_code: int,
-            start_address: int,
-            address: int,
-            count: int,
-            registers: list[int],
-            set_values: list[int] | list[bool] | None,
-        ) -> ExcCodes | None:
-            return await self._serve(meter, function_code, start_address, address, count, registers, set_values)
-
-        return SimDevice(id=meter.unit, simdata=(bits, bits, holding, inputs), action=action)
+        # SimDevice calls the action for every read, with the registers to fill in.
+        return SimDevice(id=meter.unit, simdata=(bits, bits, holding, inputs), action=partial(self._serve, meter))
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
         by_port: dict[int, list[SimMeter]] = defaultdict(list)
