@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import audit_bench  # noqa: E402
 import gateway_bench  # noqa: E402
 import ingest_bench  # noqa: E402
 
@@ -99,6 +100,8 @@ def main() -> None:
         ingest_bench.report(20, 3)
     else:
         ingest_bench.report(1000, 10)
+    print()
+    audit_bench.report(2000 if args.quick else 100_000)
 
 
 if __name__ == "__main__":

@@ -23,3 +23,5 @@ def test_bench_quick_run_reports_all_three_setups() -> None:
     assert "gateway (read, DGC-C, sign, commit, publish)" in done.stdout
     assert "peak RSS: gateway" in done.stdout
     assert "ingest, 2 workers sharing the subscription" in done.stdout
+    assert "evidence bundle: 2000 readings" in done.stdout and "bytes per reading" in done.stdout
+    assert "crev audit verify, 1 job" in done.stdout and "on a tenth of the readings" in done.stdout

@@ -75,7 +75,7 @@ def test_readings_flow_into_the_ledger_exactly_once(tmp_path: Path, broker: Mosq
 
     audit = run_crev(tmp_path, "audit", "ledger", "--config", str(config))
     assert audit.returncode == 0, audit.stdout + audit.stderr
-    assert "OK:" in audit.stdout
+    assert "OK (full):" in audit.stdout
 
 
 @pytest.mark.slow

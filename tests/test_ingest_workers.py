@@ -50,7 +50,7 @@ def test_two_workers_interleaving_keep_one_valid_ledger(tmp_path: Path) -> None:
             worker = a if (round_ + i) % 2 else b
             worker.process_batch([message(device.next(), device.dev, mid)])
     store = Store(tmp_path / "crev.sqlite")
-    counts = verify_ledger(store, LEDGER_KEY.public_key, "crev.test/ledger")
+    counts, _state = verify_ledger(store, LEDGER_KEY.public_key, "crev.test/ledger")
     assert counts["readings"] == 18
     assert store.db.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 0
     assert counts["blocks"] >= 3
@@ -74,7 +74,7 @@ def test_a_message_failing_half_way_leaves_no_partial_rows(tmp_path: Path, monke
     reason, raw = worker.store.db.execute("SELECT reason, raw FROM quarantine").fetchone()
     assert reason == "INTERNAL_ERROR" and bytes(raw) == failing, "kept for inspection, not lost"
     # The audit passes only if no leaf or row of the failed message remained.
-    counts = verify_ledger(worker.store, LEDGER_KEY.public_key, "crev.test/ledger")
+    counts, _state = verify_ledger(worker.store, LEDGER_KEY.public_key, "crev.test/ledger")
     assert counts["readings"] == 2
     seqs = [r[0] for r in worker.store.db.execute("SELECT seq FROM readings ORDER BY seq")]
     assert seqs == [0, 2]

@@ -52,7 +52,7 @@ def _copy(source: Path, target: Path) -> Store:
 
 def test_the_untouched_ledger_verifies(ledger_file: Path, tmp_path: Path) -> None:
     store = _copy(ledger_file, tmp_path / "copy.sqlite")
-    counts = verify_ledger(store, LEDGER_KEY.public_key, "crev.test/ledger")
+    counts, _state = verify_ledger(store, LEDGER_KEY.public_key, "crev.test/ledger")
     assert counts["readings"] == 24 and counts["blocks"] >= 4
 
 
@@ -113,4 +113,4 @@ def test_proofs_from_the_store_verify_against_signed_blocks(ledger_file: Path, t
         old_size, new_size = old[3], new[3]
         assert isinstance(old_size, int) and isinstance(new_size, int)
         path = merkle.consistency_path(old_size, new_size, store.node)
-        assert merkle.verify_consistency(old_size, new_size, path, old[4], new[4])  # type: ignore[arg-type]
+        assert merkle.verify_consistency(old_size, new_size, path, old[4], new[4])

@@ -5,7 +5,8 @@ each of three sites a simulated SDM630 pair and a gateway. Time runs
 accelerated (a simulated day in about two minutes). A live table shows each
 site's self-consumption, demand, renewable ratio, CO2 avoided and counts;
 halfway, the demo sends a forged and an unknown-key reading to show the
-quarantine. It ends with a summary and the result of `crev audit ledger`.
+quarantine. It ends with a summary, the result of `crev audit ledger`, and one site's
+evidence bundle exported and verified offline (`crev audit export|verify`).
 """
 
 import argparse
@@ -249,6 +250,32 @@ def inject_hostile(broker_port: int, db_path: Path) -> None:
     client.disconnect()
 
 
+def export_and_verify_bundle(console: Console, workdir: Path, device: str) -> bool:
+    """What an auditor gets: one site's evidence bundle, verified offline."""
+    with sqlite3.connect(workdir / "crev.sqlite") as db:
+        first, last = db.execute("SELECT min(t0), max(t1) FROM readings WHERE dev = ?", (device,)).fetchone()
+    if first is None:
+        console.print("crev audit export: %s stored no readings" % device)
+        return False
+    bundle = "%s.bundle" % device
+    exported = run_crev(
+        workdir,
+        *("audit", "export", "--config", "ingest.toml", "--device", device),
+        *("--from", str(first), "--to", str(last + 1), "--out", bundle),
+    )
+    console.print("crev audit export: %s" % exported.splitlines()[0])
+    verified = subprocess.run(
+        [sys.executable, "-m", "crev_cli.main", "audit", "verify", bundle, "--ledger-key", "ledger.pub"],
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+        check=False,
+    )
+    result = verified.stdout.strip().splitlines()[-1] if verified.stdout.strip() else verified.stderr.strip()
+    console.print("crev audit verify %s --ledger-key ledger.pub: %s" % (bundle, result))
+    return verified.returncode == 0
+
+
 def demo(args: argparse.Namespace) -> int:
     console = Console()
     workdir = Path(args.workdir).resolve() if args.workdir else Path(tempfile.mkdtemp(prefix="crev-demo-"))
@@ -263,7 +290,12 @@ def demo(args: argparse.Namespace) -> int:
         broker_port, v5 = start_broker(processes, args.broker)
         console.print("broker: %s on port %d" % ("mosquitto" if v5 else "embedded amqtt (MQTT 3.1.1)", broker_port))
         sites = write_configs(workdir, broker_port, v5, speed)
-        run_crev(workdir, "ingest", "init", "--config", "ingest.toml")
+        ledger_pubkey = next(
+            line.split()[1]
+            for line in run_crev(workdir, "ingest", "init", "--config", "ingest.toml").splitlines()
+            if line.startswith("pubkey")
+        )
+        (workdir / "ledger.pub").write_text(ledger_pubkey + "\n")
         for site, sim, gateway_config, ports in sites:
             pubkey = next(
                 line.split()[1]
@@ -308,6 +340,7 @@ def demo(args: argparse.Namespace) -> int:
             check=False,
         )
         console.print("crev audit ledger: %s" % audit.stdout.strip())
-        return 0 if audit.returncode == 0 else 1
+        bundle_ok = export_and_verify_bundle(console, workdir, SITES[0].device)
+        return 0 if audit.returncode == 0 and bundle_ok else 1
     finally:
         processes.stop_all()

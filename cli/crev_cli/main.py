@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from crev import __version__
-from crev_cli import UsageError, reading_cmd, service_cmds
+from crev_cli import UsageError, audit_cmd, reading_cmd, service_cmds
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,12 +69,47 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--out", required=True, metavar="DIR", help="where to write passwd, acl, passwords/")
         command.set_defaults(handler=handler)
 
-    audit = commands.add_parser("audit", help="verify the ledger and evidence bundles")
+    audit = commands.add_parser("audit", help="evidence bundles for auditors, and the ledger check")
     audit_commands = audit.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", parser_class=_Parser)
     audit_commands.required = True
-    ledger = audit_commands.add_parser("ledger", help="recompute and verify the whole local ledger")
+    export = audit_commands.add_parser(
+        "export",
+        help="write one device's evidence bundle for a time range",
+        description="Write a single-file evidence bundle: the device's readings overlapping [--from, --to), "
+        "their inclusion proofs, the signed blocks and consistency proofs linking them, and the device's key events.",
+    )
+    export.add_argument("--config", required=True, metavar="FILE", help="the ingest TOML configuration")
+    export.add_argument("--device", required=True, metavar="ID", help="the device id")
+    export.add_argument(
+        "--from", dest="from_time", required=True, metavar="T", help="start: 2026-11-01, 2026-11-01T09:00Z or Unix s"
+    )
+    export.add_argument("--to", dest="to_time", required=True, metavar="T", help="end (exclusive), same forms")
+    export.add_argument("--out", required=True, metavar="FILE", help="the bundle file to write")
+    export.set_defaults(handler=audit_cmd.export)
+    verify = audit_commands.add_parser(
+        "verify",
+        help="verify an evidence bundle offline",
+        description="Check an evidence bundle with nothing but the ledger's public key: no database, no network. "
+        "Exit 0 only if every check holds.",
+    )
+    verify.add_argument("file", metavar="FILE", help="the bundle")
+    verify.add_argument(
+        "--ledger-key", required=True, metavar="KEY", help="the ledger's public key (64 hex digits, or a file)"
+    )
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.add_argument("--allow-gaps", action="store_true", help="report seq gaps without failing on them")
+    verify.add_argument("--factor", type=float, metavar="G", help="emission factor in g-CO2/kWh for the CO2 total")
+    verify.add_argument("--jobs", type=int, metavar="N", help="worker processes (default: one per CPU, at most 8)")
+    verify.set_defaults(handler=audit_cmd.verify)
+    ledger = audit_commands.add_parser("ledger", help="recompute and verify the local ledger")
     ledger.add_argument("--config", required=True, metavar="FILE", help="the ingest TOML configuration")
-    ledger.set_defaults(handler=service_cmds.audit_ledger)
+    ledger.add_argument(
+        "--state",
+        metavar="FILE",
+        help="remember the last verified block here, and next time check only what came after it",
+    )
+    ledger.add_argument("--full", action="store_true", help="with --state: check everything again from leaf 0")
+    ledger.set_defaults(handler=audit_cmd.ledger)
 
     demo_parser = commands.add_parser(
         "demo", help="run the whole pipeline locally on simulated meters, then audit the ledger"

@@ -81,15 +81,3 @@ def ingest_broker_users(args: argparse.Namespace) -> int:
 
 def ingest_run(args: argparse.Namespace) -> int:
     return _ingest("run", args)
-
-
-def audit_ledger(args: argparse.Namespace) -> int:
-    from crev_ingest import IngestError
-    from crev_ingest.cli import audit_ledger as verify
-
-    try:
-        ok, message = verify(Path(args.config))
-    except IngestError as err:
-        raise UsageError(str(err)) from err
-    print(message)
-    return 0 if ok else 1

@@ -161,50 +161,97 @@ class _Decoder:
         raise CborError(RESERVED, "additional info %d at offset %d" % (ai, self.pos - 1))
 
     def item(self, depth: int) -> object:
+        # The hot path of every verification: locals and direct indexing
+        # instead of _take() keep a reading's payload decode about 2x faster.
         if depth > self.max_depth:
             raise CborError(TOO_DEEP, "more than %d levels" % self.max_depth)
+        data = self.data
         start = self.pos
-        initial = self._take(1)[0]
+        if start >= self.end:
+            raise CborError(TRUNCATED, "need 1 bytes at offset %d" % start)
+        initial = data[start]
+        self.pos = start + 1
         major = initial >> 5
         ai = initial & 0x1F
         if major == 7:
             return self._simple(ai, start)
-        value = self._argument(ai, major)
+        if ai < 24:
+            value = ai
+        elif ai == 24 and start + 1 < self.end:
+            # One-byte arguments (32-byte hashes, short strings) are the most common.
+            value = data[start + 1]
+            if value < 24:
+                raise CborError(NON_SHORTEST, "at offset %d" % start, True)
+            self.pos = start + 2
+        elif (ai == 26 or ai == 27) and start + 9 <= self.end:
+            # Counters in mWh are four- or eight-byte integers.
+            width = 4 if ai == 26 else 8
+            value = int.from_bytes(data[start + 1 : start + 1 + width], "big")
+            if value < (0x10000 if width == 4 else 0x100000000):
+                raise CborError(NON_SHORTEST, "at offset %d" % start, True)
+            self.pos = start + 1 + width
+        else:
+            value = self._argument(ai, major)
         if major == 0:
             return value
-        if major == 1:
-            return -1 - value
         if major == 2 or major == 3:
-            if value > self.end - self.pos:
+            pos = self.pos
+            end = pos + value
+            if end > self.end:
                 raise CborError(LENGTH_EXCEEDS_INPUT, "string of %d bytes at offset %d" % (value, start))
-            raw = self._take(value)
+            self.pos = end
             if major == 2:
-                return bytes(raw)
+                return data[pos:end]
             try:
-                return str(raw, "utf-8")
+                return str(data[pos:end], "utf-8")
             except Exception:  # MicroPython raises UnicodeError, CPython its subclass
                 raise CborError(BAD_UTF8, "text string at offset %d" % start)
         if major == 4:
             # Each element needs at least one byte: refuse absurd counts early.
-            if value > self.end - self.pos:
+            end = self.end
+            if value > end - self.pos:
                 raise CborError(LENGTH_EXCEEDS_INPUT, "array of %d items at offset %d" % (value, start))
-            return [self.item(depth + 1) for _ in range(value)]
+            item = self.item
+            depth += 1
+            inline = depth <= self.max_depth  # else item() must raise TOO_DEEP
+            out = []  # type: list[object]
+            for _ in range(value):
+                pos = self.pos
+                if inline and pos < end and data[pos] < 24:
+                    out.append(data[pos])  # a small unsigned integer, without a call
+                    self.pos = pos + 1
+                else:
+                    out.append(item(depth))
+            return out
+        if major == 1:
+            return -1 - value
         if major == 5:
             if 2 * value > self.end - self.pos:
                 raise CborError(LENGTH_EXCEEDS_INPUT, "map of %d pairs at offset %d" % (value, start))
             result = {}  # type: dict[int, object]
             last = -1
+            depth += 1
             for _ in range(value):
                 key_at = self.pos
-                key = self.item(depth + 1)
-                if not isinstance(key, int) or key is True or key is False or key < 0 or key > 23:
-                    raise CborError(KEY_OUT_OF_RANGE, "map key at offset %d" % key_at, True)
-                if key == last:
-                    raise CborError(DUPLICATE_KEY, "key %d at offset %d" % (key, key_at), True)
-                if key < last:
+                if depth <= self.max_depth and key_at < self.end and data[key_at] < 24:
+                    key = data[key_at]  # the only keys SPEC §3 allows: one byte, 0..23
+                    self.pos = key_at + 1
+                else:
+                    decoded = self.item(depth)
+                    if not isinstance(decoded, int) or decoded is True or decoded is False or not 0 <= decoded <= 23:
+                        raise CborError(KEY_OUT_OF_RANGE, "map key at offset %d" % key_at, True)
+                    key = decoded
+                if key <= last:
+                    if key == last:
+                        raise CborError(DUPLICATE_KEY, "key %d at offset %d" % (key, key_at), True)
                     raise CborError(UNSORTED_KEYS, "key %d after %d at offset %d" % (key, last, key_at), True)
                 last = key
-                result[key] = self.item(depth + 1)
+                pos = self.pos
+                if depth <= self.max_depth and pos < self.end and data[pos] < 24:
+                    result[key] = data[pos]  # a small unsigned integer, without a call
+                    self.pos = pos + 1
+                else:
+                    result[key] = self.item(depth)
             return result
         # major 6: a tag
         return Tag(value, self.item(depth + 1))
@@ -251,3 +298,27 @@ def load_prefix(data: bytes, offset: int = 0, max_depth: int = MAX_DEPTH) -> tup
         raise CborError(TRUNCATED, "no item at offset %d" % offset)
     value = decoder.item(0)
     return value, decoder.pos
+
+
+def encode_head(major: int, value: int) -> bytes:
+    """The head of an item: lets a writer stream an array's elements after it."""
+    out = bytearray()
+    _head(out, major, value)
+    return bytes(out)
+
+
+def decode_head(data: bytes, offset: int = 0) -> tuple:
+    """``(major, argument, next_offset)`` of the item at ``offset``, in shortest form.
+
+    Lets a reader walk into a streamed array without decoding it whole.
+    """
+    if offset >= len(data):
+        raise CborError(TRUNCATED, "no item at offset %d" % offset)
+    decoder = _Decoder(data, MAX_DEPTH)
+    decoder.pos = offset + 1
+    major = data[offset] >> 5
+    ai = data[offset] & 0x1F
+    if major == 7:
+        raise CborError(RESERVED, "a simple value where a head was expected at offset %d" % offset)
+    value = ai if ai < 24 else decoder._argument(ai, major)
+    return major, value, decoder.pos

@@ -351,3 +351,23 @@ class ChainHead:
         if problem:
             raise MisuseError("invalid reading: " + problem)
         return reading
+
+
+# The flags the DGC-C rules decide; the adapter's own flags are not recomputable.
+RULE_FLAGS = dgcc.COUNTER_RESET | dgcc.NO_BASELINE | dgcc.EXPORT_EXCEEDS_GEN
+
+
+def recompute_problem(previous_channels: list | None, reading: Reading) -> str | None:
+    """SPEC §5 (9): None when e, gs and the rule flags follow from the counters.
+
+    ``previous_channels`` are the channels of the reading at seq - 1, or None
+    at seq 0, where the rules give NO_BASELINE.
+    """
+    energies, generator_self, flags = dgcc.apply_rules(previous_channels, reading.channels)
+    if energies != reading.energies:
+        return "e is %r; the counters give %r" % (reading.energies, energies)
+    if generator_self != reading.generator_self:
+        return "gs is %r; the counters give %r" % (reading.generator_self, generator_self)
+    if flags != reading.flags & RULE_FLAGS:
+        return "rule flags are %d; the counters give %d" % (reading.flags & RULE_FLAGS, flags)
+    return None

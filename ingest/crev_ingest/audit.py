@@ -8,34 +8,107 @@ Checks, in order, and names the first row that fails:
    its checkpoint note;
 4. every reading row and key-event row against the leaf it claims;
 5. every time-series row against the reading it came from.
+
+Given the state of an earlier successful run (the last block it verified),
+it checks that this block and the tree under it are unchanged, then only
+what came after: the leaves, nodes, blocks and rows added since.
 """
 
 import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
 
 from crev import cbor, merkle
-from crev.cose import Sign1
 from crev.errors import CrevError
-from crev.reading import Reading
-from crev_ingest import LedgerError
-from crev_ingest.ledger import (
+from crev.ledger_format import (
     LEAF_KEY_EVENT,
     LEAF_READING,
     ZERO_HASH,
+    LedgerFormatError,
     parse_block_header,
-    verify_checkpoint,
+    parse_key_event,
 )
+from crev.reading import Reading
+from crev_ingest import LedgerError
+from crev_ingest.ledger import frontier_from_store, verify_checkpoint
 from crev_ingest.store import Store
 
 
-def verify_ledger(store: Store, ledger_key: bytes, origin: str) -> dict[str, int]:
-    """Raise LedgerError at the first problem; return counts when all holds."""
+@dataclass
+class AuditState:
+    """The last block an audit verified: where the next incremental run starts."""
+
+    origin: str
+    height: int
+    block_hash: bytes
+    tree_size: int
+    root: bytes
+
+    def save(self, path: Path) -> None:
+        text = json.dumps(
+            {
+                "origin": self.origin,
+                "height": self.height,
+                "block_hash": self.block_hash.hex(),
+                "tree_size": self.tree_size,
+                "root": self.root.hex(),
+            }
+        )
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(text + "\n")
+        partial.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "AuditState":
+        """Raises ValueError when the file is not a state this command wrote."""
+        try:
+            raw = json.loads(path.read_text())
+            return cls(
+                str(raw["origin"]),
+                int(raw["height"]),
+                bytes.fromhex(raw["block_hash"]),
+                int(raw["tree_size"]),
+                bytes.fromhex(raw["root"]),
+            )
+        except (OSError, KeyError, TypeError, ValueError) as err:
+            raise ValueError("%s is not an audit state file: %s" % (path, err)) from err
+
+
+def _resume(store: Store, since: AuditState) -> merkle.MerkleFrontier:
+    """The verified prefix must be exactly as it was: same block, same tree."""
+    row = store.db.execute("SELECT header, tree_size, root FROM blocks WHERE height = ?", (since.height,)).fetchone()
+    where = "blocks row height %d" % since.height
+    if row is None:
+        raise LedgerError("%s: the block verified last time is gone" % where)
+    if hashlib.sha256(bytes(row[0])).digest() != since.block_hash:
+        raise LedgerError("%s: the signed header differs from the one verified last time" % where)
+    if int(row[1]) != since.tree_size or bytes(row[2]) != since.root:
+        raise LedgerError("%s: size or root differ from the ones verified last time" % where)
+    try:
+        frontier = frontier_from_store(store, since.tree_size)
+    except KeyError as err:
+        raise LedgerError("nodes: %s under the verified tree" % err) from None
+    if frontier.root() != since.root:
+        raise LedgerError("nodes: the stored tree of size %d no longer has the verified root" % since.tree_size)
+    return frontier
+
+
+def verify_ledger(
+    store: Store, ledger_key: bytes, origin: str, since: AuditState | None = None
+) -> tuple[dict[str, int], AuditState | None]:
+    """Raise LedgerError at the first problem; return counts and the new state when all holds."""
     db = store.db
+    first_height = -1 if since is None else since.height
     blocks = db.execute(
-        "SELECT height, header, block_hash, tree_size, root, time_ms, checkpoint FROM blocks ORDER BY height"
+        "SELECT height, header, block_hash, tree_size, root, time_ms, checkpoint FROM blocks WHERE height > ? "
+        "ORDER BY height",
+        (first_height,),
     ).fetchall()
-    frontier = merkle.MerkleFrontier()
+    frontier = merkle.MerkleFrontier() if since is None else _resume(store, since)
+    first_leaf = frontier.size
     block_position = 0
-    previous_hash = ZERO_HASH
+    previous_hash = ZERO_HASH if since is None else since.block_hash
     leaf_types: dict[int, tuple[int, bytes]] = {}
 
     def check_blocks_at(size: int) -> None:
@@ -45,13 +118,13 @@ def verify_ledger(store: Store, ledger_key: bytes, origin: str) -> dict[str, int
             where = "blocks row height %d" % height
             try:
                 fields = parse_block_header(bytes(header), ledger_key)
-            except ValueError as err:
+            except LedgerFormatError as err:
                 raise LedgerError("%s: header signature or format: %s" % (where, err)) from err
             if hashlib.sha256(bytes(header)).digest() != bytes(block_hash):
                 raise LedgerError("%s: block_hash is not SHA-256 of the signed header" % where)
             if fields[1] != height or fields[3] != tree_size or fields[4] != bytes(root) or fields[5] != time_ms:
                 raise LedgerError("%s: the columns disagree with the signed header" % where)
-            if height != block_position or fields[2] != previous_hash:
+            if height != first_height + 1 + block_position or fields[2] != previous_hash:
                 raise LedgerError("%s: does not link to the previous block" % where)
             if frontier.root() != bytes(root):
                 raise LedgerError("%s: root differs from the tree recomputed from the leaves" % where)
@@ -63,9 +136,9 @@ def verify_ledger(store: Store, ledger_key: bytes, origin: str) -> dict[str, int
             previous_hash = bytes(block_hash)
             block_position += 1
 
-    check_blocks_at(0)
+    check_blocks_at(frontier.size)
     for idx, leaf_type, received_ms, data, stored_hash in db.execute(
-        "SELECT idx, type, received_ms, data, leaf_hash FROM leaves ORDER BY idx"
+        "SELECT idx, type, received_ms, data, leaf_hash FROM leaves WHERE idx >= ? ORDER BY idx", (first_leaf,)
     ):
         where = "leaves row idx %d" % idx
         if idx != frontier.size:
@@ -96,7 +169,9 @@ def verify_ledger(store: Store, ledger_key: bytes, origin: str) -> dict[str, int
         raise LedgerError("nodes: %d rows where the tree has %d" % (extra, _node_count(frontier.size)))
 
     readings = 0
-    for dev, seq, t0, t1, leaf_idx, cose in db.execute("SELECT dev, seq, t0, t1, leaf_idx, cose FROM readings"):
+    for dev, seq, t0, t1, leaf_idx, cose in db.execute(
+        "SELECT dev, seq, t0, t1, leaf_idx, cose FROM readings WHERE leaf_idx >= ?", (first_leaf,)
+    ):
         where = "readings row (%s, %d)" % (dev, seq)
         leaf = leaf_types.get(leaf_idx)
         if leaf is None or leaf[0] != LEAF_READING or leaf[1] != bytes(cose):
@@ -110,31 +185,34 @@ def verify_ledger(store: Store, ledger_key: bytes, origin: str) -> dict[str, int
         raise LedgerError("readings: %d rows for %d reading leaves (a row was deleted)" % (readings, leaf_readings))
 
     for leaf_idx, action, dev, pubkey, kid, when in db.execute(
-        "SELECT leaf_idx, action, dev, pubkey, kid, time FROM key_events"
+        "SELECT leaf_idx, action, dev, pubkey, kid, time FROM key_events WHERE leaf_idx >= ?", (first_leaf,)
     ):
         where = "key_events row leaf %d" % leaf_idx
         leaf = leaf_types.get(leaf_idx)
         if leaf is None or leaf[0] != LEAF_KEY_EVENT:
             raise LedgerError("%s: no key-event leaf" % where)
         try:
-            envelope = Sign1.from_bytes(leaf[1])
-            envelope.verify(ledger_key)
-            statement = cbor.loads(envelope.payload)
-        except CrevError as err:
+            statement = parse_key_event(leaf[1], ledger_key)
+        except LedgerFormatError as err:
             raise LedgerError("%s: key event signature: %s" % (where, err)) from err
-        if statement != {0: action, 1: dev, 2: bytes(pubkey), 3: when} or hashlib.sha256(bytes(pubkey)).digest()[
-            :8
-        ] != bytes(kid):
+        if statement != (action, dev, bytes(pubkey), when) or hashlib.sha256(bytes(pubkey)).digest()[:8] != bytes(kid):
             raise LedgerError("%s: columns differ from the signed key event" % where)
 
     for row in db.execute(
         "SELECT s.dev, s.seq, s.gen_mwh, s.import_mwh, s.export_mwh, s.self_mwh, s.demand_mwh, r.cose "
-        "FROM series s LEFT JOIN readings r ON r.dev = s.dev AND r.seq = s.seq"
+        "FROM series s LEFT JOIN readings r ON r.dev = s.dev AND r.seq = s.seq "
+        "WHERE r.leaf_idx IS NULL OR r.leaf_idx >= ?",
+        (first_leaf,),
     ):
         dev, seq, *values, cose = row
         if cose is None or Reading.from_cose(bytes(cose)).energies != values:
             raise LedgerError("series row (%s, %d): differs from its reading" % (dev, seq))
-    return {"leaves": frontier.size, "blocks": len(blocks), "readings": readings}
+    state = since
+    if blocks:
+        height, _header, block_hash, tree_size, root = blocks[-1][:5]
+        state = AuditState(origin, int(height), bytes(block_hash), int(tree_size), bytes(root))
+    counts = {"leaves": frontier.size - first_leaf, "blocks": len(blocks), "readings": readings}
+    return counts, state
 
 
 def _node_count(size: int) -> int:

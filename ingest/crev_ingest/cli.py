@@ -10,8 +10,9 @@ from crev.keys import key_id
 from crev.reading import valid_device_id
 from crev_ingest import ConfigError
 from crev_ingest import config as ingest_config
-from crev_ingest.audit import verify_ledger
+from crev_ingest.audit import AuditState, verify_ledger
 from crev_ingest.broker import write_broker_users
+from crev_ingest.export import ExportRequest, ExportSummary, export_bundle
 from crev_ingest.keyfile import create_key, load_key
 from crev_ingest.ledger import ACTION_ENROL, ACTION_REVOKE, Ledger
 from crev_ingest.service import IngestService
@@ -113,18 +114,52 @@ def run(config_path: Path) -> int:
     return 0
 
 
-def audit_ledger(config_path: Path) -> tuple[bool, str]:
+def audit_ledger(config_path: Path, state_path: Path | None = None, full: bool = False) -> tuple[bool, str]:
+    """Verify the whole ledger, or with a state file only what came after the last run."""
     config = ingest_config.load(config_path)
     key = load_key(config.ledger_key_path)
+    if not config.storage_path.exists():
+        raise ConfigError("no ledger at %s (storage.path in %s)" % (config.storage_path, config_path))
+    since = None
+    if state_path is not None and state_path.exists() and not full:
+        try:
+            since = AuditState.load(state_path)
+        except ValueError as err:
+            raise ConfigError("%s; remove it or pass --full" % err) from err
+        if since.origin != config.origin:
+            raise ConfigError("%s is the state of ledger %s, not %s" % (state_path, since.origin, config.origin))
     store = Store(config.storage_path)
     try:
-        counts = verify_ledger(store, key.public_key, config.origin)
+        counts, state = verify_ledger(store, key.public_key, config.origin, since)
     except Exception as err:  # LedgerError, or a row so broken it cannot be parsed
         return False, "FAIL: %s" % err
     finally:
         store.close()
-    return True, "OK: %d leaves, %d blocks, %d readings verified" % (
+    if state_path is not None and state is not None:
+        state.save(state_path)
+    scope = "full" if since is None else "since block %d" % since.height
+    return True, "OK (%s): %d leaves, %d blocks, %d readings verified" % (
+        scope,
         counts["leaves"],
         counts["blocks"],
         counts["readings"],
     )
+
+
+def export(config_path: Path, device: str, from_s: int, to_s: int, out: Path) -> ExportSummary:
+    config = ingest_config.load(config_path)
+    if not config.storage_path.exists():
+        raise ConfigError("no ledger at %s (storage.path in %s)" % (config.storage_path, config_path))
+    if out.is_dir():
+        raise ConfigError("--out %s is a directory; name the bundle file" % out)
+    if not out.parent.is_dir():
+        raise ConfigError("--out: the directory %s does not exist" % out.parent)
+    key = load_key(config.ledger_key_path)
+    store = Store(config.storage_path)
+    try:
+        request = ExportRequest(
+            device, from_s, to_s, out, config.origin, key.public_key, config.factor_for(device), int(time.time() * 1000)
+        )
+        return export_bundle(store, request)
+    finally:
+        store.close()

@@ -16,22 +16,34 @@ import hashlib
 import time
 
 from crev import cbor, merkle
-from crev.cose import Sign1, sign1
-from crev.errors import CrevError
+from crev.cose import sign1
 from crev.keys import SigningKey, verify_signature
+from crev.ledger_format import (
+    ACTION_ENROL,
+    ACTION_REVOKE,
+    BLOCK_VERSION,
+    LEAF_GAP_NOTICE,
+    LEAF_KEY_EVENT,
+    LEAF_READING,
+    ZERO_HASH,
+    encode_leaf,
+    parse_block_header,
+)
 from crev_ingest.store import Store
 
-LEAF_READING = 1
-LEAF_KEY_EVENT = 2
-LEAF_GAP_NOTICE = 3
-ACTION_ENROL = 1
-ACTION_REVOKE = 2
-BLOCK_VERSION = 1
-ZERO_HASH = bytes(32)
-
-
-def encode_leaf(leaf_type: int, received_ms: int, data: bytes) -> bytes:
-    return cbor.dumps([leaf_type, received_ms, data])
+__all__ = [
+    "ACTION_ENROL",
+    "ACTION_REVOKE",
+    "LEAF_GAP_NOTICE",
+    "LEAF_KEY_EVENT",
+    "LEAF_READING",
+    "ZERO_HASH",
+    "Ledger",
+    "encode_leaf",
+    "make_checkpoint",
+    "parse_block_header",
+    "verify_checkpoint",
+]
 
 
 def frontier_from_store(store: Store, size: int) -> merkle.MerkleFrontier:
@@ -150,16 +162,3 @@ class Ledger:
         self.sealed_size = self.size
         self.last_seal = time.monotonic()
         return height
-
-
-def parse_block_header(signed: bytes, ledger_key: bytes) -> dict[int, object]:
-    """Verify a signed block header and return its fields. Raises ValueError."""
-    try:
-        envelope = Sign1.from_bytes(signed)
-        envelope.verify(ledger_key)
-        header = cbor.loads(envelope.payload)
-    except CrevError as err:
-        raise ValueError(str(err)) from err
-    if not isinstance(header, dict) or sorted(header) != [0, 1, 2, 3, 4, 5] or header[0] != BLOCK_VERSION:
-        raise ValueError("not a version 1 block header")
-    return header

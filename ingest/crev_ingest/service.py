@@ -156,6 +156,13 @@ class IngestService:
                 if self.ledger.due():
                     self.ledger.seal(int(time.time() * 1000))
 
+    def seal_pending(self) -> None:
+        """On the way out, seal whatever is pending, so every stored reading is provable."""
+        with self.store.transaction():
+            self.ledger.sync()
+            if self.ledger.size > self.ledger.sealed_size:
+                self.ledger.seal(int(time.time() * 1000))
+
     def run(self) -> None:
         if self.config.mqtt_v5:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -177,7 +184,7 @@ class IngestService:
         finally:
             self.client.disconnect()
             self.client.loop_stop()
-            self.seal_if_due()
+            self.seal_pending()
             self.store.close()
             if self.influx is not None:
                 self.influx.close()

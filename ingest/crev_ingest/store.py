@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS blocks (
     time_ms INTEGER NOT NULL,
     checkpoint TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS blocks_size ON blocks (tree_size);
 CREATE TABLE IF NOT EXISTS key_events (
     leaf_idx INTEGER PRIMARY KEY,
     action INTEGER NOT NULL,
@@ -178,6 +179,20 @@ class Store:
         ).fetchone()
         return None if row is None else (int(row[0]), bytes(row[1]), int(row[2]))
 
+    def block_covering(self, leaf_idx: int) -> tuple[int, int] | None:
+        """(height, tree_size) of the first block whose tree holds leaf ``leaf_idx``."""
+        row = self.db.execute(
+            "SELECT height, tree_size FROM blocks WHERE tree_size > ? ORDER BY tree_size, height LIMIT 1", (leaf_idx,)
+        ).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    def block_header(self, height: int) -> tuple[bytes, int]:
+        """(signed header, tree_size) of the block at ``height``."""
+        row = self.db.execute("SELECT header, tree_size FROM blocks WHERE height = ?", (height,)).fetchone()
+        if row is None:
+            raise KeyError("no block at height %d" % height)
+        return bytes(row[0]), int(row[1])
+
     def add_key_event(self, leaf_idx: int, action: int, dev: str, pubkey: bytes, kid: bytes, time_s: int) -> None:
         self.db.execute(
             "INSERT INTO key_events (leaf_idx, action, dev, pubkey, kid, time) VALUES (?, ?, ?, ?, ?, ?)",
@@ -207,6 +222,39 @@ class Store:
     def max_seq(self, dev: str) -> int | None:
         row = self.db.execute("SELECT max(seq) FROM readings WHERE dev = ?", (dev,)).fetchone()
         return None if row[0] is None else int(row[0])
+
+    def count_readings_between(self, dev: str, from_s: int, to_s: int) -> int:
+        row = self.db.execute(
+            "SELECT count(*) FROM readings WHERE dev = ? AND t1 > ? AND t0 < ?", (dev, from_s, to_s)
+        ).fetchone()
+        return int(row[0])
+
+    def readings_between(self, dev: str, from_s: int, to_s: int) -> Iterator[tuple[int, int, int, bytes]]:
+        """(seq, leaf_idx, received_ms, cose) of the readings overlapping [from_s, to_s), by seq."""
+        for row in self.db.execute(
+            "SELECT r.seq, r.leaf_idx, l.received_ms, r.cose FROM readings r JOIN leaves l ON l.idx = r.leaf_idx "
+            "WHERE r.dev = ? AND r.t1 > ? AND r.t0 < ? ORDER BY r.seq",
+            (dev, from_s, to_s),
+        ):
+            yield int(row[0]), int(row[1]), int(row[2]), bytes(row[3])
+
+    def reading_row(self, dev: str, seq: int) -> tuple[int, int, int, bytes] | None:
+        """(seq, leaf_idx, received_ms, cose) of one stored reading."""
+        row = self.db.execute(
+            "SELECT r.seq, r.leaf_idx, l.received_ms, r.cose FROM readings r JOIN leaves l ON l.idx = r.leaf_idx "
+            "WHERE r.dev = ? AND r.seq = ?",
+            (dev, seq),
+        ).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]), int(row[2]), bytes(row[3]))
+
+    def key_event_leaves(self, dev: str) -> list[tuple[int, bytes]]:
+        """(leaf_idx, leaf bytes) of a device's key events, in ledger order."""
+        rows = self.db.execute(
+            "SELECT k.leaf_idx, l.data FROM key_events k JOIN leaves l ON l.idx = k.leaf_idx "
+            "WHERE k.dev = ? ORDER BY k.leaf_idx",
+            (dev,),
+        )
+        return [(int(r[0]), bytes(r[1])) for r in rows]
 
     def add_series(self, row: tuple[str, int, int, str, int, int, int, int, int, float]) -> None:
         self.db.execute(

@@ -17,16 +17,14 @@ The caller holds the transaction; nothing here commits.
 
 from dataclasses import dataclass
 
-from crev import dgcc
 from crev.cose import Sign1
 from crev.errors import ReadingError
-from crev.reading import Reading, reading_hash
+from crev.reading import Reading, reading_hash, recompute_problem
 from crev_ingest.config import IngestConfig
 from crev_ingest.ledger import ACTION_ENROL, ACTION_REVOKE, LEAF_READING, Ledger
 from crev_ingest.store import Store
 
 MAX_MESSAGE = 16384
-RULE_FLAGS = dgcc.COUNTER_RESET | dgcc.NO_BASELINE | dgcc.EXPORT_EXCEEDS_GEN
 
 
 @dataclass
@@ -126,14 +124,9 @@ class Ingestor:
         if reading.t1 > now_s + self.config.max_future_s:  # (8)
             raise Rejected("FUTURE_TIMESTAMP", "t1 %d is %d s ahead" % (reading.t1, reading.t1 - now_s))
         if before is not None:  # (9)
-            previous = before[1]
-            energies, generator_self, flags = dgcc.apply_rules(previous.channels, reading.channels)
-            if (
-                energies != reading.energies
-                or generator_self != reading.generator_self
-                or flags != reading.flags & RULE_FLAGS
-            ):
-                raise Rejected("MISMATCH_RECOMPUTE", "e/gs/flags differ from the counters of seq %d" % previous.seq)
+            problem = recompute_problem(before[1].channels, reading)
+            if problem is not None:
+                raise Rejected("MISMATCH_RECOMPUTE", "%s (from the counters of seq %d)" % (problem, before[1].seq))
         return None
 
     def quarantine(self, topic: str, raw: bytes, received_ms: int, rejected: Rejected) -> Outcome:

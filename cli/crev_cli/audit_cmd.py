@@ -1,0 +1,269 @@
+"""``crev audit export|verify|ledger``: evidence bundles and the ledger check.
+
+``verify`` imports nothing that opens a database or a socket: an auditor runs
+it on their own machine with the bundle and the ledger's public key alone.
+"""
+
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from crev import evidence
+from crev.dgcc import flag_names
+from crev_cli import UsageError
+
+
+def parse_time(text: str, option: str) -> int:
+    """Unix seconds from a date (UTC midnight), an ISO 8601 time (UTC unless it says), or Unix seconds."""
+    value = text.strip()
+    if value.isdigit():
+        return int(value)
+    try:
+        if len(value) == 10:
+            day = datetime.date.fromisoformat(value)
+            moment = datetime.datetime(day.year, day.month, day.day, tzinfo=datetime.UTC)
+        else:
+            moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=datetime.UTC)
+    except ValueError:
+        raise UsageError(
+            "%s %r is not a date (2026-11-01), a time (2026-11-01T09:00Z, 2026-11-01T18:00+09:00) or Unix seconds"
+            % (option, text)
+        ) from None
+    return int(moment.timestamp())
+
+
+def iso(seconds: int | None) -> str:
+    if seconds is None:
+        return "?"
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def kwh(mwh: int) -> str:
+    sign = "-" if mwh < 0 else ""
+    whole, part = divmod(abs(mwh), 1_000_000)
+    return "%s%d.%06d" % (sign, whole, part)
+
+
+# ------------------------------------------------------------------ export
+
+
+def export(args: argparse.Namespace) -> int:
+    from crev_ingest import IngestError
+    from crev_ingest import cli as ingest_cli
+
+    from_s = parse_time(args.from_time, "--from")
+    to_s = parse_time(args.to_time, "--to")
+    if to_s <= from_s:
+        raise UsageError("--to must be after --from")
+    try:
+        summary = ingest_cli.export(Path(args.config), args.device, from_s, to_s, Path(args.out))
+    except IngestError as err:
+        raise UsageError(str(err)) from err
+    except OSError as err:
+        raise UsageError("cannot write %s: %s" % (args.out, err)) from err
+    print(
+        "wrote %s: %d readings of %s in the range (seq %d..%d), %d with their neighbours; "
+        "%d blocks, %d key events; %d bytes"
+        % (
+            summary.path,
+            summary.in_range,
+            args.device,
+            summary.first_seq,
+            summary.last_seq,
+            summary.readings,
+            summary.blocks,
+            summary.key_events,
+            summary.bytes,
+        )
+    )
+    print("verify it offline with: crev audit verify %s --ledger-key <the ledger's public key>" % summary.path)
+    return 0
+
+
+# ------------------------------------------------------------------ verify
+
+
+def verify(args: argparse.Namespace) -> int:
+    from crev_cli.bundle_verify import default_jobs, parse_ledger_key, verify_bundle
+
+    try:
+        ledger_key = parse_ledger_key(args.ledger_key)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError("--jobs must be 1 or more")
+    try:
+        handle = open(args.file, "rb")  # noqa: SIM115 - closed by the with below
+    except OSError as err:
+        raise UsageError("cannot read %s: %s" % (args.file, err.strerror)) from err
+    with handle:
+        result = verify_bundle(handle, ledger_key, args.allow_gaps, args.jobs or default_jobs())
+    report = build_report(result, args.factor)
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render_text(report))
+    return 0 if report["result"] == "pass" else 1
+
+
+def build_report(result: Any, factor_override: float | None) -> dict[str, Any]:
+    """The JSON report; the text report is rendered from it."""
+    failures = result.failures
+    meta = result.meta
+    sequence = result.sequence
+    walked = not any(f.check == evidence.FORMAT for f in failures) and sequence is not None
+    checks = []
+    for number in range(1, len(evidence.CHECK_NAMES)):
+        count = sum(1 for f in failures if f.check == number)
+        status = "failed" if count else ("ok" if walked else "not completed")
+        checks.append({"number": number, "name": evidence.CHECK_NAMES[number], "status": status, "failures": count})
+    report: dict[str, Any] = {
+        "result": "pass" if result.failure_count == 0 else "fail",
+        "first_failure": failures[0].to_dict() if failures else None,
+        "first_failure_text": failures[0].describe() if failures else None,
+        "failure_count": result.failure_count,
+        "failures": [f.to_dict() for f in failures],
+        "checks": checks,
+    }
+    if not meta:
+        return report
+    factor_mg = round(factor_override * 1000) if factor_override is not None else meta[evidence.M_FACTOR]
+    heights = result.blocks.heights
+    report["bundle"] = {
+        "dev": meta[evidence.M_DEV],
+        "origin": meta[evidence.M_ORIGIN],
+        "ledger_kid": meta[evidence.M_LEDGER_KID].hex(),
+        "from": meta[evidence.M_FROM],
+        "to": meta[evidence.M_TO],
+        "exported_ms": meta[evidence.M_EXPORTED],
+        "blocks": len(heights),
+        "first_height": heights[0] if heights else None,
+        "last_height": heights[-1] if heights else None,
+        "tree_size": result.blocks.roots[heights[-1]][0] if heights else None,
+        "key_events": result.key_events,
+        "readings": result.readings,
+        "bytes": result.bytes,
+    }
+    if sequence is not None:
+        totals = sequence.totals
+        g, i, e, s, d = totals.energies
+        report["totals"] = {
+            "readings": totals.readings,
+            "gen_mwh": g,
+            "import_mwh": i,
+            "export_mwh": e,
+            "self_mwh": s,
+            "demand_mwh": d,
+            "self_kwh": kwh(s),
+            "co2_g": round(s * factor_mg / 1e9, 3),
+            "factor_g_per_kwh": factor_mg / 1000,
+            "factor_from": "--factor" if factor_override is not None else "bundle",
+            "readings_without_energies": totals.without_energies,
+            "readings_not_recomputed": totals.not_recomputed,
+            "flags_seen": flag_names(totals.flags),
+        }
+        report["gaps"] = sequence.gaps
+        report["gaps_allowed"] = sequence.allow_gaps
+        report["range_end"] = (
+            "sealed: the bundle holds the first reading after the range"
+            if sequence.ends_after_range
+            else "open: the ledger held no sealed reading after the range at export"
+        )
+    return report
+
+
+def render_text(report: dict[str, Any]) -> str:
+    lines: list[str] = []
+    bundle = report.get("bundle")
+    if bundle:
+        lines.append("Evidence bundle for %s" % bundle["dev"])
+        lines.append("  range      %s .. %s" % (iso(bundle["from"]), iso(bundle["to"])))
+        lines.append("  ledger     %s, key id %s" % (bundle["origin"], bundle["ledger_kid"]))
+        if bundle["blocks"]:
+            lines.append(
+                "  blocks     %d listed, heights %s..%s, tree size %s at the last"
+                % (bundle["blocks"], bundle["first_height"], bundle["last_height"], bundle["tree_size"])
+            )
+        lines.append(
+            "  contents   readings %d, key events %d, bytes %d"
+            % (bundle["readings"], bundle["key_events"], bundle["bytes"])
+        )
+        lines.append("")
+    lines.append("Checks")
+    for check in report["checks"]:
+        status = check["status"]
+        if status == "failed":
+            status = "FAILED (%d)" % check["failures"]
+        name = "%d %s " % (check["number"], check["name"])
+        lines.append("  %s%s %s" % (name, "." * max(2, 44 - len(name)), status))
+    totals = report.get("totals")
+    if totals:
+        lines.append("")
+        lines.append("Totals over the %d readings in the range" % totals["readings"])
+        for label, key in (
+            ("generation", "gen_mwh"),
+            ("grid import", "import_mwh"),
+            ("grid export", "export_mwh"),
+            ("self-consumption", "self_mwh"),
+            ("demand", "demand_mwh"),
+        ):
+            lines.append("  %-17s %14s kWh" % (label, kwh(totals[key])))
+        lines.append(
+            "  %-17s %14.3f kg-CO2 at %g g-CO2/kWh (%s)"
+            % (
+                "CO2 avoided",
+                totals["co2_g"] / 1000,
+                totals["factor_g_per_kwh"],
+                "given by --factor"
+                if totals["factor_from"] == "--factor"
+                else "the factor stated in the bundle by the exporter; it is not signed",
+            )
+        )
+        if totals["readings_without_energies"]:
+            lines.append(
+                "  %d readings carry no energies (NO_BASELINE or COUNTER_RESET)" % totals["readings_without_energies"]
+            )
+        if totals["flags_seen"]:
+            lines.append("  flags seen: %s" % ", ".join(totals["flags_seen"]))
+    if "gaps" in report:
+        lines.append("")
+        gaps = report["gaps"]
+        lines.append(
+            "Gaps: %s" % ("none" if not gaps else "%d%s" % (len(gaps), " (allowed)" if report["gaps_allowed"] else ""))
+        )
+        for gap in gaps:
+            missing = (
+                "seq %d" % gap["first_seq"]
+                if gap["first_seq"] == gap["last_seq"]
+                else "seq %d..%d" % (gap["first_seq"], gap["last_seq"])
+            )
+            lines.append("  %s missing, from %s to %s" % (missing, iso(gap["from_t"]), iso(gap["to_t"])))
+        lines.append("Range end: %s" % report["range_end"])
+    lines.append("")
+    if report["result"] == "pass":
+        lines.append("RESULT: PASS")
+    else:
+        lines.append("RESULT: FAIL (%d failures)" % report["failure_count"])
+        lines.append("First failure: %s" % report["first_failure_text"])
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ ledger
+
+
+def ledger(args: argparse.Namespace) -> int:
+    from crev_ingest import IngestError
+    from crev_ingest.cli import audit_ledger
+
+    try:
+        ok, message = audit_ledger(Path(args.config), Path(args.state) if args.state else None, args.full)
+    except IngestError as err:
+        raise UsageError(str(err)) from err
+    print(message)
+    return 0 if ok else 1

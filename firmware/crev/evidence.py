@@ -1,0 +1,515 @@
+"""Evidence bundles (SPEC §6): their layout and the offline checks, without I/O.
+
+A bundle is one deterministic CBOR array with definite lengths, so a writer
+that counts first can stream it and a reader can walk it item by item::
+
+    ["crev-evidence", 1, meta, [block...], [key_event...], [reading...]]
+
+    meta       {0: origin, 1: ledger kid, 2: dev, 3: from_s, 4: to_s,
+                5: exported_ms, 6: emission factor in mg-CO2/kWh}
+    block      [height, signed_header, consistency]
+               ``consistency`` proves (RFC 9162 §2.1.4) that the previous
+               block in the list is a prefix of this one; [] for the first.
+    key_event  [leaf_index, received_ms, statement, height, inclusion_path]
+    reading    a byte string holding the CBOR of
+               [leaf_index, received_ms, cose, height, inclusion_path]
+
+A reading is wrapped in a byte string so that a reader can hand it on
+without decoding it (the verifier's main process passes readings to worker
+processes that way). Each inclusion path proves its leaf ``[type, received_ms, data]`` in the
+tree of the listed block at ``height``. Readings are in seq order; the one
+before the range and the one after it are included when the ledger has them,
+so the first reading's energies can be recomputed and a cut-off end shows.
+
+The checks, numbered as in the report and in docs/auditing.md:
+
+    0 the bundle's structure
+    1 block header signatures, and hash links between consecutive blocks
+    2 consistency proofs between the listed blocks
+    3 inclusion proofs (key events and readings)
+    4 reading signatures, by a key enrolled for the device before the reading
+      was recorded and not revoked at its t1 (key events: the ledger key)
+    5 schema and canonical form
+    6 seq continuity and the prev chain; every gap is reported
+    7 DGC-C values recomputed from the counters
+"""
+
+from crev import cbor, merkle
+from crev.cose import Sign1
+from crev.errors import CrevError
+from crev.keys import key_id
+from crev.ledger_format import (
+    ACTION_ENROL,
+    ACTION_REVOKE,
+    B_HEIGHT,
+    B_PREV,
+    B_ROOT,
+    B_SIZE,
+    B_TIME,
+    LEAF_KEY_EVENT,
+    LEAF_READING,
+    LedgerFormatError,
+    block_hash,
+    encode_leaf,
+    parse_block_header,
+    parse_key_event,
+)
+from crev.reading import Reading, reading_hash, recompute_problem
+
+MAGIC = "crev-evidence"
+VERSION = 1
+M_ORIGIN, M_LEDGER_KID, M_DEV, M_FROM, M_TO, M_EXPORTED, M_FACTOR = range(7)
+
+CHECK_NAMES = (
+    "bundle structure",
+    "block signatures and hash links",
+    "consistency between blocks",
+    "inclusion proofs",
+    "signatures by an enrolled key",
+    "schema and canonical form",
+    "seq continuity and prev chain",
+    "DGC-C values recomputed",
+)
+FORMAT, BLOCKS, CONSISTENCY, INCLUSION, SIGNATURE, SCHEMA, SEQUENCE, RECOMPUTE = range(8)
+
+
+class Failure:
+    """The first thing wrong with one item of a bundle."""
+
+    def __init__(self, check: int, item: str, position: int, detail: str) -> None:
+        self.check = check
+        self.item = item  # "bundle", "block", "key event" or "reading"
+        self.position = position  # index within its section, -1 for the bundle
+        self.detail = detail
+        self.dev = None  # type: str | None
+        self.seq = None  # type: int | None
+        self.height = None  # type: int | None
+        # When the reading is too damaged to say its seq: what its place implies.
+        self.expected_seq = None  # type: int | None
+
+    def where(self) -> str:
+        if self.item == "reading":
+            label = "reading #%d" % self.position
+            if self.seq is not None:
+                label += " (%s seq %d)" % (self.dev, self.seq)
+            elif self.expected_seq is not None:
+                label += " (unreadable; seq %d expected here)" % self.expected_seq
+            return label
+        if self.item == "block":
+            label = "block #%d" % self.position
+            return label + (" (height %d)" % self.height if self.height is not None else "")
+        if self.item == "key event":
+            return "key event #%d" % self.position
+        return "bundle"
+
+    def describe(self) -> str:
+        return "%s: check %d (%s) failed: %s" % (self.where(), self.check, CHECK_NAMES[self.check], self.detail)
+
+    def to_dict(self) -> dict:
+        return {
+            "check": self.check,
+            "check_name": CHECK_NAMES[self.check],
+            "item": self.item,
+            "position": self.position,
+            "dev": self.dev,
+            "seq": self.seq,
+            "height": self.height,
+            "expected_seq": self.expected_seq,
+            "detail": self.detail,
+        }
+
+
+def _uint(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _hash_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(h, bytes) and len(h) == 32 for h in value)
+
+
+def check_meta(meta: object, ledger_public_key: bytes) -> "Failure | None":
+    """The bundle's meta map, and that it names the ledger key we were given."""
+    if not isinstance(meta, dict) or sorted(meta) != [0, 1, 2, 3, 4, 5, 6]:
+        return Failure(FORMAT, "bundle", -1, "meta must be a map with keys 0..6")
+    for key in (M_FROM, M_TO, M_EXPORTED, M_FACTOR):
+        if not _uint(meta[key]):
+            return Failure(FORMAT, "bundle", -1, "meta field %d is not an unsigned integer" % key)
+    if not isinstance(meta[M_ORIGIN], str) or not isinstance(meta[M_DEV], str):
+        return Failure(FORMAT, "bundle", -1, "meta origin and dev must be text")
+    if meta[M_LEDGER_KID] != key_id(ledger_public_key):
+        given = key_id(ledger_public_key).hex()
+        named = meta[M_LEDGER_KID].hex() if isinstance(meta[M_LEDGER_KID], bytes) else "?"
+        return Failure(BLOCKS, "bundle", -1, "the bundle names ledger key %s, not the given key %s" % (named, given))
+    if meta[M_TO] <= meta[M_FROM]:
+        return Failure(FORMAT, "bundle", -1, "the range ends before it starts")
+    return None
+
+
+class BlockChecks:
+    """Checks 1 and 2 over the listed blocks, in order; then their roots."""
+
+    def __init__(self, ledger_public_key: bytes) -> None:
+        self.key = ledger_public_key
+        self.roots = {}  # type: dict[int, tuple[int, bytes]]
+        self.heights = []  # type: list[int]
+        self._last = None  # type: tuple[int, bytes, int, bytes] | None
+        self.latest_time_ms = 0
+
+    def add(self, position: int, item: object) -> "Failure | None":
+        if (
+            not isinstance(item, list)
+            or len(item) != 3
+            or not _uint(item[0])
+            or not isinstance(item[1], bytes)
+            or not _hash_list(item[2])
+        ):
+            return Failure(FORMAT, "block", position, "a block is [height, signed header, consistency proof]")
+        height, signed, consistency = item
+        failure = self._check(height, signed, consistency)
+        if failure is not None:
+            failure.position = position
+            failure.height = height
+        return failure
+
+    def _check(self, height: int, signed: bytes, consistency: list) -> "Failure | None":
+        try:
+            header = parse_block_header(signed, self.key)
+        except LedgerFormatError as err:
+            return Failure(BLOCKS, "block", 0, "header is not signed by the ledger key: %s" % err.detail)
+        if header[B_HEIGHT] != height:
+            return Failure(BLOCKS, "block", 0, "listed as height %d, signed as %d" % (height, header[B_HEIGHT]))
+        size, root = header[B_SIZE], header[B_ROOT]
+        last = self._last
+        if last is not None:
+            last_height, last_hash, last_size, last_root = last
+            if height <= last_height:
+                return Failure(BLOCKS, "block", 0, "height %d follows height %d" % (height, last_height))
+            if height == last_height + 1 and header[B_PREV] != last_hash:
+                return Failure(BLOCKS, "block", 0, "prev_block_hash does not link to block %d" % last_height)
+            if not merkle.verify_consistency(last_size, size, consistency, last_root, root):
+                return Failure(
+                    CONSISTENCY,
+                    "block",
+                    0,
+                    "the tree of size %d at height %d is not proven a prefix of size %d"
+                    % (last_size, last_height, size),
+                )
+        elif consistency:
+            return Failure(CONSISTENCY, "block", 0, "the first listed block has nothing to be consistent with")
+        self._last = (height, block_hash(signed), size, root)
+        self.roots[height] = (size, root)
+        self.heights.append(height)
+        self.latest_time_ms = header[B_TIME]
+        return None
+
+
+def _inclusion_failure(roots: dict, leaf_type: int, item: list, kind: str, position: int) -> "Failure | None":
+    leaf_index, received_ms, data, height, path = item
+    anchor = roots.get(height)
+    if anchor is None:
+        return Failure(INCLUSION, kind, position, "its proof names block %d, which is not in the bundle" % height)
+    size, root = anchor
+    leaf = merkle.leaf_hash(encode_leaf(leaf_type, received_ms, data))
+    if not merkle.verify_inclusion(leaf, leaf_index, size, path, root):
+        return Failure(
+            INCLUSION, kind, position, "leaf %d is not proven in block %d (tree size %d)" % (leaf_index, height, size)
+        )
+    return None
+
+
+def _leaf_item(item: object) -> bool:
+    return (
+        isinstance(item, list)
+        and len(item) == 5
+        and _uint(item[0])
+        and _uint(item[1])
+        and isinstance(item[2], bytes)
+        and _uint(item[3])
+        and _hash_list(item[4])
+    )
+
+
+class KeyHistory:
+    """Checks 3 and 4 over the device's key events; then which key was valid when."""
+
+    def __init__(self, ledger_public_key: bytes, dev: str) -> None:
+        self.key = ledger_public_key
+        self.dev = dev
+        # kid -> [(enrol leaf, pubkey, revoked_at or None)], in leaf order
+        self.enrolments = {}  # type: dict[bytes, list]
+        self._last_leaf = -1
+
+    def add(self, roots: dict, position: int, item: object) -> "Failure | None":
+        if not _leaf_item(item):
+            return Failure(FORMAT, "key event", position, "a key event is [leaf, received_ms, statement, height, path]")
+        assert isinstance(item, list)
+        if item[0] <= self._last_leaf:
+            # History is replayed in ledger order: a revocation must not precede its enrolment.
+            return Failure(FORMAT, "key event", position, "key events are not in ledger order")
+        self._last_leaf = item[0]
+        failure = _inclusion_failure(roots, LEAF_KEY_EVENT, item, "key event", position)
+        if failure is not None:
+            return failure
+        try:
+            action, dev, pubkey, when = parse_key_event(item[2], self.key)
+        except LedgerFormatError as err:
+            return Failure(SIGNATURE, "key event", position, err.detail)
+        if dev != self.dev:
+            return Failure(SIGNATURE, "key event", position, "it is for %s, not %s" % (dev, self.dev))
+        history = self.enrolments.setdefault(key_id(pubkey), [])
+        if action == ACTION_ENROL:
+            history.append([item[0], pubkey, None])
+        elif action == ACTION_REVOKE:
+            for entry in history:
+                if entry[1] == pubkey and entry[2] is None:
+                    entry[2] = when
+        return None
+
+    def key_for(self, kid: bytes) -> "bytes | None":
+        history = self.enrolments.get(kid)
+        return history[0][1] if history else None
+
+    def validity_problem(self, kid: bytes, leaf_index: int, t1: int) -> "str | None":
+        """None when the key was enrolled before this leaf and not revoked at t1."""
+        history = self.enrolments.get(kid)
+        if not history:
+            return "key %s is not enrolled for %s" % (kid.hex(), self.dev)
+        current = None
+        for entry in history:
+            if entry[0] < leaf_index:
+                current = entry
+        if current is None:
+            return "key %s was enrolled only after this reading was recorded" % kid.hex()
+        if current[2] is not None and t1 >= current[2]:
+            return "signed for t1 %d, but key %s was revoked at %d" % (t1, kid.hex(), current[2])
+        return None
+
+
+class Summary:
+    """What check 6 needs of a reading that passed checks 3-5 and 7."""
+
+    def __init__(
+        self,
+        dev: str,
+        seq: int,
+        prev: bytes,
+        own_hash: bytes,
+        t0: int,
+        t1: int,
+        energies: "list | None",
+        flags: int,
+        recomputed: bool,
+    ) -> None:
+        self.dev = dev
+        self.seq = seq
+        self.prev = prev
+        self.hash = own_hash
+        self.t0 = t0
+        self.t1 = t1
+        self.energies = energies
+        self.flags = flags
+        self.recomputed = recomputed
+
+    @classmethod
+    def of(cls, reading: Reading, own_hash: bytes, recomputed: bool) -> "Summary":
+        return cls(
+            reading.dev,
+            reading.seq,
+            reading.prev,
+            own_hash,
+            reading.t0,
+            reading.t1,
+            reading.energies,
+            reading.flags,
+            recomputed,
+        )
+
+    def __reduce__(self) -> tuple:
+        # Worker processes send one per reading: a flat tuple pickles several times faster.
+        fields = (self.dev, self.seq, self.prev, self.hash, self.t0, self.t1, self.energies, self.flags)
+        return Summary, fields + (self.recomputed,)
+
+
+class ReadingChecks:
+    """Checks 3, 4, 5 and 7 for a run of consecutive readings.
+
+    It holds only the verified block roots and key history, so worker
+    processes can each have a copy and check batches in parallel.
+    """
+
+    def __init__(self, roots: dict, keys: KeyHistory, backend: "str | None" = None) -> None:
+        self.roots = roots
+        self.keys = keys
+        self.backend = backend
+
+    def check_batch(self, first_position: int, items: list, before: "bytes | None") -> list:
+        """Check encoded reading items; ``before`` is the encoded item before the batch.
+
+        Returns one ``(failure, summary)`` pair per item; exactly one is None.
+        """
+        results = []
+        previous = None  # type: Reading | None
+        if before is not None:
+            previous = _peek(_cose_of(before))
+        for offset, raw in enumerate(items):
+            position = first_position + offset
+            try:
+                item = cbor.loads(raw)
+            except CrevError as err:
+                failure = Failure(FORMAT, "reading", position, "the reading item is not CBOR: %s" % err)
+                results.append((failure, None))
+                previous = None
+                continue
+            failure, reading, summary = self.check_one(position, item, previous)
+            if failure is not None and reading is not None:
+                failure.dev, failure.seq = reading.dev, reading.seq
+            results.append((failure, summary))
+            previous = reading if failure is None else None  # never a baseline we did not verify
+        return results
+
+    def check_one(self, position: int, item: object, previous: "Reading | None") -> tuple:
+        if not _leaf_item(item):
+            return (
+                Failure(FORMAT, "reading", position, "a reading is [leaf, received_ms, cose, height, path]"),
+                None,
+                None,
+            )
+        assert isinstance(item, list)
+        failure = _inclusion_failure(self.roots, LEAF_READING, item, "reading", position)  # (3)
+        if failure is not None:
+            return failure, _peek(item[2]), None
+        cose = item[2]
+        try:
+            envelope = Sign1.from_bytes(cose)
+        except CrevError as err:
+            return Failure(SCHEMA, "reading", position, "not a COSE_Sign1 reading: %s" % err), None, None
+        public_key = self.keys.key_for(envelope.kid)  # (4)
+        if public_key is None:
+            return (
+                Failure(
+                    SIGNATURE,
+                    "reading",
+                    position,
+                    "key %s is not enrolled for %s" % (envelope.kid.hex(), self.keys.dev),
+                ),
+                _peek(cose),
+                None,
+            )
+        try:
+            envelope.verify(public_key, self.backend)
+        except CrevError as err:
+            return Failure(SIGNATURE, "reading", position, err.detail), _peek(cose), None
+        try:
+            reading = Reading.from_payload(envelope.payload)  # (5)
+        except CrevError as err:
+            return Failure(SCHEMA, "reading", position, str(err)), None, None
+        problem = self.keys.validity_problem(envelope.kid, item[0], reading.t1)  # (4) needs the signed t1
+        if problem is not None:
+            return Failure(SIGNATURE, "reading", position, problem), reading, None
+        recomputed = False
+        if reading.seq == 0 or (
+            previous is not None and previous.dev == reading.dev and previous.seq == reading.seq - 1
+        ):
+            before = None if reading.seq == 0 or previous is None else previous.channels
+            problem = recompute_problem(before, reading)  # (7)
+            if problem is not None:
+                return Failure(RECOMPUTE, "reading", position, problem), reading, None
+            recomputed = True
+        return None, reading, Summary.of(reading, reading_hash(cose), recomputed)
+
+
+def _peek(cose: "bytes | None") -> "Reading | None":
+    """The reading's claimed identity, for naming a failed item; never trusted."""
+    if cose is None:
+        return None
+    try:
+        return Reading.from_cose(cose)
+    except CrevError:
+        return None
+
+
+def _cose_of(raw: bytes) -> "bytes | None":
+    try:
+        item = cbor.loads(raw)
+    except CrevError:
+        return None
+    return item[2] if _leaf_item(item) else None  # type: ignore[index]
+
+
+class Totals:
+    def __init__(self) -> None:
+        self.readings = 0
+        self.energies = [0, 0, 0, 0, 0]  # G, I, E, self, demand in mWh
+        self.without_energies = 0
+        self.not_recomputed = 0
+        self.flags = 0
+
+
+class SequenceChecks:
+    """Check 6 over the readings in bundle order, and the totals of the range."""
+
+    def __init__(self, dev: str, from_s: int, to_s: int, allow_gaps: bool) -> None:
+        self.dev = dev
+        self.from_s = from_s
+        self.to_s = to_s
+        self.allow_gaps = allow_gaps
+        self.last = None  # type: Summary | None
+        self.gaps = []  # type: list[dict]
+        self.totals = Totals()
+        self.first_seq = None  # type: int | None
+        self.ends_after_range = False
+
+    def in_range(self, summary: Summary) -> bool:
+        return summary.t1 > self.from_s and summary.t0 < self.to_s
+
+    def add(self, position: int, summary: Summary) -> "Failure | None":
+        failure = self._link(position, summary)
+        if self.last is None or summary.seq > self.last.seq:
+            self.last = summary
+        if self.in_range(summary):
+            totals = self.totals
+            totals.readings += 1
+            totals.flags |= summary.flags
+            if summary.energies is None:
+                totals.without_energies += 1
+            else:
+                for j in range(5):
+                    totals.energies[j] += summary.energies[j]
+            if not summary.recomputed:
+                totals.not_recomputed += 1
+        elif summary.t0 >= self.to_s:
+            self.ends_after_range = True
+        if failure is not None:
+            failure.dev, failure.seq = summary.dev, summary.seq
+        return failure
+
+    def _gap(self, position: int, first: int, last: int, after_t1: "int | None", before_t0: int) -> "Failure | None":
+        self.gaps.append({"first_seq": first, "last_seq": last, "from_t": after_t1, "to_t": before_t0})
+        if self.allow_gaps:
+            return None
+        span = "before t0 %d" % before_t0 if after_t1 is None else "between t %d and %d" % (after_t1, before_t0)
+        missing = "seq %d" % first if first == last else "seq %d..%d" % (first, last)
+        return Failure(SEQUENCE, "reading", position, "gap: %s missing, %s" % (missing, span))
+
+    def _link(self, position: int, summary: Summary) -> "Failure | None":
+        if summary.dev != self.dev:
+            return Failure(
+                SEQUENCE, "reading", position, "a reading of %s in a bundle for %s" % (summary.dev, self.dev)
+            )
+        last = self.last
+        if last is None:
+            self.first_seq = summary.seq
+            # A reading before the range only anchors the chain; the first
+            # reading in the range needs its predecessor in the bundle.
+            if summary.seq > 0 and self.in_range(summary):
+                return self._gap(position, summary.seq - 1, summary.seq - 1, None, summary.t0)
+            return None
+        if summary.seq <= last.seq:
+            return Failure(
+                SEQUENCE, "reading", position, "seq %d after seq %d: out of order or repeated" % (summary.seq, last.seq)
+            )
+        if summary.seq > last.seq + 1:
+            return self._gap(position, last.seq + 1, summary.seq - 1, last.t1, summary.t0)
+        if summary.prev != last.hash:
+            return Failure(SEQUENCE, "reading", position, "prev does not link to seq %d" % last.seq)
+        return None

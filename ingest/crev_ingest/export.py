@@ -1,0 +1,207 @@
+"""``crev audit export``: write one device's evidence bundle for a time range.
+
+The layout is in ``crev.evidence``. The export reads one consistent snapshot
+of the store (a single read transaction, so ingest may keep writing), makes
+two passes over the readings (count and pick proof blocks, then write), and
+streams the file: memory stays flat for a year of one-minute readings. The
+file appears under its name only when complete (written aside, fsynced,
+renamed).
+
+Readings are proven in groups of ``GROUP``, each against the first block
+that covers the whole group, so a year needs a few hundred block headers
+rather than one per block sealed; consistency proofs link them.
+"""
+
+import functools
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from crev import cbor, evidence, merkle
+from crev.keys import key_id
+from crev_ingest import ConfigError
+from crev_ingest.store import Store
+
+GROUP = 1024
+
+
+@dataclass
+class ExportSummary:
+    path: Path
+    readings: int
+    in_range: int
+    blocks: int
+    key_events: int
+    bytes: int
+    first_seq: int
+    last_seq: int
+
+
+Row = tuple[int, int, int, bytes]  # seq, leaf_idx, received_ms, cose
+
+
+class _Snapshot:
+    """The readings to export, in bundle order, from one read transaction."""
+
+    def __init__(self, store: Store, dev: str, from_s: int, to_s: int, sealed_size: int) -> None:
+        self.store = store
+        self.dev = dev
+        self.from_s = from_s
+        self.to_s = to_s
+        self.in_range = store.count_readings_between(dev, from_s, to_s)
+        if self.in_range == 0:
+            raise ConfigError("the ledger has no readings of %s in the range; nothing to export" % dev)
+        first = last = None
+        unsealed = 0
+        for seq, leaf, _received, _cose in store.readings_between(dev, from_s, to_s):
+            first = seq if first is None else first
+            last = seq
+            unsealed += leaf >= sealed_size
+        assert first is not None and last is not None
+        if unsealed:
+            raise ConfigError(
+                "%d readings in the range are not sealed in a block yet; ingest seals one every "
+                "block_interval_s seconds, so export again shortly" % unsealed
+            )
+        self.first_seq, self.last_seq = first, last
+        # The neighbours make the first reading's energies recomputable and a cut-off end visible.
+        self.before = store.reading_row(dev, first - 1) if first > 0 else None
+        after = store.reading_row(dev, last + 1)
+        self.after = after if after is not None and after[1] < sealed_size else None
+        self.count = self.in_range + (self.before is not None) + (self.after is not None)
+
+    def rows(self) -> Iterator[Row]:
+        if self.before is not None:
+            yield self.before
+        yield from self.store.readings_between(self.dev, self.from_s, self.to_s)
+        if self.after is not None:
+            yield self.after
+
+
+@dataclass
+class ExportRequest:
+    dev: str
+    from_s: int
+    to_s: int
+    out: Path
+    origin: str
+    ledger_public_key: bytes
+    factor_g_per_kwh: float
+    now_ms: int
+    group: int = GROUP  # readings proven against one block
+
+
+def export_bundle(store: Store, request: ExportRequest) -> ExportSummary:
+    if request.to_s <= request.from_s:
+        raise ConfigError("--to must be after --from")
+    store.db.execute("BEGIN")  # one snapshot for both passes, while ingest writes on
+    try:
+        return _export(store, request)
+    finally:
+        store.db.execute("COMMIT")
+
+
+def _export(store: Store, request: ExportRequest) -> ExportSummary:
+    dev, out = request.dev, request.out
+    latest = store.last_block()
+    key_leaves = store.key_event_leaves(dev)
+    if latest is None or not key_leaves:
+        raise ConfigError("%s is not enrolled in this ledger" % dev)
+    anchor_height, _hash, sealed_size = latest
+    snapshot = _Snapshot(store, dev, request.from_s, request.to_s, sealed_size)
+    if key_leaves[-1][0] >= sealed_size:
+        raise ConfigError("a key event of %s is not sealed in a block yet; export again shortly" % dev)
+
+    # Pass 1: the block each group of readings is proven in.
+    group_blocks: list[int] = []
+    group_max = -1
+    for position, row in enumerate(snapshot.rows()):
+        group_max = max(group_max, row[1])
+        if position % request.group == request.group - 1 or position == snapshot.count - 1:
+            group_blocks.append(_covering(store, group_max))
+            group_max = -1
+    key_block = _covering(store, key_leaves[-1][0])
+    heights = sorted({*group_blocks, key_block, anchor_height})
+
+    node = functools.lru_cache(maxsize=1 << 16)(store.node)
+    sizes = {h: store.block_header(h)[1] for h in heights}
+    meta = {
+        evidence.M_ORIGIN: request.origin,
+        evidence.M_LEDGER_KID: key_id(request.ledger_public_key),
+        evidence.M_DEV: dev,
+        evidence.M_FROM: request.from_s,
+        evidence.M_TO: request.to_s,
+        evidence.M_EXPORTED: request.now_ms,
+        evidence.M_FACTOR: round(request.factor_g_per_kwh * 1000),
+    }
+    partial = out.with_name(out.name + ".partial")
+    try:
+        with partial.open("wb") as handle:
+            handle.write(cbor.encode_head(4, 6) + cbor.dumps(evidence.MAGIC) + cbor.dumps(evidence.VERSION))
+            handle.write(cbor.dumps(meta))
+            handle.write(cbor.encode_head(4, len(heights)))
+            previous_size = None
+            for height in heights:
+                header, size = store.block_header(height)
+                proof: list[bytes] = [] if previous_size is None else merkle.consistency_path(previous_size, size, node)
+                handle.write(cbor.dumps([height, header, proof]))
+                previous_size = size
+            handle.write(cbor.encode_head(4, len(key_leaves)))
+            for leaf_idx, leaf in key_leaves:
+                received_ms, statement = _key_event_leaf(leaf)
+                path = merkle.inclusion_path(leaf_idx, sizes[key_block], node)
+                handle.write(cbor.dumps([leaf_idx, received_ms, statement, key_block, path]))
+            _write_readings(handle, snapshot, group_blocks, request.group, sizes, node)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, out)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return ExportSummary(
+        out,
+        snapshot.count,
+        snapshot.in_range,
+        len(heights),
+        len(key_leaves),
+        out.stat().st_size,
+        snapshot.first_seq,
+        snapshot.last_seq,
+    )
+
+
+def _write_readings(
+    handle: BinaryIO,
+    snapshot: _Snapshot,
+    group_blocks: list[int],
+    group: int,
+    sizes: dict[int, int],
+    node: Callable[[int, int], bytes],
+) -> None:
+    handle.write(cbor.encode_head(4, snapshot.count))
+    written = 0
+    for position, (_seq, leaf_idx, received_ms, cose) in enumerate(snapshot.rows()):
+        height = group_blocks[position // group]
+        path = merkle.inclusion_path(leaf_idx, sizes[height], node)
+        handle.write(cbor.dumps(cbor.dumps([leaf_idx, received_ms, cose, height, path])))
+        written += 1
+    if written != snapshot.count:  # cannot happen inside one read transaction
+        raise RuntimeError("the readings changed during the export")
+
+
+def _key_event_leaf(leaf: bytes) -> tuple[int, bytes]:
+    decoded = cbor.loads(leaf)
+    assert isinstance(decoded, list) and isinstance(decoded[1], int) and isinstance(decoded[2], bytes)
+    return decoded[1], decoded[2]
+
+
+def _covering(store: Store, leaf_idx: int) -> int:
+    found = store.block_covering(leaf_idx)
+    if found is None:
+        raise ConfigError("leaf %d is not sealed in a block yet; export again shortly" % leaf_idx)
+    return found[0]
+
+
+__all__ = ["GROUP", "ExportRequest", "ExportSummary", "export_bundle"]
