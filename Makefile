@@ -6,6 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
+MPY_LIB_STAMP := firmware/lib/.fetched
 SITE = $$($(CURDIR)/$(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 MPY_STUBS := $(VENV)/micropython-stubs
 
@@ -21,6 +22,11 @@ $(STAMP): pyproject.toml
 $(NODE_STAMP): package.json package-lock.json
 	@command -v npm >/dev/null || { echo "npm is missing: install Node.js 18+ and npm (apt-get install nodejs npm)"; exit 2; }
 	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# MicroPython libraries for the firmware (umqtt.simple), pinned, from PyPI.
+$(MPY_LIB_STAMP): firmware/fetch_libs.py $(STAMP)
+	$(BIN)/python firmware/fetch_libs.py firmware/lib
 	touch $@
 
 # The main job: the whole pipeline on this machine, on simulated meters.
@@ -45,13 +51,13 @@ typecheck-firmware: $(STAMP)
 	    mkdir -p "$(CURDIR)/$(MPY_STUBS)/$$(dirname $$stub)" && cp "$$stub" "$(CURDIR)/$(MPY_STUBS)/$$stub"; \
 	  done; done
 	cd firmware && MYPYPATH=$(CURDIR)/$(MPY_STUBS) $(CURDIR)/$(BIN)/mypy --config-file mypy-micropython.ini \
-	  --custom-typeshed-dir $(SITE) -p crev
+	  --custom-typeshed-dir $(SITE) -p crev -p dgc
 
-pytest: $(STAMP) $(NODE_STAMP)
+pytest: $(STAMP) $(NODE_STAMP) $(MPY_LIB_STAMP)
 	$(BIN)/pytest
 
-bench: $(STAMP) $(NODE_STAMP)
+bench: $(STAMP) $(NODE_STAMP) $(MPY_LIB_STAMP)
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) node_modules firmware/lib .pytest_cache .mypy_cache .ruff_cache .hypothesis

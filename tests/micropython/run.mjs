@@ -1,5 +1,6 @@
 // Runs a Python script on the official MicroPython WebAssembly port, with the
-// portable core (firmware/crev) on its import path.
+// portable core (firmware/crev) and the firmware application (firmware/dgc)
+// on its import path.
 //
 //   node tests/micropython/run.mjs SCRIPT.py [--heap BYTES] [--file /fs/path=host/path ...]
 //
@@ -43,6 +44,10 @@ function copyTree(hostDir, fsDir) {
   }
 }
 copyTree(path.join(root, "firmware", "crev"), "/lib/crev");
+copyTree(path.join(root, "firmware", "dgc"), "/lib/dgc");
+// MicroPython libraries fetched by `make` (firmware/fetch_libs.py), e.g. umqtt.simple.
+const libs = path.join(root, "firmware", "lib");
+if (fs.existsSync(libs)) copyTree(libs, "/lib");
 for (const [fsPath, hostPath] of files) {
   mp.FS.mkdirTree(path.posix.dirname(fsPath));
   mp.FS.writeFile(fsPath, fs.readFileSync(hostPath));

@@ -6,7 +6,7 @@ both share. Each case yields ``(case_id, result)`` where result is plain
 JSON-ready data; the tests compare results across interpreters byte for byte.
 """
 
-from crev import cbor, merkle
+from crev import cbor, merkle, modbus_rtu
 from crev.errors import CrevError
 from crev.keys import SigningKey, verify_signature
 from crev.reading import ChainHead, Reading, verify_reading
@@ -100,6 +100,7 @@ def run_all(doc: dict, backend: str) -> list:
         }  # type: dict
         results.append(("ed25519-" + case["name"], ed_result))
     results.extend(run_merkle())
+    results.extend(run_rtu(doc["rtu"]))
     device = doc["device"]
     device_key = SigningKey(bytes.fromhex(device["seed"]), backend)
     for case in doc["readings"]:
@@ -137,4 +138,34 @@ def run_merkle() -> list:
                 },
             )
         )
+    return results
+
+
+def _parse_reply(case: dict, pieces: int) -> object:
+    """Feed the reply in ``pieces`` parts, as a UART delivers it; record needed() on the way."""
+    frame = bytes.fromhex(case["frame"])
+    parser = modbus_rtu.ReplyParser(case["unit"], case["function"], case["count"])
+    needs = []
+    step = max(1, len(frame) // pieces)
+    at = 0
+    while at < len(frame) and parser.needed():
+        take = min(step, parser.needed())
+        parser.feed(frame[at : at + take])
+        at += take
+        needs.append(parser.needed())
+    parser.feed(frame[at:])  # anything left over is trailing
+    try:
+        return {"registers": parser.result(), "needs": needs}
+    except modbus_rtu.RtuError as err:
+        code = err.code if err.code != modbus_rtu.EXCEPTION else "EXCEPTION-%d" % err.exception_code
+        return {"error": code, "needs": needs}
+
+
+def run_rtu(doc: dict) -> list:
+    results = []  # type: list
+    for case in doc["requests"]:
+        frame = modbus_rtu.read_request(case["unit"], case["function"], case["address"], case["count"])
+        results.append(("rtu-request-%d-%d-%d" % (case["unit"], case["function"], case["address"]), frame.hex()))
+    for case in doc["replies"]:
+        results.append(("rtu-reply-" + case["name"], [_parse_reply(case, n) for n in (1, 3, 64)]))
     return results

@@ -1,0 +1,77 @@
+# The DGC controller's entry point on a MicroPython board (ESP32, RP2040).
+#
+# /config.json is written by `crev provision`. The device key is made here at
+# first boot and never leaves the board; its public key is printed on the
+# serial console for provisioning to read back.
+import json
+import os
+import time
+
+import machine
+import network
+import ntptime
+from dgc.app import App
+from dgc.clock import Clock
+from dgc.keystore import announce, load_or_create
+from dgc.outbox import Files, Outbox
+from dgc.rtu_bus import RtuBus
+from dgc.uplink import Uplink
+from umqtt.simple import MQTTClient
+
+
+def main():
+    with open("/config.json") as f:
+        config = json.load(f)
+    files = Files(os)
+    key, created = load_or_create(files, os.urandom)
+    print(announce(key, config["device"]["id"]))
+    if created:
+        print("a new device key was made; enrol it before readings are accepted")
+    if config.get("provision_only"):
+        return  # `crev provision` reads the public key and stops here
+
+    wifi = config.get("wifi")
+    if wifi:
+        station = network.WLAN(network.STA_IF)
+        station.active(True)
+        station.connect(wifi["ssid"], wifi["password"])
+
+    uart_cfg = config["uart"]
+    uart = machine.UART(
+        uart_cfg.get("id", 1),
+        baudrate=uart_cfg.get("baudrate", 9600),
+        bits=8,
+        parity=None if uart_cfg.get("parity", "N") == "N" else (0 if uart_cfg["parity"] == "E" else 1),
+        stop=uart_cfg.get("stop", 1),
+        tx=uart_cfg.get("tx"),
+        rx=uart_cfg.get("rx"),
+        timeout=0,
+    )
+    de_pin = machine.Pin(uart_cfg["de_pin"], machine.Pin.OUT, value=0) if "de_pin" in uart_cfg else None
+    bus = RtuBus(uart, de_pin, uart_cfg.get("timeout_ms", 300))
+
+    mqtt = config["mqtt"]
+
+    def client():
+        return MQTTClient(
+            config["device"]["id"],
+            mqtt["host"],
+            mqtt.get("port", 1883),
+            mqtt.get("username"),
+            mqtt.get("password"),
+            keepalive=mqtt.get("keepalive", 60),
+        )
+
+    clock = Clock(ntptime.settime)
+    clock.synchronise()
+    watchdog = machine.WDT(timeout=config["device"].get("watchdog_ms", 60000))
+    app = App(config, bus, Outbox("/outbox", files), key, Uplink(client, config["device"]["id"]), clock, watchdog)
+    last_sync = time.ticks_ms()
+    while True:
+        app.run(time.sleep_ms, passes=300)  # about a minute
+        if time.ticks_diff(time.ticks_ms(), last_sync) > 3600 * 1000:
+            clock.synchronise()
+            last_sync = time.ticks_ms()
+
+
+main()
