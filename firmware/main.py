@@ -18,10 +18,14 @@ from dgc.rtu_bus import RtuBus
 from dgc.uplink import Uplink
 from umqtt.simple import MQTTClient
 
+from crev import ed25519
+
 
 def main():
     with open("/config.json") as f:
         config = json.load(f)
+    # The signing table costs about 200 kB of heap: only boards with PSRAM can keep it.
+    ed25519.use_base_table(config["device"].get("signing_table", False))
     files = Files(os)
     key, created = load_or_create(files, os.urandom)
     print(announce(key, config["device"]["id"]))

@@ -119,7 +119,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
     path: Path = tmp_path_factory.mktemp("fw") / "script.json"
     path.write_text(json.dumps(script))
-    out = run_micropython(ROOT / "tests" / "micropython" / "app_main.py", {"/test/script.json": path})
+    fakes = ROOT / "tests" / "micropython" / "fakes.py"
+    out = run_micropython(
+        ROOT / "tests" / "micropython" / "app_main.py", {"/test/script.json": path, "/test/fakes.py": fakes}
+    )
     lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     return {"key": lines[0], "steps": lines[1:-1], "final": lines[-1], "script": script}
 

@@ -122,6 +122,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo_parser.add_argument("--no-live", dest="live", action="store_false", help="print only the final table")
     demo_parser.set_defaults(handler=_demo)
 
+    provision = commands.add_parser(
+        "provision",
+        help="set up a microcontroller controller over its serial port",
+        description="Copy the MicroPython firmware and config to a board, have it make its key, enrol it, "
+        "and check every meter once (see docs/provisioning-a-microcontroller.md).",
+    )
+    provision.add_argument("--port", required=True, metavar="PORT", help="the board's serial port, e.g. /dev/ttyUSB0")
+    provision.add_argument("--device", required=True, metavar="ID", help="the device id")
+    provision.add_argument("--config", required=True, metavar="FILE", help="the site's TOML (gateway format + [uart])")
+    provision.add_argument("--ingest-config", metavar="FILE", help="enrol here too (else print the enrol command)")
+    provision.add_argument("--wait", type=int, default=10, metavar="S", help="seconds between the two meter reads")
+    provision.set_defaults(handler=_provision)
+
     sim = commands.add_parser("sim", help="simulated meters for tests and demos")
     sim_commands = sim.add_subparsers(dest="sim_command", metavar="SUBCOMMAND", parser_class=_Parser)
     sim_commands.required = True
@@ -129,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     meters.add_argument("--config", required=True, metavar="FILE", help="the simulator's TOML configuration")
     meters.set_defaults(handler=service_cmds.sim_meters)
     return parser
+
+
+def _provision(args: argparse.Namespace) -> int:
+    from crev_cli.provision import provision
+
+    if not 1 <= args.wait <= 600:
+        raise UsageError("--wait must be between 1 and 600 seconds")
+    return provision(args)
 
 
 def _demo(args: argparse.Namespace) -> int:

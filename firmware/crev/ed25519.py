@@ -25,8 +25,20 @@ _BASE = (_BX, _BY, 1, _BX * _BY % P)
 _IDENTITY = (0, 1, 1, 0)
 
 # Multiples 16**i * j * B for the fixed-base comb; built on first use (about
-# 64 * 15 points, ~150 kB on CPython, less on MicroPython) so import stays cheap.
+# 64 * 15 points, ~150 kB on CPython and about 200 kB of MicroPython heap) so
+# import stays cheap. A controller short of RAM (an ESP32 without PSRAM has
+# about 110 kB of heap, an RP2040 about 190 kB) calls use_base_table(False):
+# signing then doubles and adds instead, a few times slower, in a few kB.
 _base_table = None  # type: list | None
+_use_table = True
+
+
+def use_base_table(enabled: bool) -> None:
+    """Choose the fast fixed-base table (memory) or double-and-add (time)."""
+    global _base_table, _use_table
+    _use_table = enabled
+    if not enabled:
+        _base_table = None
 
 
 class SignatureError(Exception):
@@ -75,6 +87,8 @@ def _multiply(scalar: int, point: tuple) -> tuple:
 def _base_multiply(scalar: int) -> tuple:
     # Radix-16 comb: no doublings, at most 64 additions.
     global _base_table
+    if not _use_table:
+        return _multiply(scalar, _BASE)
     if _base_table is None:
         table = []
         row_base = _BASE
