@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import audit_bench  # noqa: E402
+import dashboard_bench  # noqa: E402
 import gateway_bench  # noqa: E402
 import ingest_bench  # noqa: E402
 
@@ -182,6 +183,11 @@ def main() -> None:
         ingest_bench.report(1000, 10)
     print()
     audit_bench.report(2000 if args.quick else 100_000)
+    print()
+    if args.quick:
+        dashboard_bench.report(200, 5, 10)
+    else:
+        dashboard_bench.report(10_000, 100, 100)
 
 
 if __name__ == "__main__":

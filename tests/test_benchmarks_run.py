@@ -26,3 +26,4 @@ def test_bench_quick_run_reports_all_three_setups() -> None:
     assert "ingest, 2 workers sharing the subscription" in done.stdout
     assert "evidence bundle: 2000 readings" in done.stdout and "bytes per reading" in done.stdout
     assert "crev audit verify, 1 job" in done.stdout and "on a tenth of the readings" in done.stdout
+    assert "dashboard API: 200 devices" in done.stdout and "fleet, page 1 by device" in done.stdout

@@ -5,6 +5,7 @@ import signal
 import time
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from crev.keys import key_id
 from crev.reading import valid_device_id
@@ -17,6 +18,9 @@ from crev_ingest.keyfile import create_key, load_key
 from crev_ingest.ledger import ACTION_ENROL, ACTION_REVOKE, Ledger
 from crev_ingest.service import IngestService
 from crev_ingest.store import Store
+
+if TYPE_CHECKING:
+    import uvicorn
 
 
 def init(config_path: Path) -> int:
@@ -104,14 +108,34 @@ def run(config_path: Path) -> int:
     config = ingest_config.load(config_path)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     service = IngestService(config)
+    dashboard = start_dashboard(config) if config.dashboard_listen else None
 
     def stop(signum: int, frame: FrameType | None) -> None:
         service.stop()
+        if dashboard is not None:
+            dashboard.should_exit = True
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     service.run()
     return 0
+
+
+def start_dashboard(config: ingest_config.IngestConfig) -> "uvicorn.Server":
+    """The dashboard on its own thread; ingest's loop stays synchronous."""
+    import threading
+
+    import uvicorn
+
+    from crev_ingest.dashboard.app import create_app
+
+    app = create_app(config)  # reads the token now: a bad token file stops the start
+    assert config.dashboard_listen is not None
+    host, port = config.dashboard_listen
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
+    threading.Thread(target=server.run, name="dashboard", daemon=True).start()
+    logging.getLogger("crev.ingest").info("dashboard on http://%s:%d/", host, port)
+    return server
 
 
 def audit_ledger(config_path: Path, state_path: Path | None = None, full: bool = False) -> tuple[bool, str]:

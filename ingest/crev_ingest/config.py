@@ -1,5 +1,6 @@
 """The ingest TOML configuration (SPEC §7)."""
 
+import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,15 @@ class IngestConfig:
     batch_max: int = 500
     batch_wait_s: float = 0.05
     max_future_s: int = 300
+
+    dashboard_listen: tuple[str, int] | None = None
+    dashboard_token_file: Path | None = None
+    # "Today" on the dashboard is a calendar day at this offset from UTC (Japan: 9).
+    day_offset_h: float = 9
+    metrics_listen: tuple[str, int] | None = None
+
+    def local_day(self, t: int) -> str:
+        return time.strftime("%Y-%m-%d", time.gmtime(t + int(self.day_offset_h * 3600)))
 
     def site_of(self, dev: str) -> str:
         return self.device_sites.get(dev, dev)
@@ -112,6 +122,7 @@ def parse(raw: dict[str, Any], path: Path) -> IngestConfig:
         mqtt_v5=_protocol(mqtt.get("protocol", "5"), path),
         client_id=mqtt.get("client_id"),
         **_influx(_table(raw, "influxdb", path), base, path),
+        **_dashboard(_table(raw, "dashboard", path), _table(raw, "metrics", path), base, path),
     )
 
 
@@ -136,3 +147,30 @@ def _influx(table: dict[str, Any], base: Path, path: Path) -> dict[str, Any]:
         "influx_org": str(table.get("org", "crev")),
         "influx_bucket": str(table.get("bucket", "readings")),
     }
+
+
+def _listen(text: object, where: str, path: Path) -> tuple[str, int]:
+    host, sep, port = str(text).rpartition(":")
+    if not isinstance(text, str) or not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError("%s: %s listen must be host:port, e.g. 127.0.0.1:8080" % (path.name, where))
+    return host or "127.0.0.1", int(port)
+
+
+def _dashboard(table: dict[str, Any], metrics: dict[str, Any], base: Path, path: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "listen" in metrics:
+        out["metrics_listen"] = _listen(metrics["listen"], "[metrics]", path)
+    if not table:
+        return out
+    token_file = table.get("token_file")
+    if not isinstance(token_file, str):
+        raise ConfigError(
+            "%s: [dashboard] token_file is missing: the dashboard is never open without a token" % path.name
+        )
+    offset = table.get("day_offset_h", 9)
+    if isinstance(offset, bool) or not isinstance(offset, int | float) or not -12 <= offset <= 14:
+        raise ConfigError("%s: [dashboard] day_offset_h must be hours from UTC (-12..14)" % path.name)
+    out["dashboard_listen"] = _listen(table.get("listen", "127.0.0.1:8080"), "[dashboard]", path)
+    out["dashboard_token_file"] = (base / token_file).resolve()
+    out["day_offset_h"] = float(offset)
+    return out

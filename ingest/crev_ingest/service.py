@@ -22,17 +22,20 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from crev.reading import Reading
+from crev.reading import Reading, valid_device_id
 from crev_ingest.config import IngestConfig
 from crev_ingest.influx import InfluxWriter, reading_point
 from crev_ingest.keyfile import load_key
 from crev_ingest.ledger import Ledger
+from crev_ingest.metrics import IngestMetrics
 from crev_ingest.store import Store
 from crev_ingest.validate import Ingestor, Rejected
 
 log = logging.getLogger("crev.ingest")
 SHARED_TOPIC = "$share/crev-ingest/crev/v1/+/reading"
 PLAIN_TOPIC = "crev/v1/+/reading"
+# Retained online/offline (the gateways' last will): every worker keeps it, for the dashboard.
+STATUS_TOPIC = "crev/v1/+/status"
 
 
 class IngestService:
@@ -45,6 +48,7 @@ class IngestService:
         self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.stop_event = threading.Event()
         self.counts = {"accepted": 0, "duplicate": 0, "quarantined": 0}
+        self.metrics = IngestMetrics()
         self.client_id = client_id or config.client_id or "crev-ingest-%s" % socket.gethostname()
         self.topic = SHARED_TOPIC if config.mqtt_v5 else PLAIN_TOPIC
         if config.mqtt_v5:
@@ -80,8 +84,8 @@ class IngestService:
         if reason.is_failure:
             log.error("broker refused the connection: %s", reason)
             return
-        client.subscribe(self.topic, qos=1)
-        log.info("connected; subscribed to %s", self.topic)
+        client.subscribe([(self.topic, 1), (STATUS_TOPIC, 1)])
+        log.info("connected; subscribed to %s and %s", self.topic, STATUS_TOPIC)
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         self.inbox.put(message)
@@ -100,7 +104,25 @@ class IngestService:
             pass
         return batch
 
+    def _note_statuses(self, statuses: list[mqtt.MQTTMessage]) -> None:
+        now_ms = int(time.time() * 1000)
+        for message in statuses:
+            dev = message.topic.split("/")[2]
+            status = bytes(message.payload).decode("ascii", "replace").strip()
+            if valid_device_id(dev) and status in ("online", "offline"):
+                self.store.note_status(dev, self.config.site_of(dev), status, now_ms)
+
     def process_batch(self, batch: list[mqtt.MQTTMessage]) -> None:
+        statuses = [m for m in batch if m.topic.endswith("/status")]
+        if statuses:
+            with self.store.transaction():
+                self._note_statuses(statuses)
+            for message in statuses:
+                self.client.ack(message.mid, message.qos)
+            batch = [m for m in batch if not m.topic.endswith("/status")]
+            if not batch:
+                return
+        started = time.monotonic()
         accepted: list[Reading] = []
         # Signatures and schemas first, without the write lock, so that
         # several workers verify in parallel.
@@ -129,8 +151,10 @@ class IngestService:
                     self.store.quarantine(received_ms, message.topic, "INTERNAL_ERROR", detail, bytes(message.payload))
                     log.exception("internal error on a message from %s; quarantined", message.topic)
                     self.counts["quarantined"] += 1
+                    self.metrics.quarantined.labels("INTERNAL_ERROR").inc()
                     continue
                 self.counts[outcome.status] += 1
+                self._count(outcome.status, outcome.reason)
                 if outcome.reading is not None:
                     accepted.append(outcome.reading)
                 if outcome.status == "quarantined":
@@ -143,11 +167,25 @@ class IngestService:
                     )
             if self.ledger.due():
                 self.ledger.seal(int(time.time() * 1000))
+        self.metrics.commit.observe(time.monotonic() - started)
+        now = time.time()
+        for reading in accepted:
+            self.metrics.lag.observe(max(0.0, now - reading.t1))
+        self.metrics.height.set(self.ledger.height)
+        self.metrics.open_gaps.set(len(self.store.open_gaps()))
         for message in batch:  # only now, after the durable commit
             self.client.ack(message.mid, message.qos)
         if self.influx is not None:
             points = [reading_point(r, self.config.site_of(r.dev), self.config.factor_for(r.dev)) for r in accepted]
             self.influx.write([p for p in points if p is not None])
+
+    def _count(self, status: str, reason: str | None) -> None:
+        if status == "accepted":
+            self.metrics.accepted.inc()
+        elif status == "duplicate":
+            self.metrics.duplicates.inc()
+        else:
+            self.metrics.quarantined.labels(reason or "UNKNOWN").inc()
 
     def seal_if_due(self) -> None:
         if self.ledger.due():
@@ -173,6 +211,9 @@ class IngestService:
         else:
             self.client.connect_async(self.config.mqtt_host, self.config.mqtt_port, keepalive=30)
         self.client.loop_start()
+        if self.config.metrics_listen:
+            self.metrics.serve(*self.config.metrics_listen)
+        self.metrics.height.set(self.ledger.height)
         log.info("ingest running: ledger size %d, height %d", self.ledger.size, self.ledger.height)
         try:
             while not self.stop_event.is_set():

@@ -97,6 +97,27 @@ CREATE TABLE IF NOT EXISTS stats (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS series_site_t1 ON series (site, t1);
+CREATE TABLE IF NOT EXISTS devices (
+    dev TEXT PRIMARY KEY,
+    site TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'unknown',
+    status_ms INTEGER NOT NULL DEFAULT 0,
+    last_t1 INTEGER,
+    last_received_ms INTEGER,
+    readings INTEGER NOT NULL DEFAULT 0,
+    quarantined INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS devices_site ON devices (site, dev);
+CREATE TABLE IF NOT EXISTS daily (
+    dev TEXT NOT NULL,
+    day TEXT NOT NULL,
+    self_mwh INTEGER NOT NULL,
+    gen_mwh INTEGER NOT NULL,
+    co2_g REAL NOT NULL,
+    readings INTEGER NOT NULL,
+    PRIMARY KEY (dev, day)
+);
 """
 
 
@@ -261,6 +282,39 @@ class Store:
             "INSERT INTO series (dev, seq, t1, site, gen_mwh, import_mwh, export_mwh, self_mwh, demand_mwh, co2_g) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             row,
+        )
+
+    # ------------------------------------------------------------ the fleet (for the dashboard)
+
+    def note_reading(self, dev: str, site: str, t1: int, received_ms: int) -> None:
+        self.db.execute(
+            "INSERT INTO devices (dev, site, last_t1, last_received_ms, readings) VALUES (?, ?, ?, ?, 1) "
+            "ON CONFLICT (dev) DO UPDATE SET site = excluded.site, readings = readings + 1, "
+            "last_t1 = max(coalesce(last_t1, 0), excluded.last_t1), "
+            "last_received_ms = max(coalesce(last_received_ms, 0), excluded.last_received_ms)",
+            (dev, site, t1, received_ms),
+        )
+
+    def note_daily(self, dev: str, day: str, self_mwh: int, gen_mwh: int, co2_g: float) -> None:
+        self.db.execute(
+            "INSERT INTO daily (dev, day, self_mwh, gen_mwh, co2_g, readings) VALUES (?, ?, ?, ?, ?, 1) "
+            "ON CONFLICT (dev, day) DO UPDATE SET self_mwh = self_mwh + excluded.self_mwh, "
+            "gen_mwh = gen_mwh + excluded.gen_mwh, co2_g = co2_g + excluded.co2_g, readings = readings + 1",
+            (dev, day, self_mwh, gen_mwh, co2_g),
+        )
+
+    def note_quarantined(self, dev: str, site: str) -> None:
+        self.db.execute(
+            "INSERT INTO devices (dev, site, quarantined) VALUES (?, ?, 1) "
+            "ON CONFLICT (dev) DO UPDATE SET quarantined = quarantined + 1",
+            (dev, site),
+        )
+
+    def note_status(self, dev: str, site: str, status: str, now_ms: int) -> None:
+        self.db.execute(
+            "INSERT INTO devices (dev, site, status, status_ms) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (dev) DO UPDATE SET status = excluded.status, status_ms = excluded.status_ms",
+            (dev, site, status, now_ms),
         )
 
     # ------------------------------------------------------------ bookkeeping

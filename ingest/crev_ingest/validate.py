@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from crev.cose import Sign1
 from crev.errors import ReadingError
-from crev.reading import Reading, reading_hash, recompute_problem
+from crev.reading import Reading, reading_hash, recompute_problem, valid_device_id
 from crev_ingest.config import IngestConfig
 from crev_ingest.ledger import ACTION_ENROL, ACTION_REVOKE, LEAF_READING, Ledger
 from crev_ingest.store import Store
@@ -132,6 +132,9 @@ class Ingestor:
     def quarantine(self, topic: str, raw: bytes, received_ms: int, rejected: Rejected) -> Outcome:
         self.store.quarantine(received_ms, topic, rejected.reason, rejected.detail, raw)
         self.store.bump("quarantined")
+        dev = topic_device(topic)
+        if dev is not None and valid_device_id(dev):
+            self.store.note_quarantined(dev, self.config.site_of(dev))
         if rejected.reason == "CONFLICT":
             self.store.alarm(received_ms, "CONFLICT", topic_device(topic) or "?", rejected.detail)
         return Outcome("quarantined", rejected.reason, rejected.detail, topic_device(topic))
@@ -171,8 +174,11 @@ class Ingestor:
             self.store.open_gap(dev, highest + 1, reading.seq - 1, received_ms)
         elif reading.seq < highest:
             self.store.fill_gap(dev, reading.seq, received_ms)
+        site = self.config.site_of(dev)
+        self.store.note_reading(dev, site, reading.t1, received_ms)
         if reading.energies is not None:
             g, i, e, s, d = reading.energies
             co2 = s * self.config.factor_for(dev) / 1e6
-            self.store.add_series((dev, reading.seq, reading.t1, self.config.site_of(dev), g, i, e, s, d, co2))
+            self.store.add_series((dev, reading.seq, reading.t1, site, g, i, e, s, d, co2))
+            self.store.note_daily(dev, self.config.local_day(reading.t1), s, g, co2)
         self.store.bump("accepted")

@@ -1,0 +1,328 @@
+"""The dashboard's web application: the JSON API, the page, login and live events."""
+
+import asyncio
+import hmac
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import FastAPI, Form, HTTPException, Query, Request, Response
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
+from pydantic import BaseModel
+
+from crev.reading import valid_device_id
+from crev_ingest import IngestError
+from crev_ingest.config import IngestConfig
+from crev_ingest.dashboard.queries import SORTS, Queries
+
+STATIC = Path(__file__).resolve().parent / "static"
+COOKIE = "crev_token"
+PUBLIC_PATHS = {"/login", "/static/style.css"}
+
+
+class FleetItem(BaseModel):
+    dev: str
+    site: str
+    status: str
+    last_reading_age_s: int | None
+    today_self_kwh: float
+    today_co2_kg: float
+    quarantined: int
+
+
+class FleetSummary(BaseModel):
+    devices: int
+    online: int
+    offline: int
+    quarantined: int
+    today_self_kwh: float
+    today_co2_kg: float
+
+
+class Fleet(BaseModel):
+    total: int
+    page: int
+    page_size: int
+    items: list[FleetItem]
+    summary: FleetSummary
+
+
+class SiteDevice(BaseModel):
+    dev: str
+    status: str
+    last_reading_age_s: int | None
+    quarantined: int
+
+
+class Gap(BaseModel):
+    dev: str
+    first_seq: int
+    last_seq: int
+    opened_ms: int
+
+
+class Energies(BaseModel):
+    gen_kwh: float
+    import_kwh: float
+    export_kwh: float
+    self_kwh: float
+    demand_kwh: float
+
+
+class Site(BaseModel):
+    site: str
+    devices: list[SiteDevice]
+    last_24h: Energies
+    renewable_ratio: float | None
+    co2_avoided_kg: float
+    factor_g_per_kwh: float
+    gaps: list[Gap]
+
+
+class Slot(BaseModel):
+    t: int
+    gen_kwh: float
+    import_kwh: float
+    export_kwh: float
+    self_kwh: float
+    demand_kwh: float
+    gen_w: float
+    self_w: float
+    demand_w: float
+
+
+class Consumer(BaseModel):
+    site: str
+    lang: str
+    renewable_share: float | None
+    ghg_emissions_kg: float
+    average_factor_g_per_kwh: float | None
+    grid_factor_g_per_kwh: float
+    summary: str
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+NOT_FOUND: dict[int | str, dict[str, object]] = {404: {"model": Problem, "description": "no such site"}}
+
+
+class Quarantine(BaseModel):
+    total: int
+    counts: dict[str, int]
+
+
+def _token(path: Path | None) -> str:
+    if path is None:
+        raise IngestError("the dashboard needs [dashboard] token_file")
+    try:
+        token = path.read_text().strip()
+    except OSError as err:
+        raise IngestError("dashboard token %s cannot be read: %s" % (path, err.strerror)) from err
+    if len(token) < 16:
+        raise IngestError("dashboard token in %s is shorter than 16 characters; use a long random one" % path)
+    return token
+
+
+def create_app(config: IngestConfig, token: str | None = None) -> FastAPI:
+    secret = token if token is not None else _token(config.dashboard_token_file)
+    queries = Queries(config.storage_path)
+    app = FastAPI(
+        title="crev dashboard API",
+        version="1",
+        description="Read-only views of the fleet, the sites and the quarantine. Every request needs the "
+        "operator token: `Authorization: Bearer TOKEN` (or the cookie the login page sets).",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/api/v1/openapi.json",
+        responses={401: {"model": Problem, "description": "no valid operator token"}},
+    )
+
+    def authorised(request: Request) -> bool:
+        header = request.headers.get("authorization", "")
+        offered = header[7:] if header.lower().startswith("bearer ") else request.cookies.get(COOKIE, "")
+        return hmac.compare_digest(offered.encode(), secret.encode())
+
+    @app.middleware("http")
+    async def require_token(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if request.url.path in PUBLIC_PATHS or authorised(request):
+            return await call_next(request)
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": "a valid operator token is required"}, status_code=401)
+        return RedirectResponse("/login", status_code=303)
+
+    def today() -> str:
+        return config.local_day(int(time.time()))
+
+    @app.get("/api/v1/fleet", response_model=Fleet, summary="Every device, paged, with today's totals")
+    def fleet(
+        page: Annotated[int, Query(ge=1, le=100000)] = 1,
+        page_size: Annotated[int, Query(ge=1, le=500)] = 50,
+        sort: Literal["dev", "site", "status", "last_reading", "today_self", "quarantined"] = "dev",
+        order: Literal["asc", "desc"] = "asc",
+        q: Annotated[str, Query(max_length=64)] = "",
+        status: Literal["online", "offline", "unknown"] | None = None,
+    ) -> dict[str, object]:
+        assert sort in SORTS
+        return queries.fleet(today(), page, page_size, sort, order == "desc", q, status)
+
+    def site_or_404(site: str) -> dict[str, object]:
+        found = queries.site(site, today(), int(time.time()) - 86400)
+        if found is None:
+            raise HTTPException(status_code=404, detail="no site %r" % site)
+        return found
+
+    def factor(site: str) -> float:
+        return config.site_g_per_kwh.get(site, config.default_g_per_kwh)
+
+    @app.get(
+        "/api/v1/sites/{site}", response_model=Site, summary="One site over the last 24 hours", responses=NOT_FOUND
+    )
+    def site_view(site: Annotated[str, PathParam(max_length=128)]) -> dict[str, object]:
+        found = site_or_404(site)
+        self_mwh, demand_mwh = int(found["self_mwh"]), int(found["demand_mwh"])  # type: ignore[call-overload]
+        return {
+            **found,
+            "renewable_ratio": self_mwh / demand_mwh if demand_mwh else None,
+            "co2_avoided_kg": self_mwh * factor(site) / 1e9,
+            "factor_g_per_kwh": factor(site),
+        }
+
+    @app.get(
+        "/api/v1/sites/{site}/series",
+        response_model=list[Slot],
+        summary="Energy and power per time slot",
+        responses=NOT_FOUND,
+    )
+    def series(
+        site: Annotated[str, PathParam(max_length=128)],
+        hours: Annotated[int, Query(ge=1, le=168)] = 24,
+        slot_s: Annotated[int, Query(ge=60, le=86400)] = 1800,
+    ) -> list[dict[str, object]]:
+        site_or_404(site)
+        return queries.series(site, int(time.time()) - hours * 3600, slot_s)
+
+    @app.get(
+        "/api/v1/sites/{site}/consumer",
+        response_model=Consumer,
+        summary="The consumer's view, in plain words",
+        responses=NOT_FOUND,
+    )
+    def consumer(
+        site: Annotated[str, PathParam(max_length=128)], lang: Literal["en", "ja"] = "en"
+    ) -> dict[str, object]:
+        found = site_or_404(site)
+        self_mwh, demand_mwh, import_mwh = (int(found[k]) for k in ("self_mwh", "demand_mwh", "import_mwh"))  # type: ignore[call-overload]
+        grid = factor(site)
+        emissions_g = import_mwh * grid / 1e6  # renewable self-consumption emits nothing
+        share = self_mwh / demand_mwh if demand_mwh else None
+        average = emissions_g / (demand_mwh / 1e6) if demand_mwh else None
+        return {
+            "site": site,
+            "lang": lang,
+            "renewable_share": share,
+            "ghg_emissions_kg": emissions_g / 1000,
+            "average_factor_g_per_kwh": average,
+            "grid_factor_g_per_kwh": grid,
+            "summary": _consumer_text(lang, share, emissions_g / 1000, average, grid),
+        }
+
+    @app.get("/api/v1/quarantine", response_model=Quarantine, summary="Quarantined messages by reason")
+    def quarantine() -> dict[str, object]:
+        counts = queries.quarantine()
+        return {"total": sum(counts.values()), "counts": counts}
+
+    @app.get(
+        "/api/v1/export",
+        summary="An auditor's evidence bundle for one device and range",
+        response_class=FileResponse,
+        responses={
+            200: {"content": {"application/cbor": {}}},
+            400: {"model": Problem, "description": "not a device id"},
+            404: {"model": Problem, "description": "the device is not enrolled, or has no readings in the range"},
+            409: {"model": Problem, "description": "readings in the range are not sealed yet; try again shortly"},
+        },
+    )
+    def export(
+        device: Annotated[str, Query(pattern="^[a-z0-9][a-z0-9-]{2,62}$")],
+        start: Annotated[int, Query(alias="from", ge=0, le=2**40)],
+        end: Annotated[int, Query(alias="to", ge=0, le=2**40)],
+    ) -> Response:
+        # Only a device id and two numbers come from the request; the file
+        # name is ours. Anything else is refused before touching the disk.
+        if not valid_device_id(device):
+            raise HTTPException(status_code=400, detail="not a device id")
+        from crev_ingest.cli import export as export_bundle
+
+        if end <= start:
+            raise HTTPException(status_code=404, detail="the range is empty: 'to' must be after 'from'")
+        directory = tempfile.mkdtemp(prefix="crev-export-")
+        out = Path(directory) / ("%s-%d-%d.bundle" % (device, start, end))
+        try:
+            export_bundle(config.path, device, start, end, out)
+        except IngestError as err:
+            # Not enrolled, or nothing in the range: there is no such bundle.
+            status = 409 if "not sealed" in str(err) else 404
+            raise HTTPException(status_code=status, detail=str(err)) from err
+        return FileResponse(out, media_type="application/cbor", filename=out.name)
+
+    @app.get("/api/v1/events", summary="Server-sent events: 'update' whenever the views change")
+    async def events(request: Request) -> StreamingResponse:
+        async def stream() -> AsyncIterator[bytes]:
+            last = None
+            while not await request.is_disconnected():
+                version = await asyncio.to_thread(queries.version)
+                if version != last:
+                    last = version
+                    yield b"event: update\ndata: %d %d %d\n\n" % version
+                else:
+                    yield b": keep-alive\n\n"
+                await asyncio.sleep(1.0)
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
+    def login_page() -> HTMLResponse:
+        return HTMLResponse((STATIC / "login.html").read_text())
+
+    @app.post("/login", include_in_schema=False)
+    def login(token: Annotated[str, Form()], request: Request) -> Response:
+        if not hmac.compare_digest(token.strip().encode(), secret.encode()):
+            return HTMLResponse((STATIC / "login.html").read_text().replace("<!--error-->", "Wrong token."), 401)
+        response = RedirectResponse("/", status_code=303)
+        secure = request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
+        response.set_cookie(COOKIE, secret, httponly=True, samesite="strict", secure=secure, max_age=12 * 3600)
+        return response
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse((STATIC / "index.html").read_text())
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str) -> Response:
+        files = {"app.js": "text/javascript", "style.css": "text/css"}
+        if name not in files:
+            raise HTTPException(status_code=404)
+        return Response((STATIC / name).read_bytes(), media_type=files[name])
+
+    return app
+
+
+def _consumer_text(lang: str, share: float | None, emissions_kg: float, average: float | None, grid: float) -> str:
+    if share is None or average is None:
+        return "まだデータがありません。" if lang == "ja" else "No data yet."
+    if lang == "ja":
+        return (
+            "過去24時間に使った電気の%.0f%%は、ご自身の再生可能エネルギーでまかなわれました。"
+            "温室効果ガス排出量は%.2f kg-CO2、平均排出係数は%.0f g-CO2/kWh(系統電力のみなら%.0f)です。"
+            % (share * 100, emissions_kg, average, grid)
+        )
+    return (
+        "In the last 24 hours, %.0f%% of the electricity you used came from your own renewable power. "
+        "Your greenhouse gas emissions were %.2f kg-CO2, an average of %.0f g-CO2 per kWh "
+        "(the grid alone would be %.0f)." % (share * 100, emissions_kg, average, grid)
+    )

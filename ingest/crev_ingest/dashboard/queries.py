@@ -1,0 +1,175 @@
+"""The dashboard's questions to the store, over a read-only SQLite connection.
+
+Fleet-wide numbers come from the ``devices`` and ``daily`` tables that
+ingest keeps up to date with every reading, so the fleet view stays fast
+with 10,000 devices and millions of readings; a site's charts read the
+``series`` table through its (site, t1) index.
+"""
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+SORTS = {
+    "dev": "d.dev",
+    "site": "d.site",
+    "status": "d.status",
+    "last_reading": "d.last_t1",
+    "today_self": "today_self_mwh",
+    "quarantined": "d.quarantined",
+}
+
+
+class Queries:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.local = threading.local()
+
+    def db(self) -> sqlite3.Connection:
+        connection = getattr(self.local, "db", None)
+        if connection is None:
+            connection = sqlite3.connect("file:%s?mode=ro" % self.path, uri=True, check_same_thread=False)
+            self.local.db = connection
+        return connection
+
+    def fleet(
+        self, day: str, page: int, page_size: int, sort: str, descending: bool, search: str, status: str | None
+    ) -> dict[str, Any]:
+        where = ["(d.dev LIKE ? ESCAPE '!' OR d.site LIKE ? ESCAPE '!')"]
+        pattern = "%" + search.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
+        params: list[Any] = [pattern, pattern]
+        if status:
+            where.append("d.status = ?")
+            params.append(status)
+        clause = " AND ".join(where)
+        db = self.db()
+        total = db.execute("SELECT count(*) FROM devices d WHERE " + clause, params).fetchone()[0]
+        order = "%s %s, d.dev" % (SORTS[sort], "DESC" if descending else "ASC")
+        rows = db.execute(
+            "SELECT d.dev, d.site, d.status, d.status_ms, d.last_t1, d.quarantined, "
+            "coalesce(y.self_mwh, 0) AS today_self_mwh, coalesce(y.co2_g, 0) "
+            "FROM devices d LEFT JOIN daily y ON y.dev = d.dev AND y.day = ? WHERE "
+            + clause
+            + " ORDER BY "
+            + order
+            + " LIMIT ? OFFSET ?",
+            [day, *params, page_size, (page - 1) * page_size],
+        ).fetchall()
+        now = time.time()
+        items = [
+            {
+                "dev": r[0],
+                "site": r[1],
+                "status": r[2],
+                "last_reading_age_s": None if r[4] is None else max(0, int(now - r[4])),
+                "today_self_kwh": r[6] / 1e6,
+                "today_co2_kg": r[7] / 1000,
+                "quarantined": r[5],
+            }
+            for r in rows
+        ]
+        summary = db.execute(
+            "SELECT count(*), sum(status = 'online'), sum(status = 'offline'), sum(quarantined) FROM devices"
+        ).fetchone()
+        today = db.execute(
+            "SELECT coalesce(sum(self_mwh), 0), coalesce(sum(co2_g), 0) FROM daily WHERE day = ?", (day,)
+        )
+        self_mwh, co2_g = today.fetchone()
+        return {
+            "total": total,
+            "page": page,
+            "page_size": page_size,
+            "items": items,
+            "summary": {
+                "devices": summary[0],
+                "online": summary[1] or 0,
+                "offline": summary[2] or 0,
+                "quarantined": summary[3] or 0,
+                "today_self_kwh": self_mwh / 1e6,
+                "today_co2_kg": co2_g / 1000,
+            },
+        }
+
+    def site(self, site: str, day: str, since: int) -> dict[str, Any] | None:
+        db = self.db()
+        devices = db.execute(
+            "SELECT dev, status, last_t1, quarantined FROM devices WHERE site = ? ORDER BY dev", (site,)
+        ).fetchall()
+        if not devices:
+            return None
+        g, i, e, s, d = db.execute(
+            "SELECT coalesce(sum(gen_mwh), 0), coalesce(sum(import_mwh), 0), coalesce(sum(export_mwh), 0), "
+            "coalesce(sum(self_mwh), 0), coalesce(sum(demand_mwh), 0) FROM series WHERE site = ? AND t1 > ?",
+            (site, since),
+        ).fetchone()
+        names = [row[0] for row in devices]
+        marks = ",".join("?" * len(names))
+        gaps = db.execute(
+            "SELECT dev, first_seq, last_seq, opened_ms FROM gaps WHERE closed_ms IS NULL AND dev IN (%s) "
+            "ORDER BY dev, first_seq" % marks,
+            names,
+        ).fetchall()
+        now = time.time()
+        return {
+            "site": site,
+            "devices": [
+                {
+                    "dev": r[0],
+                    "status": r[1],
+                    "last_reading_age_s": None if r[2] is None else max(0, int(now - r[2])),
+                    "quarantined": r[3],
+                }
+                for r in devices
+            ],
+            "last_24h": {
+                "gen_kwh": g / 1e6,
+                "import_kwh": i / 1e6,
+                "export_kwh": e / 1e6,
+                "self_kwh": s / 1e6,
+                "demand_kwh": d / 1e6,
+            },
+            "self_mwh": s,
+            "demand_mwh": d,
+            "import_mwh": i,
+            "gaps": [{"dev": r[0], "first_seq": r[1], "last_seq": r[2], "opened_ms": r[3]} for r in gaps],
+        }
+
+    def series(self, site: str, since: int, slot_s: int) -> list[dict[str, Any]]:
+        rows = (
+            self.db()
+            .execute(
+                "SELECT t1 / ? * ? AS slot, sum(gen_mwh), sum(import_mwh), sum(export_mwh), sum(self_mwh), "
+                "sum(demand_mwh) FROM series WHERE site = ? AND t1 > ? GROUP BY slot ORDER BY slot",
+                (slot_s, slot_s, site, since),
+            )
+            .fetchall()
+        )
+        # mWh over a slot of slot_s seconds is an average power of mWh * 3.6 / slot_s watts.
+        return [
+            {
+                "t": r[0],
+                "gen_kwh": r[1] / 1e6,
+                "import_kwh": r[2] / 1e6,
+                "export_kwh": r[3] / 1e6,
+                "self_kwh": r[4] / 1e6,
+                "demand_kwh": r[5] / 1e6,
+                "gen_w": r[1] * 3.6 / slot_s,
+                "self_w": r[4] * 3.6 / slot_s,
+                "demand_w": r[5] * 3.6 / slot_s,
+            }
+            for r in rows
+        ]
+
+    def quarantine(self) -> dict[str, int]:
+        rows = self.db().execute("SELECT reason, count(*) FROM quarantine GROUP BY reason ORDER BY reason")
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    def version(self) -> tuple[int, int, int]:
+        """Changes when anything the views show changes: leaves, statuses, quarantine."""
+        db = self.db()
+        leaves = db.execute("SELECT coalesce(max(idx), -1) FROM leaves").fetchone()[0]
+        status = db.execute("SELECT coalesce(max(status_ms), 0) FROM devices").fetchone()[0]
+        quarantined = db.execute("SELECT coalesce(max(id), 0) FROM quarantine").fetchone()[0]
+        return int(leaves), int(status), int(quarantined)

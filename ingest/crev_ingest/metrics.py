@@ -1,0 +1,31 @@
+"""Prometheus metrics for ingest, served on ``[metrics] listen``."""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+
+class IngestMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.accepted = Counter("crev_ingest_readings_accepted_total", "Readings verified and stored", registry=r)
+        self.duplicates = Counter("crev_ingest_readings_duplicate_total", "Replayed readings, counted once", registry=r)
+        self.quarantined = Counter(
+            "crev_ingest_readings_quarantined_total", "Messages kept in quarantine", ["reason"], registry=r
+        )
+        self.lag = Histogram(
+            "crev_ingest_lag_seconds",
+            "From a reading's t1 to its commit in the ledger",
+            buckets=(1, 5, 15, 60, 300, 900, 3600, 21600, 86400),
+            registry=r,
+        )
+        self.commit = Histogram(
+            "crev_ingest_batch_commit_seconds",
+            "Time to store and commit one batch",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+        self.height = Gauge("crev_ingest_block_height", "Height of the last sealed block", registry=r)
+        self.open_gaps = Gauge("crev_ingest_open_gaps", "Seq ranges still missing, over all devices", registry=r)
+
+    def serve(self, host: str, port: int) -> None:
+        start_http_server(port, addr=host, registry=self.registry)

@@ -1,0 +1,159 @@
+"""The dashboard in headless Chromium, against a live ingest receiving readings.
+
+Real mosquitto, a real `crev ingest run` with its dashboard, two publishing
+"gateways" (processes with a retained status and a last will, like the
+gateway), and Debian's Chromium driven by playwright-core
+(tests/browser/dashboard_check.mjs). The screenshot is kept in
+test-artifacts/dashboard-site.png.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from harness import Mosquitto, Service, free_port, port_open, run_crev, wait_for, write_toml
+from paho.mqtt.enums import CallbackAPIVersion
+from support import ROOT
+
+from crev.keys import SigningKey
+
+TOKEN = "browser-test-token-0123456789"
+CHECK = ROOT / "tests" / "browser" / "dashboard_check.mjs"
+ARTIFACTS = ROOT / "test-artifacts"
+DEVICES = {"dgc-web-0001": ("tokyo", 91), "dgc-web-0002": ("osaka", 92)}
+
+# A stand-in gateway: online (retained), a last will of offline, a signed
+# reading every second whose interval ends 10 minutes after the last one.
+PUBLISHER = r"""
+import sys, time
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from crev.keys import SigningKey
+from crev.reading import ChainHead
+port, dev, seed = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+key = SigningKey(bytes([seed]) * 32)
+client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=dev)
+client.will_set("crev/v1/%s/status" % dev, b"offline", qos=1, retain=True)
+client.connect("127.0.0.1", port, keepalive=3)
+client.loop_start()
+client.publish("crev/v1/%s/status" % dev, b"online", qos=1, retain=True).wait_for_publish(5)
+head = ChainHead()
+t1 = (int(time.time()) - 20 * 3600) // 600 * 600
+g, i, e = 1000000, 500000, 200000
+while True:
+    g, i, e = g + 400000, i + 50000, e + 150000
+    channels = [(0, "PV-" + dev, 1, g), (1, "G-" + dev, 0, i), (2, "G-" + dev, 0, e)]
+    reading = head.next_reading(dev, t1, 1, channels, "stand-in/1", t0=t1 - 600)
+    cose = reading.sign(key)
+    client.publish("crev/v1/%s/reading" % dev, cose, qos=1).wait_for_publish(5)
+    head = head.advance(reading, cose)
+    t1 += 600
+    time.sleep(1)
+"""
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[dict[str, object]]:
+    if shutil.which("chromium") is None and not Path("/usr/bin/chromium").exists():
+        pytest.fail("Debian's chromium is not installed; .ci/run installs it (apt-get install chromium)")
+    broker = Mosquitto(tmp_path)
+    broker.start()
+    dashboard_port = free_port()
+    metrics_port = free_port()
+    write_toml(
+        tmp_path / "ingest.toml",
+        '[mqtt]\nurl = "%s"\n[storage]\npath = "crev.sqlite"\n[ledger]\nkey = "ledger.key"\n'
+        'origin = "crev.test/ledger"\nblock_interval_s = 1\n[dashboard]\nlisten = "127.0.0.1:%d"\n'
+        'token_file = "dashboard.token"\n[metrics]\nlisten = "127.0.0.1:%d"\n'
+        '[sites]\n"dgc-web-0001" = "tokyo"\n"dgc-web-0002" = "osaka"\n' % (broker.url, dashboard_port, metrics_port),
+    )
+    (tmp_path / "dashboard.token").write_text(TOKEN)
+    assert run_crev(tmp_path, "ingest", "init", "--config", "ingest.toml").returncode == 0
+    for dev, (_site, seed) in DEVICES.items():
+        pubkey = SigningKey(bytes([seed]) * 32).public_key.hex()
+        enrol = run_crev(tmp_path, "ingest", "enroll", "--config", "ingest.toml", "--device", dev, "--pubkey", pubkey)
+        assert enrol.returncode == 0, enrol.stderr
+    ingest = Service("ingest", ["ingest", "run", "--config", "ingest.toml"], tmp_path).start()
+    wait_for(lambda: "subscribed" in ingest.log(), 20, "ingest to subscribe")
+    wait_for(lambda: port_open(dashboard_port), 20, "the dashboard to listen")
+    publishers = {
+        dev: subprocess.Popen([sys.executable, "-c", PUBLISHER, str(broker.port), dev, str(seed)])
+        for dev, (_site, seed) in DEVICES.items()
+    }
+    # Two forged messages, for the quarantine counts.
+    intruder = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="intruder")
+    intruder.connect("127.0.0.1", broker.port)
+    intruder.loop_start()
+    for payload in (b"\x00forged", b"\xa0"):
+        intruder.publish("crev/v1/dgc-web-0001/reading", payload, qos=1).wait_for_publish(5)
+    intruder.loop_stop()
+    intruder.disconnect()
+    time.sleep(4)  # a few readings in, and a sealed block
+    yield {
+        "url": "http://127.0.0.1:%d" % dashboard_port,
+        "metrics": "http://127.0.0.1:%d/metrics" % metrics_port,
+        "publishers": publishers,
+        "ingest": ingest,
+    }
+    for process in publishers.values():
+        process.kill()
+        process.wait()
+    ingest.stop()
+    broker.stop()
+
+
+def _check(*args: str) -> dict[str, Any]:
+    done = subprocess.run(["node", str(CHECK), *args], capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "error" not in result, result
+    return result
+
+
+@pytest.mark.slow
+def test_the_dashboard_lists_sites_updates_live_and_shows_a_gateway_going_offline(live: dict[str, object]) -> None:
+    url = str(live["url"])
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = ARTIFACTS / "dashboard-site.png"
+    seen = _check(url, TOKEN, "live", str(screenshot))
+    assert seen["redirected_to_login"] is True
+    assert sorted(seen["sites"]) == ["osaka", "tokyo"]
+    assert sorted(seen["devices"]) == sorted(DEVICES)
+    assert seen["slots_after"] > seen["slots_before"], "the site's chart grew without a reload"
+    assert "再生可能エネルギー" in str(seen["consumer_ja"])
+    assert seen["quarantine"] == {"MALFORMED": 2}
+    assert screenshot.stat().st_size > 10_000
+
+    # Kill one "gateway": the broker sends its last will after 1.5 keepalives (4.5 s).
+    publishers = live["publishers"]
+    assert isinstance(publishers, dict)
+    publishers["dgc-web-0002"].kill()
+    gone = _check(url, TOKEN, "offline", "dgc-web-0002", "15")
+    assert gone["status_before"] in ("online", "offline") and gone["status_after"] == "offline", gone
+    assert float(gone["seconds"]) < 15
+
+
+@pytest.mark.slow
+def test_ingest_exports_prometheus_metrics(live: dict[str, object]) -> None:
+    with urllib.request.urlopen(str(live["metrics"]), timeout=10) as response:
+        text = response.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    assert values["crev_ingest_readings_accepted_total"] >= 4
+    assert values['crev_ingest_readings_quarantined_total{reason="MALFORMED"}'] == 2
+    assert values["crev_ingest_block_height"] >= 2, "enrolments and at least one block of readings"
+    assert values["crev_ingest_batch_commit_seconds_count"] >= 1
+    # The stand-ins backdate their readings by many hours: the lag shows it.
+    assert values['crev_ingest_lag_seconds_bucket{le="3600.0"}'] < values["crev_ingest_lag_seconds_count"]
+    assert "crev_ingest_open_gaps" in values
