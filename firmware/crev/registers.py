@@ -66,3 +66,36 @@ def scaled_wh_to_mwh(wh: int, scale_exponent: int) -> int:
     if exponent >= 0:
         return wh * int(10**exponent)
     return _round_half_even(wh, int(10**-exponent))
+
+
+def words_value(words: list, word_order: str = "big", byte_order: str = "big") -> int:
+    """A multi-register value as an unsigned integer.
+
+    ``byte_order`` "little" swaps the bytes within each word; ``word_order``
+    "little" puts the low word first (both are vendor quirks).
+    """
+    if byte_order == "little":
+        words = [((w & 0xFF) << 8) | (w >> 8) for w in words]
+    if word_order == "little":
+        words = list(reversed(words))
+    value = 0
+    for word in words:
+        value = (value << 16) | word
+    return value
+
+
+def counter_mwh(register_type: str, value: int, mwh_per_unit: int, scale_exponent: int = 0) -> int:
+    """An energy counter register in integer mWh. Raises RegisterError if impossible.
+
+    A float32 counter that is not zero but below 1 Wh is refused: no
+    certified counter holds such a value, but a register pair read in the
+    wrong word order usually decodes to a tiny (or subnormal) number.
+    """
+    if register_type == "float32":
+        mwh = float32_bits_to_mwh(value, mwh_per_unit)
+        if value & 0x7FFFFFFF and mwh < MWH_PER_WH:
+            raise RegisterError("IMPLAUSIBLE", "float32 0x%08x is a counter below 1 Wh but not zero" % value)
+        return mwh
+    if register_type in ("acc32", "uint32", "uint16"):
+        return scaled_wh_to_mwh(value, scale_exponent) * (mwh_per_unit // MWH_PER_WH)
+    raise RegisterError("BAD_REGISTER", "a %s register cannot hold an energy counter" % register_type)

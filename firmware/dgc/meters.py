@@ -3,13 +3,13 @@
 ``crev provision`` turns the gateway's profile files into the JSON this
 module reads: per meter its unit, role, source, counter and the points it
 needs (serial, energy counters), each with function, address, type, unit and
-word and byte order. Decoding uses the core, so a counter decodes to the
-same mWh here as on the gateway.
+word and byte order. Decoding is the core's (``words_value``,
+``counter_mwh``), the gateway's too, so a counter gives the same mWh on both.
 """
 
 from crev import dgcc
 from crev.errors import RegisterError
-from crev.registers import MWH_PER_KWH, MWH_PER_WH, float32_bits_to_mwh, scaled_wh_to_mwh
+from crev.registers import MWH_PER_KWH, MWH_PER_WH, counter_mwh, words_value
 
 FUNCTIONS = {"holding": 3, "input": 4}
 WORDS = {"float32": 2, "uint32": 2, "acc32": 2, "uint16": 1}
@@ -23,27 +23,6 @@ class MeterError(Exception):
     pass
 
 
-def ordered(words: list, word_order: str, byte_order: str) -> int:
-    if byte_order == "little":
-        words = [((w & 0xFF) << 8) | (w >> 8) for w in words]
-    if word_order == "little":
-        words = list(reversed(words))
-    value = 0
-    for word in words:
-        value = (value << 16) | word
-    return value
-
-
-def energy_mwh(point: dict, value: int) -> int:
-    unit = UNITS[point["unit"]]
-    if point["type"] == "float32":
-        mwh = float32_bits_to_mwh(value, unit)
-        if value & 0x7FFFFFFF and mwh < MWH_PER_WH:
-            raise RegisterError("IMPLAUSIBLE", "float32 0x%08x is a counter below 1 Wh but not zero" % value)
-        return mwh
-    return scaled_wh_to_mwh(value, 0) * (unit // MWH_PER_WH)
-
-
 def read_meter(bus: object, meter: dict) -> tuple:
     """``(serial, {"import"|"export"|"total": mWh})``; MeterError if any read or check fails."""
     values = {}
@@ -53,12 +32,13 @@ def read_meter(bus: object, meter: dict) -> tuple:
             words = bus.read(meter["unit"], FUNCTIONS[point["function"]], point["address"], count)  # type: ignore[attr-defined]
         except Exception as err:  # a timeout, a CRC error, an exception reply: no value, never a guess
             raise MeterError("%s: %s: %s" % (meter["name"], name, err))
-        values[name] = ordered(words, point.get("word_order", "big"), point.get("byte_order", "big"))
+        values[name] = words_value(words, point.get("word_order", "big"), point.get("byte_order", "big"))
     energies = {}
     for name, value in values.items():
         if name.endswith("_energy"):
             try:
-                energies[name[: -len("_energy")]] = energy_mwh(meter["points"][name], value)
+                point = meter["points"][name]
+                energies[name[: -len("_energy")]] = counter_mwh(point["type"], value, UNITS[point["unit"]])
             except RegisterError as err:
                 raise MeterError("%s: %s: %s" % (meter["name"], name, err.detail))
     check = meter.get("sum_check")

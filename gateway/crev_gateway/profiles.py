@@ -12,8 +12,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from crev.errors import RegisterError
-from crev.registers import MWH_PER_KWH, MWH_PER_WH, float32_bits_to_mwh, scaled_wh_to_mwh
+from crev.registers import MWH_PER_KWH, MWH_PER_WH, counter_mwh, words_value
 from crev_gateway import ConfigError
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
@@ -115,24 +114,13 @@ def load_profile(name: str) -> Profile:
 # ------------------------------------------------------------------ decoding
 
 
-def _ordered(words: list[int], word_order: str, byte_order: str) -> int:
-    if byte_order == "little":
-        words = [((w & 0xFF) << 8) | (w >> 8) for w in words]
-    if word_order == "little":
-        words = list(reversed(words))
-    value = 0
-    for word in words:
-        value = (value << 16) | word
-    return value
-
-
 def raw_value(point: Point, words: list[int], word_order: str | None = None, byte_order: str | None = None) -> int:
     """The point's bits as an unsigned integer.
 
     The point's own word and byte order come from the profile; a meter's
     configuration may override them for all its points.
     """
-    return _ordered(words, word_order or point.word_order, byte_order or point.byte_order)
+    return words_value(words, word_order or point.word_order, byte_order or point.byte_order)
 
 
 def decode_text(words: list[int]) -> str:
@@ -155,14 +143,9 @@ def decode_energy_mwh(point: Point, value: int, scale_exponent: int = 0) -> int:
     unit = ENERGY_UNITS.get(point.unit or "", 0)
     if not unit:
         raise ConfigError("profile point %s is an energy without unit kWh or Wh" % point.name)
-    if point.type == "float32":
-        mwh = float32_bits_to_mwh(value, unit)
-        if value & 0x7FFFFFFF and mwh < MWH_PER_WH:
-            raise RegisterError("IMPLAUSIBLE", "float32 0x%08x is a counter below 1 Wh but not zero" % value)
-        return mwh
-    if point.type in ("acc32", "uint32", "uint16"):
-        return scaled_wh_to_mwh(value, scale_exponent) * (unit // MWH_PER_WH)
-    raise ConfigError("profile point %s: type %s cannot hold an energy counter" % (point.name, point.type))
+    if point.type not in ("float32", "acc32", "uint32", "uint16"):
+        raise ConfigError("profile point %s: type %s cannot hold an energy counter" % (point.name, point.type))
+    return counter_mwh(point.type, value, unit, scale_exponent)
 
 
 def decode_quantity(point: Point, value: int, scale_exponent: int = 0) -> float | None:
