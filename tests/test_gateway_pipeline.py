@@ -213,6 +213,11 @@ def test_sigkill_20_times_never_reuses_a_seq_or_loses_a_reading(
         assert reading.energies is not None, "a restart keeps the baseline: energies span the downtime"
 
 
+def broker_port_started(broker: Mosquitto) -> int:
+    broker.start()
+    return broker.port
+
+
 def _metric(port: int, name: str) -> float:
     with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5) as response:
         for line in response.read().decode().splitlines():
@@ -223,7 +228,15 @@ def _metric(port: int, name: str) -> float:
 
 @pytest.mark.slow
 def test_full_outbox_pauses_readings_raises_the_alarm_and_drops_nothing(tmp_path: Path) -> None:
-    broker = Mosquitto(tmp_path)  # not started yet: the broker is down from the start
+    broker = Mosquitto(tmp_path)
+    # Register the collector's persistent session first, so that the broker
+    # queues for it whatever the gateway sends the moment the broker is back
+    # (before the collector itself has reconnected). Then the broker is down.
+    early = ReadingCollector(broker_port_started(broker), "crev-test-late-collector")
+    early.client.publish("crev/v1/dgc-probe-0001/reading", b"probe", qos=1).wait_for_publish(5)
+    wait_for(lambda: bool(early.payloads("dgc-probe-0001")), 10, "the collector's subscription")
+    early.close()
+    broker.stop()
     metrics_port = free_port()
     sim, config = sunspec_site_with_gateway(
         tmp_path,
