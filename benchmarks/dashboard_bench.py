@@ -32,7 +32,7 @@ def populate(path: Path, devices: int, per_device: int, day: str) -> None:
             site = "site-%04d" % (d // 4)
             store.note_reading(dev, site, now - rng.randrange(60, 7200), now * 1000)
             store.note_status(dev, site, rng.choice(["online", "online", "online", "offline"]), now * 1000)
-            store.note_daily(dev, day, rng.randrange(0, 10**7), rng.randrange(0, 2 * 10**7), rng.random() * 4000)
+            store.note_daily(dev, day, rng.randrange(0, 10**7), rng.randrange(0, 2 * 10**7), rng.random() * 4000, 0)
             store.db.executemany(
                 "INSERT INTO series VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -154,8 +155,12 @@ def test_verify_in_a_fresh_virtualenv_with_nothing_but_crev(
     """No third-party package at all: without cryptography the pure Ed25519 verifies."""
     assert _export(site).returncode == 0
     wheels = tmp_path_factory.mktemp("wheels")
+    # Built from a copy, so that setuptools' build/ never lands in the checkout.
+    source = tmp_path_factory.mktemp("source") / "crev"
+    skip = shutil.ignore_patterns(".*", "node_modules", "build", "test-artifacts", "__pycache__", "*.egg-info")
+    shutil.copytree(ROOT, source, ignore=skip)
     pip_wheel = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation"]
-    built = _run([*pip_wheel, "-w", str(wheels), str(ROOT)], ROOT)
+    built = _run([*pip_wheel, "-w", str(wheels), str(source)], ROOT)
     assert built.returncode == 0, built.stderr
     fresh = tmp_path_factory.mktemp("fresh") / "venv"
     venv.create(fresh, with_pip=True)

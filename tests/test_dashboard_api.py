@@ -89,6 +89,7 @@ def test_site_views_match_the_time_series(client: TestClient, built: tuple[Local
     assert site["renewable_ratio"] == pytest.approx(s / d) and site["factor_g_per_kwh"] == 423
     assert site["co2_avoided_kg"] == pytest.approx(s * 423 / 1e9)
     assert [x["dev"] for x in site["devices"]] == ["dgc-dash-0001", "dgc-dash-0002"]
+    assert "NO_BASELINE" in site["flags_today"], "each device's first reading has no baseline"
     slots = client.get("/api/v1/sites/tokyo/series?slot_s=600", headers=AUTH).json()
     assert sum(x["self_kwh"] for x in slots) == pytest.approx(s / 1e6)
     assert all(x["t"] % 600 == 0 for x in slots)

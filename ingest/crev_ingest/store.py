@@ -116,6 +116,7 @@ CREATE TABLE IF NOT EXISTS daily (
     gen_mwh INTEGER NOT NULL,
     co2_g REAL NOT NULL,
     readings INTEGER NOT NULL,
+    flags INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (dev, day)
 );
 """
@@ -295,12 +296,14 @@ class Store:
             (dev, site, t1, received_ms),
         )
 
-    def note_daily(self, dev: str, day: str, self_mwh: int, gen_mwh: int, co2_g: float) -> None:
+    def note_daily(self, dev: str, day: str, self_mwh: int, gen_mwh: int, co2_g: float, flags: int) -> None:
+        """Today's sums per device, and every flag its readings carried (bitwise or)."""
         self.db.execute(
-            "INSERT INTO daily (dev, day, self_mwh, gen_mwh, co2_g, readings) VALUES (?, ?, ?, ?, ?, 1) "
+            "INSERT INTO daily (dev, day, self_mwh, gen_mwh, co2_g, readings, flags) VALUES (?, ?, ?, ?, ?, 1, ?) "
             "ON CONFLICT (dev, day) DO UPDATE SET self_mwh = self_mwh + excluded.self_mwh, "
-            "gen_mwh = gen_mwh + excluded.gen_mwh, co2_g = co2_g + excluded.co2_g, readings = readings + 1",
-            (dev, day, self_mwh, gen_mwh, co2_g),
+            "gen_mwh = gen_mwh + excluded.gen_mwh, co2_g = co2_g + excluded.co2_g, readings = readings + 1, "
+            "flags = flags | excluded.flags",
+            (dev, day, self_mwh, gen_mwh, co2_g, flags),
         )
 
     def note_quarantined(self, dev: str, site: str) -> None:

@@ -176,9 +176,11 @@ class Ingestor:
             self.store.fill_gap(dev, reading.seq, received_ms)
         site = self.config.site_of(dev)
         self.store.note_reading(dev, site, reading.t1, received_ms)
+        g = s = 0
+        co2 = 0.0
         if reading.energies is not None:
             g, i, e, s, d = reading.energies
             co2 = s * self.config.factor_for(dev) / 1e6
             self.store.add_series((dev, reading.seq, reading.t1, site, g, i, e, s, d, co2))
-            self.store.note_daily(dev, self.config.local_day(reading.t1), s, g, co2)
+        self.store.note_daily(dev, self.config.local_day(reading.t1), s, g, co2, reading.flags)
         self.store.bump("accepted")

@@ -80,6 +80,7 @@ class Site(BaseModel):
     co2_avoided_kg: float
     factor_g_per_kwh: float
     gaps: list[Gap]
+    flags_today: list[str]
 
 
 class Slot(BaseModel):

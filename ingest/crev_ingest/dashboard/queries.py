@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from crev import dgcc
+
 SORTS = {
     "dev": "d.dev",
     "site": "d.site",
@@ -111,9 +113,15 @@ class Queries:
             "ORDER BY dev, first_seq" % marks,
             names,
         ).fetchall()
+        flags = 0
+        for (value,) in db.execute(
+            "SELECT flags FROM daily WHERE day = ? AND dev IN (%s)" % marks, [day, *names]
+        ).fetchall():
+            flags |= int(value)
         now = time.time()
         return {
             "site": site,
+            "flags_today": dgcc.flag_names(flags),
             "devices": [
                 {
                     "dev": r[0],

@@ -98,7 +98,9 @@ async function siteView(site) {
       <div class="card">CO2 avoided (24 h)<b>${info.co2_avoided_kg.toFixed(3)} kg</b></div>
       <div class="card">Emission factor<b>${info.factor_g_per_kwh} g/kWh</b></div>
       <div class="card">Open gaps<b>${info.gaps.length}</b></div>
+      <div class="card">Flags today<b id="flags">${info.flags_today.length ? info.flags_today.map(text).join(", ") : "none"}</b></div>
     </div>
+    ${info.gaps.length ? `<p>Missing: ${info.gaps.map((g) => `${text(g.dev)} seq ${g.first_seq}–${g.last_seq}`).join("; ")}</p>` : ""}
     <h3>Power, 30-minute averages (W)</h3>${chart(slots, [["gen_w", "#e0a800"], ["self_w", "#157a3b"], ["demand_w", "#1f5fa8"]], "W")}
     <h3>Energy per 30 minutes (kWh)</h3>${chart(slots, [["gen_kwh", "#e0a800"], ["self_kwh", "#157a3b"], ["import_kwh", "#b3261e"], ["export_kwh", "#8e44ad"], ["demand_kwh", "#1f5fa8"]], "kWh")}
     <h3>Devices</h3>
