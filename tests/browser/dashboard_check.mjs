@@ -23,6 +23,8 @@ try {
   if (mode === "live") {
     out.sites = await page.$$eval("#fleet tbody tr td:nth-child(2)", (cells) => [...new Set(cells.map((c) => c.textContent.trim()))]);
     out.devices = await page.$$eval("#fleet tbody tr", (rows) => rows.map((r) => r.dataset.dev));
+    out.statuses = await page.$$eval("#fleet tbody tr", (rows) =>
+      Object.fromEntries(rows.map((r) => [r.dataset.dev, r.children[2].textContent.trim()])));
     await page.click("#fleet tbody tr td:nth-child(2) a");
     await page.waitForSelector("svg.chart");
     const slots = () => page.$eval("svg.chart", (svg) => Number(svg.dataset.slots));
@@ -46,7 +48,7 @@ try {
     out.status_before = await status();
     while (Date.now() - started < Number(seconds) * 1000 && (await status()) !== "offline") await page.waitForTimeout(200);
     out.status_after = await status();
-    out.seconds = (Date.now() - started) / 1000;
+    out.seen_at_ms = Date.now();
   }
 } catch (err) {
   out.error = String(err);
