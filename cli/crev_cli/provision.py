@@ -58,7 +58,7 @@ with open(%r, "rb") as f:
 COMMISSION_SCRIPT = """
 import json, time
 import machine
-from dgc.meters import read_meter
+from dgc.meters import channels, read_meter
 from dgc.rtu_bus import RtuBus
 with open("/config.json") as f:
     config = json.load(f)
@@ -67,12 +67,17 @@ uart = machine.UART(u.get("id", 1), baudrate=u.get("baudrate", 9600), tx=u.get("
 de = machine.Pin(u["de_pin"], machine.Pin.OUT, value=0) if "de_pin" in u else None
 bus = RtuBus(uart, de, u.get("timeout_ms", 300))
 for round in range(2):
+    samples = []
     for meter in config["meters"]:
         try:
             serial, energies = read_meter(bus, meter)
+            samples.append((serial, energies))
             print(json.dumps({"round": round, "meter": meter["name"], "serial": serial, "energies": energies}))
         except Exception as err:
             print(json.dumps({"round": round, "meter": meter["name"], "error": str(err)}))
+    if len(samples) == len(config["meters"]):
+        # The channels exactly as the firmware builds them for a reading.
+        print(json.dumps({"round": round, "channels": channels(config["meters"], samples)}))
     if round == 0:
         time.sleep(%d)
 """
@@ -197,10 +202,14 @@ class Board:
 def commissioning(output: str, meters: list[dict[str, Any]]) -> tuple[bool, list[str]]:
     """The report lines, and whether every meter answered and the energies make sense."""
     rounds: dict[int, dict[str, dict[str, Any]]] = {0: {}, 1: {}}
+    channels: dict[int, list[tuple[int, str, int, int]]] = {}
     for line in output.splitlines():
         if line.startswith("{"):
             record = json.loads(line)
-            rounds[record["round"]][record["meter"]] = record
+            if "channels" in record:
+                channels[record["round"]] = [tuple(c) for c in record["channels"]]
+            else:
+                rounds[record["round"]][record["meter"]] = record
     lines = ["%-10s %-12s %16s %16s" % ("meter", "serial", "counter kWh", "in the pause")]
     ok = True
     for meter in meters:
@@ -217,20 +226,8 @@ def commissioning(output: str, meters: list[dict[str, Any]]) -> tuple[bool, list
                     "%-10s %-12s %16.3f %13.3f Wh  (%s)"
                     % (meter["name"], second["serial"], value / 1e6, delta / 1e3, name)
                 )
-    if not ok:
+    if not ok or len(channels) != 2:
         return False, lines
-    channels = []
-    for round in (0, 1):
-        current = []
-        for meter in meters:
-            record = rounds[round][meter["name"]]
-            if meter["role"] == "generation":
-                source = dgcc.SOURCE_NAMES.index(meter["source"])
-                current.append((dgcc.ROLE_GENERATION, record["serial"], source, record["energies"][meter["counter"]]))
-            else:
-                current.append((dgcc.ROLE_IMPORT, record["serial"], dgcc.SOURCE_GRID, record["energies"]["import"]))
-                current.append((dgcc.ROLE_EXPORT, record["serial"], dgcc.SOURCE_GRID, record["energies"]["export"]))
-        channels.append(current)
     energies, _gs, flags = dgcc.apply_rules(channels[0], channels[1])
     if energies is not None:
         g, i, e, s, d = energies
