@@ -8,6 +8,7 @@ import subprocess
 import sys
 import venv
 from pathlib import Path
+from typing import Any
 
 import pytest
 from bundle_support import DEV, START, AuditLedger, make_ledger, parts
@@ -94,6 +95,52 @@ def test_a_tampered_bundle_exits_1_and_names_the_reading(site: Path) -> None:
         run_crev(site, "audit", "verify", "audit.bundle", "--ledger-key", "ledger.pub", "--json").stdout
     )
     assert report["first_failure"]["check"] == 3 and report["first_failure"]["expected_seq"] == 5
+
+
+def _verify_json(site: Path) -> tuple[int, dict[str, Any]]:
+    done = run_crev(site, "audit", "verify", "audit.bundle", "--ledger-key", "ledger.pub", "--json")
+    assert done.returncode in (0, 1), done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    # SPEC §6: these five are always at the top level, whatever else the report carries.
+    assert {"ok", "readings", "self_mwh", "gaps", "failure"} <= report.keys()
+    assert isinstance(report["readings"], int) and isinstance(report["self_mwh"], int)
+    return done.returncode, report
+
+
+def test_the_json_report_has_the_spec_top_level(site: Path) -> None:
+    assert _export(site).returncode == 0
+    code, passed = _verify_json(site)
+    assert code == 0 and passed["ok"] is True and passed["result"] == "pass"
+    assert passed["readings"] == passed["totals"]["readings"] == 30
+    assert passed["self_mwh"] == passed["totals"]["self_mwh"] > 0
+    assert passed["gaps"] == [] and passed["failure"] is None
+
+    path = site / "audit.bundle"
+    data = path.read_bytes()
+    cose = parts(data)[5][5][2]
+    at = data.index(cose) + 100
+    path.write_bytes(data[:at] + bytes([data[at] ^ 0x40]) + data[at + 1 :])
+    code, tampered = _verify_json(site)
+    assert code == 1 and tampered["ok"] is False and tampered["result"] == "fail"
+    assert tampered["readings"] == tampered["totals"]["readings"]
+    assert tampered["self_mwh"] == tampered["totals"]["self_mwh"]
+    # The damaged reading cannot be counted, so the walk sees seq 5 missing.
+    assert [(gap["first_seq"], gap["last_seq"]) for gap in tampered["gaps"]] == [(5, 5)]
+    failure = tampered["failure"]
+    assert failure is not None and failure["check"] == 3 and failure["expected_seq"] == 5
+    assert failure["text"] == tampered["first_failure_text"]
+    assert failure["text"].startswith("reading #5 (unreadable; seq 5 expected here): check 3 (inclusion proofs)")
+    assert {k: v for k, v in failure.items() if k != "text"} == tampered["first_failure"]
+
+    # Not a bundle at all: the walk never starts, and the counts say so.
+    path.write_bytes(b"not a bundle")
+    code, garbage = _verify_json(site)
+    assert code == 1 and garbage["ok"] is False
+    assert garbage["readings"] == 0 and garbage["self_mwh"] == 0 and garbage["gaps"] == []
+    assert garbage["failure"]["check"] == 0 and garbage["failure"]["text"]
+    text = run_crev(site, "audit", "verify", "audit.bundle", "--ledger-key", "ledger.pub")
+    assert text.returncode == 1 and "Traceback" not in text.stderr
+    assert "RESULT: FAIL" in text.stdout and "Gaps:" not in text.stdout
 
 
 @pytest.mark.parametrize(
