@@ -13,7 +13,7 @@ from typing import Any
 
 from crev import evidence
 from crev.dgcc import flag_names
-from crev_cli import UsageError
+from crev_cli import UsageError, trace_verify
 
 
 def parse_time(text: str, option: str) -> int:
@@ -85,6 +85,41 @@ def export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ trace
+
+
+def trace(args: argparse.Namespace) -> int:
+    from crev_ingest import IngestError
+    from crev_market import MarketError
+    from crev_market.cli import trace as market_trace
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise UsageError("--out %s is a directory; name the bundle file" % out)
+    if not out.parent.is_dir():
+        raise UsageError("--out: the directory %s does not exist" % out.parent)
+    try:
+        summary = market_trace(Path(args.config), args.retirement, out)
+    except (IngestError, MarketError) as err:
+        raise UsageError(str(err)) from err
+    except OSError as err:
+        raise UsageError("cannot write %s: %s" % (args.out, err)) from err
+    print(
+        "wrote %s: retirement %d of %d g, %d issuances, %d readings, %d entries; %d bytes"
+        % (
+            summary.path,
+            args.retirement,
+            summary.grams,
+            summary.issuances,
+            summary.readings,
+            summary.entries,
+            summary.bytes,
+        )
+    )
+    print("verify it offline with: crev audit verify %s --ledger-key <the ledger's public key>" % summary.path)
+    return 0
+
+
 # ------------------------------------------------------------------ verify
 
 
@@ -98,22 +133,33 @@ def verify(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be 1 or more")
     try:
-        handle = open(args.file, "rb")  # noqa: SIM115 - closed by the with below
+        handle = open(args.file, "rb")  # noqa: SIM115 - closed by the with below (buffered: it can peek)
     except OSError as err:
         raise UsageError("cannot read %s: %s" % (args.file, err.strerror)) from err
     with handle:
-        result = verify_bundle(handle, ledger_key, args.allow_gaps, args.jobs or default_jobs())
-    report = build_report(result, args.factor)
+        if trace_verify.is_trace(handle.peek(32)):
+            report = trace_verify.build_trace_report(trace_verify.verify_trace(handle, ledger_key))
+            text = trace_verify.render_trace_text
+        else:
+            result = verify_bundle(handle, ledger_key, args.allow_gaps, args.jobs or default_jobs())
+            report = build_report(result, args.factor)
+            text = render_text
     if args.json:
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(render_text(report))
-    return 0 if report["result"] == "pass" else 1
+        sys.stdout.write(text(report))
+    return 0 if report["ok"] else 1
 
 
 def build_report(result: Any, factor_override: float | None) -> dict[str, Any]:
-    """The JSON report; the text report is rendered from it."""
+    """The JSON report; the text report is rendered from it.
+
+    SPEC §6: the top level always has ``ok``, ``readings``, ``self_mwh``,
+    ``gaps`` and ``failure`` (null, or the first failure with its one-line
+    ``text``); ``readings`` and ``self_mwh`` are 0 and ``gaps`` is [] when
+    the walk of the readings did not get that far. The richer fields follow.
+    """
     failures = result.failures
     meta = result.meta
     sequence = result.sequence
@@ -123,10 +169,17 @@ def build_report(result: Any, factor_override: float | None) -> dict[str, Any]:
         count = sum(1 for f in failures if f.check == number)
         status = "failed" if count else ("ok" if walked else "not completed")
         checks.append({"number": number, "name": evidence.CHECK_NAMES[number], "status": status, "failures": count})
+    ok = result.failure_count == 0
+    first = failures[0] if failures else None
     report: dict[str, Any] = {
-        "result": "pass" if result.failure_count == 0 else "fail",
-        "first_failure": failures[0].to_dict() if failures else None,
-        "first_failure_text": failures[0].describe() if failures else None,
+        "ok": ok,
+        "readings": sequence.totals.readings if sequence is not None else 0,
+        "self_mwh": sequence.totals.energies[3] if sequence is not None else 0,  # G, I, E, self, demand
+        "gaps": list(sequence.gaps) if sequence is not None else [],
+        "failure": dict(first.to_dict(), text=first.describe()) if first is not None else None,
+        "result": "pass" if ok else "fail",
+        "first_failure": first.to_dict() if first is not None else None,
+        "first_failure_text": first.describe() if first is not None else None,
         "failure_count": result.failure_count,
         "failures": [f.to_dict() for f in failures],
         "checks": checks,
@@ -168,7 +221,6 @@ def build_report(result: Any, factor_override: float | None) -> dict[str, Any]:
             "readings_not_recomputed": totals.not_recomputed,
             "flags_seen": flag_names(totals.flags),
         }
-        report["gaps"] = sequence.gaps
         report["gaps_allowed"] = sequence.allow_gaps
         report["range_end"] = (
             "sealed: the bundle holds the first reading after the range"
@@ -231,7 +283,7 @@ def render_text(report: dict[str, Any]) -> str:
             )
         if totals["flags_seen"]:
             lines.append("  flags seen: %s" % ", ".join(totals["flags_seen"]))
-    if "gaps" in report:
+    if "range_end" in report:  # the walk reached the sequence checks
         lines.append("")
         gaps = report["gaps"]
         lines.append(
@@ -246,7 +298,7 @@ def render_text(report: dict[str, Any]) -> str:
             lines.append("  %s missing, from %s to %s" % (missing, iso(gap["from_t"]), iso(gap["to_t"])))
         lines.append("Range end: %s" % report["range_end"])
     lines.append("")
-    if report["result"] == "pass":
+    if report["ok"]:
         lines.append("RESULT: PASS")
     else:
         lines.append("RESULT: FAIL (%d failures)" % report["failure_count"])

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from crev import __version__
-from crev_cli import UsageError, audit_cmd, reading_cmd, service_cmds
+from crev_cli import UsageError, audit_cmd, reading_cmd, registry_cmd, service_cmds
 
 
 class _Parser(argparse.ArgumentParser):
@@ -101,6 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--factor", type=float, metavar="G", help="emission factor in g-CO2/kWh for the CO2 total")
     verify.add_argument("--jobs", type=int, metavar="N", help="worker processes (default: one per CPU, at most 8)")
     verify.set_defaults(handler=audit_cmd.verify)
+    trace_parser = audit_commands.add_parser(
+        "trace",
+        help="write the trace bundle of one retirement",
+        description="Write one file that traces a retirement back to the meter readings: the retirement, the "
+        "issuances of its lots, their readings, the account, site and key events they need, each with its "
+        "inclusion proof to a signed block. Verify it offline with `crev audit verify`.",
+    )
+    trace_parser.add_argument("--config", required=True, metavar="FILE", help="the ingest TOML configuration")
+    trace_parser.add_argument("--retirement", required=True, type=int, metavar="ID", help="the retirement id")
+    trace_parser.add_argument("--out", required=True, metavar="FILE", help="the bundle file to write")
+    trace_parser.set_defaults(handler=audit_cmd.trace)
     ledger = audit_commands.add_parser("ledger", help="recompute and verify the local ledger")
     ledger.add_argument("--config", required=True, metavar="FILE", help="the ingest TOML configuration")
     ledger.add_argument(
@@ -110,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ledger.add_argument("--full", action="store_true", help="with --state: check everything again from leaf 0")
     ledger.set_defaults(handler=audit_cmd.ledger)
+
+    registry_cmd.add_commands(commands, _Parser)
 
     demo_parser = commands.add_parser(
         "demo", help="run the whole pipeline locally on simulated meters, then audit the ledger"

@@ -7,7 +7,8 @@ Checks, in order, and names the first row that fails:
    block's hash, its tree size and root against the recomputed tree, and
    its checkpoint note;
 4. every reading row and key-event row against the leaf it claims;
-5. every time-series row against the reading it came from.
+5. every time-series row against the reading it came from;
+6. the registry replayed from leaf 0 (crev_ingest.registry_audit).
 
 Given the state of an earlier successful run (the last block it verified),
 it checks that this block and the tree under it are unchanged, then only
@@ -30,8 +31,10 @@ from crev.ledger_format import (
     parse_key_event,
 )
 from crev.reading import Reading
+from crev.registry_format import generation_entries
 from crev_ingest import LedgerError
 from crev_ingest.ledger import frontier_from_store, verify_checkpoint
+from crev_ingest.registry_audit import has_registry, replay_registry
 from crev_ingest.store import Store
 
 
@@ -169,8 +172,8 @@ def verify_ledger(
         raise LedgerError("nodes: %d rows where the tree has %d" % (extra, _node_count(frontier.size)))
 
     readings = 0
-    for dev, seq, t0, t1, leaf_idx, cose in db.execute(
-        "SELECT dev, seq, t0, t1, leaf_idx, cose FROM readings WHERE leaf_idx >= ?", (first_leaf,)
+    for dev, seq, t0, t1, leaf_idx, cose, gs in db.execute(
+        "SELECT dev, seq, t0, t1, leaf_idx, cose, gs FROM readings WHERE leaf_idx >= ?", (first_leaf,)
     ):
         where = "readings row (%s, %d)" % (dev, seq)
         leaf = leaf_types.get(leaf_idx)
@@ -179,6 +182,8 @@ def verify_ledger(
         reading = Reading.from_cose(bytes(cose))
         if (reading.dev, reading.seq, reading.t0, reading.t1) != (dev, seq, t0, t1):
             raise LedgerError("%s: columns differ from the signed reading" % where)
+        if gs is not None and json.loads(gs) != generation_entries(reading):
+            raise LedgerError("%s: the gs column differs from the signed reading" % where)
         readings += 1
     leaf_readings = sum(1 for t, _ in leaf_types.values() if t == LEAF_READING)
     if readings != leaf_readings:
@@ -212,6 +217,8 @@ def verify_ledger(
         height, _header, block_hash, tree_size, root = blocks[-1][:5]
         state = AuditState(origin, int(height), bytes(block_hash), int(tree_size), bytes(root))
     counts = {"leaves": frontier.size - first_leaf, "blocks": len(blocks), "readings": readings}
+    if has_registry(store):
+        counts.update(replay_registry(store, ledger_key))
     return counts, state
 
 

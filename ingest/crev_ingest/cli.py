@@ -162,12 +162,20 @@ def audit_ledger(config_path: Path, state_path: Path | None = None, full: bool =
     if state_path is not None and state is not None:
         state.save(state_path)
     scope = "full" if since is None else "since block %d" % since.height
-    return True, "OK (%s): %d leaves, %d blocks, %d readings verified" % (
+    message = "OK (%s): %d leaves, %d blocks, %d readings verified" % (
         scope,
         counts["leaves"],
         counts["blocks"],
         counts["readings"],
     )
+    if "registry_leaves" in counts:
+        message += "; registry replayed: %d leaves, %d issuances (%d g), %d retirements" % (
+            counts["registry_leaves"],
+            counts["issuances"],
+            counts["issued_grams"],
+            counts["retirements"],
+        )
+    return True, message
 
 
 def export(config_path: Path, device: str, from_s: int, to_s: int, out: Path) -> ExportSummary:

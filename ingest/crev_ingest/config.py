@@ -24,6 +24,8 @@ class IngestConfig:
     block_interval_s: float
     block_max_leaves: int
     default_g_per_kwh: float
+    # Where the default factor comes from, recorded with every site that uses it (SPEC §8).
+    default_factor_label: str = "ingest [emission] default_g_per_kwh"
     site_g_per_kwh: dict[str, float] = field(default_factory=dict)
     device_sites: dict[str, str] = field(default_factory=dict)
     influx_url: str | None = None
@@ -116,6 +118,7 @@ def parse(raw: dict[str, Any], path: Path) -> IngestConfig:
         block_interval_s=float(interval),
         block_max_leaves=max_leaves,
         default_g_per_kwh=float(factor),
+        default_factor_label=_label(emission.get("label", "ingest [emission] default_g_per_kwh"), path),
         site_g_per_kwh={str(k): float(v) for k, v in sites.items()},
         device_sites={str(k): str(v) for k, v in _table(raw, "sites", path).items()},
         max_future_s=int(raw.get("validation", {}).get("max_future_s", 300)),
@@ -124,6 +127,12 @@ def parse(raw: dict[str, Any], path: Path) -> IngestConfig:
         **_influx(_table(raw, "influxdb", path), base, path),
         **_dashboard(_table(raw, "dashboard", path), _table(raw, "metrics", path), base, path),
     )
+
+
+def _label(value: object, path: Path) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > 100 or "\n" in value:
+        raise ConfigError("%s: [emission] label must be one line of at most 100 characters" % path.name)
+    return value.strip()
 
 
 def _protocol(value: object, path: Path) -> bool:

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from crev_ingest.registry_store import REGISTRY_SCHEMA, RegistryRows
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS leaves (
     idx INTEGER PRIMARY KEY,
@@ -53,9 +55,14 @@ CREATE TABLE IF NOT EXISTS readings (
     t1 INTEGER NOT NULL,
     leaf_idx INTEGER NOT NULL,
     cose BLOB NOT NULL,
+    -- What issuance needs of key 9, so it need not decode the COSE again:
+    -- JSON [[meter_id, source, self_mwh], ...], or 'null' without energies.
+    -- NULL only in rows written before the registry existed.
+    gs TEXT,
     PRIMARY KEY (dev, seq)
 );
 CREATE INDEX IF NOT EXISTS readings_t1 ON readings (dev, t1);
+CREATE INDEX IF NOT EXISTS readings_leaf ON readings (dev, leaf_idx);
 CREATE TABLE IF NOT EXISTS series (
     dev TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -122,14 +129,22 @@ CREATE TABLE IF NOT EXISTS daily (
 """
 
 
-class Store:
+class Store(RegistryRows):
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.db = sqlite3.connect(str(path), isolation_level=None, timeout=30, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
+        self._migrate()
         self.db.executescript(SCHEMA)
+        self.db.executescript(REGISTRY_SCHEMA)
+
+    def _migrate(self) -> None:
+        """Bring a store written by an older crev up to this schema (columns only ever added)."""
+        columns = [row[1] for row in self.db.execute("PRAGMA table_info(readings)")]
+        if columns and "gs" not in columns:
+            self.db.execute("ALTER TABLE readings ADD COLUMN gs TEXT")
 
     # ------------------------------------------------------------ transactions
 
@@ -231,10 +246,12 @@ class Store:
         rows = self.db.execute("SELECT action, pubkey, time FROM key_events WHERE dev = ? ORDER BY leaf_idx", (dev,))
         return [(int(r[0]), bytes(r[1]), int(r[2])) for r in rows]
 
-    def add_reading(self, dev: str, seq: int, t0: int, t1: int, leaf_idx: int, cose: bytes) -> None:
+    def add_reading(
+        self, dev: str, seq: int, t0: int, t1: int, leaf_idx: int, cose: bytes, gs: str | None = None
+    ) -> None:
         self.db.execute(
-            "INSERT INTO readings (dev, seq, t0, t1, leaf_idx, cose) VALUES (?, ?, ?, ?, ?, ?)",
-            (dev, seq, t0, t1, leaf_idx, cose),
+            "INSERT INTO readings (dev, seq, t0, t1, leaf_idx, cose, gs) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (dev, seq, t0, t1, leaf_idx, cose, gs),
         )
 
     def reading(self, dev: str, seq: int) -> bytes | None:

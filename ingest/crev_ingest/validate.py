@@ -15,11 +15,13 @@ Everything that fails is kept in quarantine with its raw bytes and reason.
 The caller holds the transaction; nothing here commits.
 """
 
+import json
 from dataclasses import dataclass
 
 from crev.cose import Sign1
 from crev.errors import ReadingError
 from crev.reading import Reading, reading_hash, recompute_problem, valid_device_id
+from crev.registry_format import generation_entries
 from crev_ingest.config import IngestConfig
 from crev_ingest.ledger import ACTION_ENROL, ACTION_REVOKE, LEAF_READING, Ledger
 from crev_ingest.store import Store
@@ -42,6 +44,11 @@ class Rejected(Exception):
         super().__init__(reason)
         self.reason = reason
         self.detail = detail
+
+
+def generation_json(reading: Reading) -> str:
+    """The readings row's gs column: ``[[meter_id, source, self_mwh], ...]``, or null without energies."""
+    return json.dumps(generation_entries(reading))
 
 
 def topic_device(topic: str) -> str | None:
@@ -166,7 +173,7 @@ class Ingestor:
         dev = reading.dev
         highest = self.store.max_seq(dev)
         leaf = self.ledger.append(LEAF_READING, received_ms, raw)
-        self.store.add_reading(dev, reading.seq, reading.t0, reading.t1, leaf, raw)
+        self.store.add_reading(dev, reading.seq, reading.t0, reading.t1, leaf, raw, generation_json(reading))
         if highest is None:
             if reading.seq > 0:
                 self.store.open_gap(dev, 0, reading.seq - 1, received_ms)

@@ -1,0 +1,269 @@
+"""Replay of the registry's leaves (SPEC §8, §10) in ledger order, without I/O.
+
+``crev audit ledger`` feeds it every leaf of the ledger; ``crev audit
+verify`` feeds it the leaves of a trace bundle (``partial``). It raises
+ReplayError at the first leaf that breaks a rule, naming the leaf:
+
+- an account event or site event that does not follow from the state;
+- an issuance whose site, owner, place or factor is not the site's in force,
+  that covers a reading of another device or slot, an unsealed reading, a
+  reading already issued, or a slot not yet closed; whose lots (self per
+  type, carry in, grams, carry out) do not follow from its readings;
+- a retirement not signed by its account's key, replayed, or taking more
+  grams from a lot than the account holds.
+
+In a partial replay the state before the bundle is unknown, so the carry
+chain, the supplement count and the slot's closure are taken as stated;
+everything else is checked the same way. The caller looks readings up:
+``reading(leaf)`` returns ``(dev, t1, generation entries)`` or None.
+"""
+
+import hashlib
+
+from crev.keys import key_id
+from crev.registry_format import (
+    ACCOUNT_CLOSE,
+    ACCOUNT_KEY_CHANGE,
+    ACCOUNT_OPEN,
+    LEAF_ACCOUNT,
+    LEAF_ISSUANCE,
+    LEAF_RETIREMENT,
+    LEAF_SITE,
+    NANOGRAMS_PER_GRAM,
+    SITE_REGISTER,
+    AccountEvent,
+    Issuance,
+    RegistryFormatError,
+    Retirement,
+    SiteEvent,
+    compute_lots,
+    slot_of,
+    type_sums,
+)
+
+
+class ReplayError(Exception):
+    def __init__(self, leaf: int, kind: str, detail: str) -> None:
+        super().__init__("leaf %d (%s): %s" % (leaf, kind, detail))
+        self.leaf = leaf
+        self.kind = kind
+        self.detail = detail
+
+
+KIND_NAMES = {LEAF_ACCOUNT: "account event", LEAF_SITE: "site event", LEAF_ISSUANCE: "issuance",
+              LEAF_RETIREMENT: "retirement"}  # fmt: skip
+
+
+class RegistryReplay:
+    def __init__(self, ledger_key: bytes, partial: bool = False) -> None:
+        self.ledger_key = ledger_key
+        self.partial = partial
+        self.accounts = {}  # type: dict[str, AccountEvent]
+        self.sites = {}  # type: dict[str, SiteEvent]
+        self.device_site = {}  # type: dict[str, str]
+        self.carries = {}  # type: dict[tuple, int]
+        self.supplements = {}  # type: dict[tuple, int]
+        self.issued = bytearray()  # one bit per leaf: a reading already issued
+        self.issuances = {}  # type: dict[int, Issuance]
+        # (issuance leaf, lot index, account) -> grams held
+        self.balances = {}  # type: dict[tuple, int]
+        # (issuance leaf, lot index) -> grams retired
+        self.retired = {}  # type: dict[tuple, int]
+        self.retirements = {}  # type: dict[int, Retirement]
+        self.statement_hashes = set()  # type: set[bytes]
+        self.sealed_size = 0
+        # dev -> [(leaf, t1)] of readings not yet sealed
+        self._pending = {}  # type: dict[str, list]
+        self._sealed_t1 = {}  # type: dict[str, int]
+        self.issued_grams = 0
+
+    # ------------------------------------------------------------ readings and blocks
+
+    def on_reading(self, leaf: int, dev: str, t1: int) -> None:
+        self._pending.setdefault(dev, []).append((leaf, t1))
+
+    def on_sealed(self, size: int) -> None:
+        self.sealed_size = size
+        for dev in list(self._pending):
+            waiting = self._pending[dev]
+            keep = []
+            for leaf, t1 in waiting:
+                if leaf < size:
+                    if t1 > self._sealed_t1.get(dev, -1):
+                        self._sealed_t1[dev] = t1
+                else:
+                    keep.append((leaf, t1))
+            if keep:
+                self._pending[dev] = keep
+            else:
+                del self._pending[dev]
+
+    def _was_issued(self, leaf: int) -> bool:
+        byte = leaf >> 3
+        return byte < len(self.issued) and bool(self.issued[byte] >> (leaf & 7) & 1)
+
+    def _mark_issued(self, leaf: int) -> None:
+        byte = leaf >> 3
+        if byte >= len(self.issued):
+            self.issued.extend(bytes(byte + 1 - len(self.issued) + 4096))
+        self.issued[byte] |= 1 << (leaf & 7)
+
+    # ------------------------------------------------------------ leaves
+
+    def apply(self, leaf: int, leaf_type: int, data: bytes, reading: "object | None" = None) -> None:
+        """Replay one registry leaf; raises ReplayError."""
+        kind = KIND_NAMES.get(leaf_type, "leaf type %d" % leaf_type)
+        try:
+            if leaf_type == LEAF_ACCOUNT:
+                self._account(AccountEvent.parse(data, self.ledger_key))
+            elif leaf_type == LEAF_SITE:
+                self._site(SiteEvent.parse(data, self.ledger_key))
+            elif leaf_type == LEAF_ISSUANCE:
+                self._issuance(leaf, Issuance.parse(data, self.ledger_key), reading)
+            elif leaf_type == LEAF_RETIREMENT:
+                self._retirement(leaf, data)
+            else:
+                raise ReplayError(leaf, kind, "this crev does not replay leaves of type %d" % leaf_type)
+        except RegistryFormatError as err:
+            raise ReplayError(leaf, kind, err.detail)
+        except _Broken as err:
+            raise ReplayError(leaf, kind, str(err))
+
+    def _account(self, event: AccountEvent) -> None:
+        known = self.accounts.get(event.account)
+        if event.action == ACCOUNT_OPEN and known is not None and not self.partial:
+            raise _Broken("account %s is opened twice" % event.account)
+        if event.action in (ACCOUNT_KEY_CHANGE, ACCOUNT_CLOSE) and known is None and not self.partial:
+            raise _Broken("account %s is changed before it is opened" % event.account)
+        self.accounts[event.account] = event
+
+    def _open_account(self, account: str) -> AccountEvent:
+        event = self.accounts.get(account)
+        if event is None:
+            raise _Broken("account %s is not open" % account)
+        if event.action == ACCOUNT_CLOSE:
+            raise _Broken("account %s is closed" % account)
+        return event
+
+    def _site(self, event: SiteEvent) -> None:
+        known = self.sites.get(event.site)
+        if event.action == SITE_REGISTER and known is not None:
+            raise _Broken("site %s is registered twice" % event.site)
+        if event.action != SITE_REGISTER and known is None and not self.partial:
+            raise _Broken("site %s is changed before it is registered" % event.site)
+        self._open_account(event.owner)
+        for dev in event.devices:
+            other = self.device_site.get(dev)
+            if other is not None and other != event.site:
+                raise _Broken("device %s already belongs to site %s" % (dev, other))
+        for dev in event.devices:
+            self.device_site[dev] = event.site
+        self.sites[event.site] = event
+
+    def _issuance(self, leaf: int, issuance: Issuance, reading: "object | None") -> None:
+        site = self.sites.get(issuance.site)
+        if site is None:
+            raise _Broken("site %s is not registered" % issuance.site)
+        stated = (issuance.owner, issuance.place, issuance.factor_mg, issuance.factor_label)
+        if stated != (site.owner, site.place, site.factor_mg, site.factor_label):
+            raise _Broken("owner, place or factor differ from site %s's in force" % site.site)
+        if issuance.dev not in site.devices:
+            raise _Broken("device %s is not a device of site %s" % (issuance.dev, site.site))
+        key = (issuance.dev, issuance.slot)
+        if not self.partial:
+            expected = self.supplements.get(key, 0)
+            if issuance.supplement != expected:
+                raise _Broken("supplement %d where the slot has had %d issuances" % (issuance.supplement, expected))
+            if self._sealed_t1.get(issuance.dev, -1) <= issuance.slot + 1800:
+                raise _Broken("slot %d of %s is not closed yet" % (issuance.slot, issuance.dev))
+        sums = []  # type: list[dict]
+        for reading_leaf in issuance.readings:
+            if reading_leaf >= leaf or (not self.partial and reading_leaf >= self.sealed_size):
+                raise _Broken("reading leaf %d is not sealed before the issuance" % reading_leaf)
+            if self._was_issued(reading_leaf):
+                raise _Broken("reading leaf %d is issued twice" % reading_leaf)
+            found = reading(reading_leaf) if callable(reading) else None
+            if found is None:
+                raise _Broken("leaf %d is not a reading" % reading_leaf)
+            dev, t1, entries = found
+            if dev != issuance.dev or slot_of(t1) != issuance.slot:
+                raise _Broken(
+                    "reading leaf %d is of %s slot %d, not this issuance's" % (reading_leaf, dev, slot_of(t1))
+                )
+            sums.append(type_sums(entries, site))
+        carries = {}
+        if self.partial:
+            for lot in issuance.lots:
+                carries[lot[0]] = lot[2]
+        else:
+            for lot in issuance.lots:
+                carries[lot[0]] = self.carries.get((issuance.dev, lot[0]), 0)
+        lots = compute_lots(sums, carries, issuance.factor_mg)
+        if lots != issuance.lots:
+            raise _Broken(
+                "its lots %s do not follow from its %d readings and factor %d mg/kWh, which give %s"
+                % (_lots_text(issuance.lots), len(issuance.readings), issuance.factor_mg, _lots_text(lots))
+            )
+        if not any(lot[1] for lot in lots):
+            raise _Broken("an issuance of nothing self-consumed")
+        for reading_leaf in issuance.readings:
+            self._mark_issued(reading_leaf)
+        for index, lot in enumerate(lots):
+            self.carries[(issuance.dev, lot[0])] = lot[4]
+            if lot[3]:
+                self.balances[(leaf, index, issuance.owner)] = lot[3]
+            self.issued_grams += lot[3]
+        self.supplements[key] = issuance.supplement + 1
+        self.issuances[leaf] = issuance
+
+    def _retirement(self, leaf: int, data: bytes) -> None:
+        unsigned = Retirement.parse(data, None)
+        account = self._open_account(unsigned.account)
+        if unsigned.kid != key_id(account.pubkey):
+            raise _Broken("not signed by the key of account %s" % unsigned.account)
+        retirement = Retirement.parse(data, account.pubkey)
+        digest = hashlib.sha256(data).digest()
+        if digest in self.statement_hashes:
+            raise _Broken("the same signed retirement is recorded twice")
+        self.statement_hashes.add(digest)
+        for issuance_leaf, index, grams in retirement.lots:
+            key = (issuance_leaf, index, retirement.account)
+            if issuance_leaf not in self.issuances:
+                if self.partial:
+                    continue  # a lot outside the bundle: not this trace's grams
+                raise _Broken("lot %d.%d was never issued" % (issuance_leaf, index))
+            held = self.balances.get(key, 0)
+            if held < grams:
+                raise _Broken(
+                    "retires %d g of lot %d.%d, but %s holds %d g of it"
+                    % (grams, issuance_leaf, index, retirement.account, held)
+                )
+            self.balances[key] = held - grams
+            self.retired[(issuance_leaf, index)] = self.retired.get((issuance_leaf, index), 0) + grams
+        self.retirements[leaf] = retirement
+
+    def lot_conserved(self) -> "str | None":
+        """SPEC §8: for every lot, Σ held + Σ retired = issued grams."""
+        held = {}  # type: dict[tuple, int]
+        for (issuance_leaf, index, _account), grams in self.balances.items():
+            held[(issuance_leaf, index)] = held.get((issuance_leaf, index), 0) + grams
+        for issuance_leaf, issuance in self.issuances.items():
+            for index, lot in enumerate(issuance.lots):
+                total = held.get((issuance_leaf, index), 0) + self.retired.get((issuance_leaf, index), 0)
+                if total != lot[3]:
+                    return "lot %d.%d: %d g held and retired of %d issued" % (issuance_leaf, index, total, lot[3])
+        return None
+
+
+class _Broken(Exception):
+    pass
+
+
+def _lots_text(lots: list) -> str:
+    return (
+        ", ".join("%s %d mWh -> %d g (carry %d/%d)" % (lot[0], lot[1], lot[3], lot[2], lot[4]) for lot in lots)
+        or "none"
+    )
+
+
+__all__ = ["NANOGRAMS_PER_GRAM", "RegistryReplay", "ReplayError"]

@@ -1,0 +1,163 @@
+"""``crev audit ledger``, part two: replay the registry (SPEC §6, §8, §10).
+
+Runs after the Merkle and block checks, over every leaf from 0 (the
+registry's state is the whole history, so this part is not incremental):
+the core's RegistryReplay checks each registry leaf against the state
+before it, then every registry row is compared with what the leaves say,
+so an edited row is caught as surely as an edited leaf.
+"""
+
+import json
+from typing import Any
+
+from crev import cbor
+from crev.cose import Sign1
+from crev.errors import CrevError
+from crev.ledger_format import LEAF_READING
+from crev.reading import K_DEV, K_T1, Reading
+from crev.registry_format import LEAF_ACCOUNT, REGISTRY_LEAVES, generation_entries
+from crev.registry_replay import RegistryReplay, ReplayError
+from crev_ingest import LedgerError
+from crev_ingest.store import Store
+
+
+def has_registry(store: Store) -> bool:
+    row = store.db.execute("SELECT 1 FROM leaves WHERE type >= ? LIMIT 1", (LEAF_ACCOUNT,)).fetchone()
+    return row is not None
+
+
+def _reading_lookup(store: Store) -> Any:
+    def lookup(leaf: int) -> tuple[str, int, list[Any] | None] | None:
+        row = store.db.execute("SELECT type, data FROM leaves WHERE idx = ?", (leaf,)).fetchone()
+        if row is None or int(row[0]) != LEAF_READING:
+            return None
+        decoded = cbor.loads(bytes(row[1]))
+        assert isinstance(decoded, list)
+        reading = Reading.from_cose(bytes(decoded[2]))
+        return reading.dev, reading.t1, generation_entries(reading)
+
+    return lookup
+
+
+def replay_registry(store: Store, ledger_key: bytes) -> dict[str, int]:
+    """Raise LedgerError at the first registry leaf or row that does not hold; return counts."""
+    replay = RegistryReplay(ledger_key)
+    sizes = [int(r[0]) for r in store.db.execute("SELECT tree_size FROM blocks ORDER BY height")]
+    block = 0
+    lookup = _reading_lookup(store)
+    counts = {"registry_leaves": 0}
+    for idx, leaf_type, data in store.db.execute("SELECT idx, type, data FROM leaves ORDER BY idx"):
+        while block < len(sizes) and sizes[block] <= idx:
+            replay.on_sealed(sizes[block])
+            block += 1
+        if leaf_type == LEAF_READING:
+            dev, t1 = _dev_t1(bytes(data))
+            replay.on_reading(idx, dev, t1)
+        elif leaf_type in REGISTRY_LEAVES:
+            decoded = cbor.loads(bytes(data))
+            assert isinstance(decoded, list)
+            try:
+                replay.apply(idx, leaf_type, bytes(decoded[2]), lookup)
+            except ReplayError as err:
+                raise LedgerError("registry: %s" % err) from err
+            counts["registry_leaves"] += 1
+    problem = replay.lot_conserved()
+    if problem:
+        raise LedgerError("registry: %s" % problem)
+    _compare_rows(store, replay)
+    counts["issuances"] = len(replay.issuances)
+    counts["retirements"] = len(replay.retirements)
+    counts["issued_grams"] = replay.issued_grams
+    return counts
+
+
+def _dev_t1(leaf: bytes) -> tuple[str, int]:
+    try:
+        decoded = cbor.loads(leaf)
+        assert isinstance(decoded, list)
+        fields = cbor.loads(Sign1.from_bytes(bytes(decoded[2])).payload)
+        assert isinstance(fields, dict)
+        t1 = fields[K_T1]
+        assert isinstance(t1, int)
+        return str(fields[K_DEV]), t1
+    except (CrevError, KeyError, TypeError) as err:
+        raise LedgerError("a reading leaf does not parse: %s" % err) from err
+
+
+def _compare_rows(store: Store, replay: RegistryReplay) -> None:
+    db = store.db
+    stored = {
+        int(r[0]): tuple(r[1:])
+        for r in db.execute(
+            "SELECT leaf_idx, site, dev, slot, supplement, owner, place, factor_mg, factor_label, readings "
+            "FROM issuances"
+        )
+    }
+    if set(stored) != set(replay.issuances):
+        extra = sorted(set(stored) ^ set(replay.issuances))
+        raise LedgerError("issuances row leaf %d: no such issuance leaf, or its row is missing" % extra[0])
+    for leaf, issuance in replay.issuances.items():
+        expected = (
+            issuance.site,
+            issuance.dev,
+            issuance.slot,
+            issuance.supplement,
+            issuance.owner,
+            issuance.place,
+            issuance.factor_mg,
+            issuance.factor_label,
+            len(issuance.readings),
+        )
+        if stored[leaf] != expected:
+            raise LedgerError("issuances row leaf %d: differs from its signed issuance" % leaf)
+    lots = {
+        (int(r[0]), int(r[1])): [str(r[2]), int(r[3]), int(r[4]), int(r[5]), int(r[6])]
+        for r in db.execute("SELECT issuance_leaf, lot_index, type, self_mwh, carry_in, grams, carry_out FROM lots")
+    }
+    expected_lots = {
+        (leaf, index): list(lot)
+        for leaf, issuance in replay.issuances.items()
+        for index, lot in enumerate(issuance.lots)
+    }
+    if lots != expected_lots:
+        wrong = sorted(k for k in set(lots) | set(expected_lots) if lots.get(k) != expected_lots.get(k))
+        raise LedgerError("lots row %d.%d: differs from its signed issuance" % wrong[0])
+    moves: dict[tuple[Any, ...], int] = {}
+    for leaf, issuance in replay.issuances.items():
+        for index, lot in enumerate(issuance.lots):
+            if lot[3]:
+                moves[(leaf, leaf, index, None, issuance.owner)] = lot[3]
+    for leaf, retirement in replay.retirements.items():
+        for issuance_leaf, index, grams in retirement.lots:
+            moves[(leaf, issuance_leaf, index, retirement.account, None)] = grams
+    stored_moves = {
+        tuple(r[:5]): int(r[5])
+        for r in db.execute("SELECT leaf_idx, issuance_leaf, lot_index, from_account, to_account, grams FROM lot_moves")
+    }
+    if stored_moves != moves:
+        wrong_moves = sorted(
+            (k for k in set(moves) | set(stored_moves) if moves.get(k) != stored_moves.get(k)), key=lambda k: k[:3]
+        )
+        raise LedgerError("lot_moves row leaf %d lot %d.%d: differs from the ledger" % wrong_moves[0][:3])
+    for row in db.execute("SELECT leaf_idx, account, grams, beneficiary, purpose, year FROM retirements"):
+        found = replay.retirements.get(int(row[0]))
+        if found is None or tuple(row[1:]) != (
+            found.account,
+            found.grams,
+            found.beneficiary,
+            found.purpose,
+            found.year,
+        ):
+            raise LedgerError("retirements row leaf %d: differs from its signed retirement" % int(row[0]))
+    if db.execute("SELECT count(*) FROM retirements").fetchone()[0] != len(replay.retirements):
+        raise LedgerError("retirements: a row is missing")
+    for row in db.execute("SELECT leaf_idx, account, name, disclosed FROM account_events"):
+        event = replay.accounts.get(str(row[1]))
+        if event is None:
+            raise LedgerError("account_events row leaf %d: no such account in the ledger" % int(row[0]))
+    for dev, site, _leaf in db.execute("SELECT dev, site, leaf_idx FROM site_devices"):
+        if replay.device_site.get(str(dev)) != str(site):
+            raise LedgerError("site_devices row %s: not the site the ledger gives it" % dev)
+    for leaf, site, devices in db.execute("SELECT leaf_idx, site, devices FROM site_events"):
+        if str(site) not in replay.sites or not isinstance(json.loads(devices), list):
+            raise LedgerError("site_events row leaf %d: differs from the ledger" % int(leaf))

@@ -1,0 +1,391 @@
+"""The registry's rows (SPEC §8 and §10) in the ledger store.
+
+Every row mirrors a ledger leaf and is only ever inserted, as the reading
+rows are; ``crev audit ledger`` checks each against its leaf. Grams move
+through ``lot_moves`` alone: an issuance gives a lot's grams to its owner
+(from NULL), a retirement takes them out (to NULL), and the market's trades
+will move them between accounts, so a holding is a sum of moves and nothing
+is ever updated in place. ``issue_cursors`` is bookkeeping: per device, the
+leaf up to which every reading has been considered for issuance.
+"""
+
+import sqlite3
+from typing import Any
+
+REGISTRY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS account_events (
+    leaf_idx INTEGER PRIMARY KEY,
+    action INTEGER NOT NULL,
+    account TEXT NOT NULL,
+    name TEXT NOT NULL,
+    pubkey BLOB NOT NULL,
+    kid BLOB NOT NULL,
+    disclosed INTEGER NOT NULL,
+    role INTEGER NOT NULL,
+    time INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS account_events_account ON account_events (account, leaf_idx);
+CREATE TABLE IF NOT EXISTS site_events (
+    leaf_idx INTEGER PRIMARY KEY,
+    action INTEGER NOT NULL,
+    site TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    place TEXT NOT NULL,
+    devices TEXT NOT NULL,
+    types TEXT NOT NULL,
+    factor_mg INTEGER NOT NULL,
+    factor_label TEXT NOT NULL,
+    floor INTEGER,
+    time INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS site_events_site ON site_events (site, leaf_idx);
+CREATE TABLE IF NOT EXISTS site_devices (
+    dev TEXT PRIMARY KEY,
+    site TEXT NOT NULL,
+    leaf_idx INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS issuances (
+    leaf_idx INTEGER PRIMARY KEY,
+    site TEXT NOT NULL,
+    dev TEXT NOT NULL,
+    slot INTEGER NOT NULL,
+    supplement INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    place TEXT NOT NULL,
+    factor_mg INTEGER NOT NULL,
+    factor_label TEXT NOT NULL,
+    readings INTEGER NOT NULL,
+    time INTEGER NOT NULL,
+    UNIQUE (dev, slot, supplement)
+);
+CREATE INDEX IF NOT EXISTS issuances_site ON issuances (site, slot);
+CREATE TABLE IF NOT EXISTS lots (
+    issuance_leaf INTEGER NOT NULL,
+    lot_index INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    self_mwh INTEGER NOT NULL,
+    carry_in INTEGER NOT NULL,
+    grams INTEGER NOT NULL,
+    carry_out INTEGER NOT NULL,
+    dev TEXT NOT NULL,
+    PRIMARY KEY (issuance_leaf, lot_index)
+);
+CREATE INDEX IF NOT EXISTS lots_carry ON lots (dev, type, issuance_leaf);
+CREATE TABLE IF NOT EXISTS lot_moves (
+    leaf_idx INTEGER NOT NULL,
+    issuance_leaf INTEGER NOT NULL,
+    lot_index INTEGER NOT NULL,
+    from_account TEXT,
+    to_account TEXT,
+    grams INTEGER NOT NULL CHECK (grams > 0),
+    PRIMARY KEY (leaf_idx, issuance_leaf, lot_index)
+);
+CREATE INDEX IF NOT EXISTS lot_moves_to ON lot_moves (to_account);
+CREATE INDEX IF NOT EXISTS lot_moves_from ON lot_moves (from_account);
+CREATE INDEX IF NOT EXISTS lot_moves_lot ON lot_moves (issuance_leaf, lot_index);
+CREATE TABLE IF NOT EXISTS retirements (
+    leaf_idx INTEGER PRIMARY KEY,
+    account TEXT NOT NULL,
+    grams INTEGER NOT NULL,
+    beneficiary TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    year INTEGER NOT NULL,
+    time INTEGER NOT NULL,
+    statement_hash BLOB NOT NULL UNIQUE
+);
+CREATE INDEX IF NOT EXISTS retirements_account ON retirements (account);
+CREATE TABLE IF NOT EXISTS issue_cursors (
+    dev TEXT PRIMARY KEY,
+    next_leaf INTEGER NOT NULL
+);
+"""
+
+# A held lot: (issuance_leaf, lot_index, site, dev, type, place, slot, grams held).
+HeldLot = tuple[int, int, str, str, str, str, int, int]
+
+
+class RegistryRows:
+    """The registry's part of the Store (mixed into ``crev_ingest.store.Store``)."""
+
+    db: sqlite3.Connection
+
+    # ------------------------------------------------------------ accounts
+
+    def add_account_event(
+        self,
+        leaf_idx: int,
+        action: int,
+        account: str,
+        name: str,
+        pubkey: bytes,
+        kid: bytes,
+        disclosed: bool,
+        role: int,
+        time_s: int,
+    ) -> None:
+        self.db.execute(
+            "INSERT INTO account_events (leaf_idx, action, account, name, pubkey, kid, disclosed, role, time) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (leaf_idx, action, account, name, pubkey, kid, int(disclosed), role, time_s),
+        )
+
+    def account(self, account: str) -> dict[str, Any] | None:
+        """The account's latest event: its name, key, disclosure, role and whether it is open."""
+        row = self.db.execute(
+            "SELECT leaf_idx, action, name, pubkey, disclosed, role, time FROM account_events "
+            "WHERE account = ? ORDER BY leaf_idx DESC LIMIT 1",
+            (account,),
+        ).fetchone()
+        if row is None:
+            return None
+        return {
+            "account": account,
+            "leaf": int(row[0]),
+            "open": int(row[1]) != 3,
+            "name": str(row[2]),
+            "pubkey": bytes(row[3]),
+            "disclosed": bool(row[4]),
+            "role": int(row[5]),
+            "time": int(row[6]),
+        }
+
+    def accounts(self) -> list[str]:
+        return [str(r[0]) for r in self.db.execute("SELECT DISTINCT account FROM account_events ORDER BY account")]
+
+    # ------------------------------------------------------------ sites
+
+    def add_site_event(
+        self,
+        leaf_idx: int,
+        action: int,
+        site: str,
+        owner: str,
+        place: str,
+        devices_json: str,
+        types_json: str,
+        factor_mg: int,
+        factor_label: str,
+        floor: int | None,
+        time_s: int,
+    ) -> None:
+        self.db.execute(
+            "INSERT INTO site_events (leaf_idx, action, site, owner, place, devices, types, factor_mg, "
+            "factor_label, floor, time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (leaf_idx, action, site, owner, place, devices_json, types_json, factor_mg, factor_label, floor, time_s),
+        )
+
+    def add_site_device(self, dev: str, site: str, leaf_idx: int) -> None:
+        self.db.execute("INSERT INTO site_devices (dev, site, leaf_idx) VALUES (?, ?, ?)", (dev, site, leaf_idx))
+
+    def site_event(self, site: str) -> tuple[int, bytes] | None:
+        """(leaf_idx, leaf bytes) of the site's latest event."""
+        row = self.db.execute(
+            "SELECT s.leaf_idx, l.data FROM site_events s JOIN leaves l ON l.idx = s.leaf_idx "
+            "WHERE s.site = ? ORDER BY s.leaf_idx DESC LIMIT 1",
+            (site,),
+        ).fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    def site_event_leaves(self, site: str, before_leaf: int) -> list[tuple[int, bytes]]:
+        rows = self.db.execute(
+            "SELECT s.leaf_idx, l.data FROM site_events s JOIN leaves l ON l.idx = s.leaf_idx "
+            "WHERE s.site = ? AND s.leaf_idx < ? ORDER BY s.leaf_idx",
+            (site, before_leaf),
+        )
+        return [(int(r[0]), bytes(r[1])) for r in rows]
+
+    def site_of_device(self, dev: str) -> str | None:
+        row = self.db.execute("SELECT site FROM site_devices WHERE dev = ?", (dev,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def site_devices(self) -> list[tuple[str, str]]:
+        """(dev, site) of every device that belongs to a site."""
+        return [(str(r[0]), str(r[1])) for r in self.db.execute("SELECT dev, site FROM site_devices ORDER BY dev")]
+
+    def sites(self) -> list[str]:
+        return [str(r[0]) for r in self.db.execute("SELECT DISTINCT site FROM site_events ORDER BY site")]
+
+    # ------------------------------------------------------------ issuance
+
+    def issue_cursor(self, dev: str) -> int:
+        row = self.db.execute("SELECT next_leaf FROM issue_cursors WHERE dev = ?", (dev,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def set_issue_cursor(self, dev: str, next_leaf: int) -> None:
+        self.db.execute(
+            "INSERT INTO issue_cursors (dev, next_leaf) VALUES (?, ?) "
+            "ON CONFLICT (dev) DO UPDATE SET next_leaf = excluded.next_leaf WHERE excluded.next_leaf > next_leaf",
+            (dev, next_leaf),
+        )
+
+    def latest_sealed_t1(self, dev: str, sealed_size: int) -> int | None:
+        """The latest t1 among the device's readings sealed in a block."""
+        row = self.db.execute(
+            "SELECT t1 FROM readings WHERE dev = ? AND leaf_idx < ? ORDER BY t1 DESC LIMIT 1", (dev, sealed_size)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def readings_from_leaf(
+        self, dev: str, first_leaf: int, sealed_size: int
+    ) -> list[tuple[int, int, str | None, bytes]]:
+        """(leaf_idx, t1, gs, cose) of the device's sealed readings from ``first_leaf``, in leaf order."""
+        rows = self.db.execute(
+            "SELECT leaf_idx, t1, gs, cose FROM readings WHERE dev = ? AND leaf_idx >= ? AND leaf_idx < ? "
+            "ORDER BY leaf_idx",
+            (dev, first_leaf, sealed_size),
+        )
+        return [(int(r[0]), int(r[1]), None if r[2] is None else str(r[2]), bytes(r[3])) for r in rows]
+
+    def supplements(self, dev: str, slot: int) -> int:
+        """How many issuances the device's slot has had."""
+        row = self.db.execute("SELECT count(*) FROM issuances WHERE dev = ? AND slot = ?", (dev, slot)).fetchone()
+        return int(row[0])
+
+    def carry(self, dev: str, type_path: str) -> int:
+        row = self.db.execute(
+            "SELECT carry_out FROM lots WHERE dev = ? AND type = ? ORDER BY issuance_leaf DESC LIMIT 1",
+            (dev, type_path),
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def add_issuance(
+        self,
+        leaf_idx: int,
+        site: str,
+        dev: str,
+        slot: int,
+        supplement: int,
+        owner: str,
+        place: str,
+        factor_mg: int,
+        factor_label: str,
+        readings: int,
+        time_s: int,
+        lots: list[list[Any]],
+    ) -> None:
+        self.db.execute(
+            "INSERT INTO issuances (leaf_idx, site, dev, slot, supplement, owner, place, factor_mg, factor_label, "
+            "readings, time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (leaf_idx, site, dev, slot, supplement, owner, place, factor_mg, factor_label, readings, time_s),
+        )
+        self.db.executemany(
+            "INSERT INTO lots (issuance_leaf, lot_index, type, self_mwh, carry_in, grams, carry_out, dev) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(leaf_idx, i, lot[0], lot[1], lot[2], lot[3], lot[4], dev) for i, lot in enumerate(lots)],
+        )
+        self.db.executemany(
+            "INSERT INTO lot_moves (leaf_idx, issuance_leaf, lot_index, from_account, to_account, grams) "
+            "VALUES (?, ?, ?, NULL, ?, ?)",
+            [(leaf_idx, leaf_idx, i, owner, lot[3]) for i, lot in enumerate(lots) if lot[3] > 0],
+        )
+
+    def issuance_leaf(self, leaf_idx: int) -> bytes | None:
+        row = self.db.execute(
+            "SELECT l.data FROM issuances i JOIN leaves l ON l.idx = i.leaf_idx WHERE i.leaf_idx = ?", (leaf_idx,)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def issued_grams(self, site: str | None = None, since_slot: int | None = None) -> int:
+        query = "SELECT coalesce(sum(l.grams), 0) FROM lots l JOIN issuances i ON i.leaf_idx = l.issuance_leaf"
+        where: list[str] = []
+        args: list[object] = []
+        if site is not None:
+            where.append("i.site = ?")
+            args.append(site)
+        if since_slot is not None:
+            where.append("i.slot >= ?")
+            args.append(since_slot)
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        return int(self.db.execute(query, args).fetchone()[0])
+
+    # ------------------------------------------------------------ holdings and retirement
+
+    def holdings(self, account: str) -> list[HeldLot]:
+        """The account's lots with grams held, oldest slot first."""
+        rows = self.db.execute(
+            "SELECT m.issuance_leaf, m.lot_index, i.site, i.dev, l.type, i.place, i.slot, "
+            "sum(CASE WHEN m.to_account = ?1 THEN m.grams ELSE 0 END) - "
+            "sum(CASE WHEN m.from_account = ?1 THEN m.grams ELSE 0 END) AS held "
+            "FROM lot_moves m JOIN issuances i ON i.leaf_idx = m.issuance_leaf "
+            "JOIN lots l ON l.issuance_leaf = m.issuance_leaf AND l.lot_index = m.lot_index "
+            "WHERE m.to_account = ?1 OR m.from_account = ?1 "
+            "GROUP BY m.issuance_leaf, m.lot_index HAVING held > 0 "
+            "ORDER BY i.slot, m.issuance_leaf, m.lot_index",
+            (account,),
+        )
+        return [(int(r[0]), int(r[1]), str(r[2]), str(r[3]), str(r[4]), str(r[5]), int(r[6]), int(r[7])) for r in rows]
+
+    def add_retirement(
+        self,
+        leaf_idx: int,
+        account: str,
+        grams: int,
+        beneficiary: str,
+        purpose: str,
+        year: int,
+        time_s: int,
+        statement_hash: bytes,
+        lots: list[list[int]],
+    ) -> None:
+        self.db.execute(
+            "INSERT INTO retirements (leaf_idx, account, grams, beneficiary, purpose, year, time, statement_hash) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (leaf_idx, account, grams, beneficiary, purpose, year, time_s, statement_hash),
+        )
+        self.db.executemany(
+            "INSERT INTO lot_moves (leaf_idx, issuance_leaf, lot_index, from_account, to_account, grams) "
+            "VALUES (?, ?, ?, ?, NULL, ?)",
+            [(leaf_idx, lot[0], lot[1], account, lot[2]) for lot in lots],
+        )
+
+    def retirement_seen(self, statement_hash: bytes) -> bool:
+        row = self.db.execute("SELECT 1 FROM retirements WHERE statement_hash = ?", (statement_hash,)).fetchone()
+        return row is not None
+
+    def retirement(self, leaf_idx: int) -> tuple[str, bytes] | None:
+        """(account, leaf bytes) of the retirement whose id is ``leaf_idx``."""
+        row = self.db.execute(
+            "SELECT r.account, l.data FROM retirements r JOIN leaves l ON l.idx = r.leaf_idx WHERE r.leaf_idx = ?",
+            (leaf_idx,),
+        ).fetchone()
+        return None if row is None else (str(row[0]), bytes(row[1]))
+
+    def retired_grams(self, site: str | None = None) -> int:
+        if site is None:
+            row = self.db.execute("SELECT coalesce(sum(grams), 0) FROM retirements").fetchone()
+        else:
+            row = self.db.execute(
+                "SELECT coalesce(sum(m.grams), 0) FROM lot_moves m JOIN issuances i ON i.leaf_idx = m.issuance_leaf "
+                "WHERE m.to_account IS NULL AND i.site = ?",
+                (site,),
+            ).fetchone()
+        return int(row[0])
+
+    def lot_move_leaves(self, lots: list[tuple[int, int]], before_leaf: int) -> list[int]:
+        """Leaves that moved grams of these lots before ``before_leaf`` (issuances excluded)."""
+        found: set[int] = set()
+        for issuance_leaf, lot_index in lots:
+            for row in self.db.execute(
+                "SELECT leaf_idx FROM lot_moves WHERE issuance_leaf = ? AND lot_index = ? AND leaf_idx > ? "
+                "AND leaf_idx < ?",
+                (issuance_leaf, lot_index, issuance_leaf, before_leaf),
+            ):
+                found.add(int(row[0]))
+        return sorted(found)
+
+    # ------------------------------------------------------------ traces
+
+    def leaf(self, idx: int) -> bytes:
+        """The encoded leaf ``[type, received_ms, data]`` at ``idx``."""
+        row = self.db.execute("SELECT data FROM leaves WHERE idx = ?", (idx,)).fetchone()
+        if row is None:
+            raise KeyError("no leaf %d" % idx)
+        return bytes(row[0])
+
+    def account_event_leaves(self, account: str, before_leaf: int) -> list[int]:
+        rows = self.db.execute(
+            "SELECT leaf_idx FROM account_events WHERE account = ? AND leaf_idx < ? ORDER BY leaf_idx",
+            (account, before_leaf),
+        )
+        return [int(r[0]) for r in rows]

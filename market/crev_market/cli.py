@@ -1,0 +1,258 @@
+"""``crev registry ...``: the registry operator's and account holders' commands, on the local store."""
+
+import datetime
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from crev.keyfile import KeyFileError, create_key, load_key
+from crev.registry_format import format_kg, lot_id, parse_decimal, parse_kg
+from crev_ingest import config as ingest_config
+from crev_ingest.keyfile import load_key as load_ledger_key
+from crev_ingest.ledger import Ledger
+from crev_ingest.store import Store
+from crev_market import Refused
+from crev_market.registry import Registry, sign_retirement
+from crev_market.trace_export import TraceSummary, export_trace
+
+
+@contextmanager
+def open_registry(config_path: Path) -> Iterator[tuple[ingest_config.IngestConfig, Registry]]:
+    config = ingest_config.load(config_path)
+    key = load_ledger_key(config.ledger_key_path)
+    if not config.storage_path.exists():
+        raise Refused(
+            "no ledger at %s (storage.path in %s); run `crev ingest run` first" % (config.storage_path, config_path)
+        )
+    store = Store(config.storage_path)
+    try:
+        ledger = Ledger(store, key, config.origin, config.block_interval_s, config.block_max_leaves)
+        factor_mg = round(config.default_g_per_kwh * 1000)
+        yield config, Registry(store, ledger, factor_mg, config.default_factor_label)
+    finally:
+        store.close()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _pubkey(text: str) -> bytes:
+    try:
+        key = bytes.fromhex(text.strip())
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise Refused("--pubkey must be 64 hex digits: the public key `crev registry keygen` printed")
+    return key
+
+
+def keygen(out: Path) -> int:
+    try:
+        key = create_key(out, "account")
+    except KeyFileError as err:
+        raise Refused(str(err)) from err
+    print("pubkey  %s" % key.public_key.hex())
+    print("key     %s (mode 0600; keep it secret: it signs your retirements and orders)" % out)
+    return 0
+
+
+def account_add(config_path: Path, account: str, name: str, pubkey_hex: str, undisclosed: bool) -> int:
+    pubkey = _pubkey(pubkey_hex)
+    with open_registry(config_path) as (_config, registry):
+        leaf = registry.add_account(account, name.strip(), pubkey, not undisclosed, _now_ms())
+    print(
+        "opened account %s (%s, name %s) at leaf %d"
+        % (account, name.strip(), "undisclosed" if undisclosed else "disclosed", leaf)
+    )
+    return 0
+
+
+def _types(pairs: list[str]) -> dict[str, str]:
+    types: dict[str, str] = {}
+    for pair in pairs:
+        meter, sep, path = pair.partition("=")
+        if not sep or not meter.strip() or not path:
+            raise Refused("--type %r must be METER_ID=PATH, such as SDM-0001=solar/rooftop" % pair)
+        if meter.strip() in types:
+            raise Refused("--type names meter %s twice" % meter.strip())
+        types[meter.strip()] = path
+    return types
+
+
+def _factor(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        factor_mg = parse_decimal(text, 3, "--factor")
+    except ValueError as err:
+        raise Refused("%s (g-CO2/kWh, up to 3 decimals)" % err) from err
+    if factor_mg > 2_000_000:
+        raise Refused("--factor %s g-CO2/kWh is beyond any grid's (at most 2000)" % text)
+    return factor_mg
+
+
+def _floor(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return parse_decimal(text, 2, "--controller-sells-at")
+    except ValueError as err:
+        raise Refused("%s (yen per kg-CO2, up to 2 decimals)" % err) from err
+
+
+def site_add(
+    config_path: Path,
+    site: str,
+    owner: str,
+    place: str,
+    devices: list[str],
+    types: list[str],
+    factor: str | None,
+    factor_label: str | None,
+    sells_at: str | None,
+) -> int:
+    factor_mg = _factor(factor)
+    if factor_mg is not None and not factor_label:
+        factor_label = "given at registration"
+    with open_registry(config_path) as (config, registry):
+        if factor_mg is None and site in config.site_g_per_kwh:
+            factor_mg = round(config.site_g_per_kwh[site] * 1000)
+            factor_label = factor_label or "ingest [emission.sites] %s" % site
+        leaf = registry.add_site(
+            site, owner, place, devices, _types(types), factor_mg, factor_label, _floor(sells_at), _now_ms()
+        )
+        _leaf, event = registry.current_site(site) or (0, None)
+    assert event is not None
+    print(
+        "registered site %s (owner %s, place %s, devices %s, factor %s g-CO2/kWh: %s) at leaf %d"
+        % (site, owner, place, ", ".join(event.devices), format_kg(event.factor_mg), event.factor_label, leaf)
+    )
+    return 0
+
+
+def site_change(
+    config_path: Path,
+    site: str,
+    owner: str | None,
+    place: str | None,
+    devices: list[str],
+    types: list[str],
+    factor: str | None,
+    factor_label: str | None,
+    sells_at: str | None,
+) -> int:
+    factor_mg = _factor(factor)
+    if factor_mg is not None and not factor_label:
+        raise Refused("--factor needs --factor-label: say where the new factor comes from")
+    with open_registry(config_path) as (_config, registry):
+        leaf = registry.change_site(
+            site, owner, place, devices, _types(types), factor_mg, factor_label, _floor(sells_at), _now_ms()
+        )
+    print("changed site %s at leaf %d; slots issued from now on follow the change" % (site, leaf))
+    return 0
+
+
+def issue(config_path: Path) -> int:
+    with open_registry(config_path) as (_config, registry):
+        summary = registry.issue(_now_ms())
+    print(
+        "issued %d slots from %d readings: %s kg-CO2" % (summary.issuances, summary.readings, format_kg(summary.grams))
+    )
+    for dev in sorted(set(summary.held)):
+        print("held: %s has a reading whose meter type does not fit its site; fix the site's --type" % dev)
+    return 0
+
+
+def _slot_text(slot: int) -> str:
+    start = datetime.datetime.fromtimestamp(slot, datetime.UTC)
+    return start.strftime("%Y-%m-%dT%H:%MZ") + "+30min"
+
+
+def holdings(config_path: Path, account: str, as_json: bool) -> int:
+    with open_registry(config_path) as (_config, registry):
+        lots = registry.holdings(account)
+    rows: list[dict[str, Any]] = [
+        {
+            "lot": lot_id(lot[0], lot[1]),
+            "site": lot[2],
+            "dev": lot[3],
+            "type": lot[4],
+            "place": lot[5],
+            "slot": lot[6],
+            "grams": lot[7],
+        }
+        for lot in lots
+    ]
+    total = sum(r["grams"] for r in rows)
+    if as_json:
+        print(json.dumps({"account": account, "grams": total, "lots": rows}, indent=2))
+        return 0
+    print("%s holds %s kg-CO2 in %d lots" % (account, format_kg(total), len(rows)))
+    if rows:
+        print("%-12s %-16s %-14s %-24s %-20s %12s" % ("lot", "site", "type", "place", "slot", "kg"))
+    for r in rows:
+        print(
+            "%-12s %-16s %-14s %-24s %-20s %12s"
+            % (r["lot"], r["site"], r["type"], r["place"], _slot_text(r["slot"]), format_kg(r["grams"]))
+        )
+    return 0
+
+
+def retire(
+    config_path: Path,
+    account: str,
+    key_path: Path,
+    kg: str,
+    beneficiary: str,
+    purpose: str,
+    year: int | None,
+    as_json: bool,
+) -> int:
+    try:
+        grams = parse_kg(kg)
+    except ValueError as err:
+        raise Refused(str(err)) from err
+    try:
+        key = load_key(key_path, "account")
+    except KeyFileError as err:
+        raise Refused(str(err)) from err
+    now_ms = _now_ms()
+    year = year or datetime.datetime.fromtimestamp(now_ms / 1000, datetime.UTC).year
+    with open_registry(config_path) as (_config, registry):
+        store = registry.store
+        with store.transaction():
+            registry.ledger.sync()
+            known = registry.open_account(account)
+            if known["pubkey"] != key.public_key:
+                raise Refused("the key in %s is not the key of account %s" % (key_path, account))
+            retirement = registry.prepare_retirement(account, grams, beneficiary.strip(), purpose.strip(), year, now_ms)
+            leaf = registry.retire(sign_retirement(retirement, key), now_ms)
+    result: dict[str, Any] = {
+        "retirement": leaf,
+        "account": account,
+        "grams": grams,
+        "beneficiary": retirement.beneficiary,
+        "purpose": retirement.purpose,
+        "year": year,
+        "lots": [{"lot": lot_id(a, b), "grams": g} for a, b, g in retirement.lots],
+    }
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(
+            "retired %s kg-CO2 for %s (%s, %d): retirement %d"
+            % (format_kg(grams), retirement.beneficiary, retirement.purpose, year, leaf)
+        )
+        print("trace it with: crev audit trace --config %s --retirement %d --out FILE" % (config_path, leaf))
+    return 0
+
+
+def trace(config_path: Path, retirement_id: int, out: Path) -> TraceSummary:
+    with open_registry(config_path) as (config, registry):
+        return export_trace(
+            registry.store, retirement_id, out, config.origin, registry.ledger.key.public_key, _now_ms()
+        )
