@@ -36,7 +36,17 @@ def test_demo_runs_end_to_end(tmp_path: Path, broker: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert re.search(r"crev audit ledger: OK \(full\): \d+ leaves", done.stdout)
     # The auditor's path: one site's bundle, exported and verified offline.
-    assert "RESULT: PASS" in done.stdout, done.stdout
+    assert done.stdout.count("RESULT: PASS") == 2, done.stdout
+    # The registry's path: every site issues C-REV, one owner retires, the trace verifies.
+    issued = re.search(r"crev registry issue: issued (\d+) slots from (\d+) readings:\s+([\d.]+) kg-CO2", done.stdout)
+    assert issued is not None and int(issued.group(1)) > 0, done.stdout
+    for owner in ("tokyo-home", "osaka-office", "sapporo-wind"):
+        held = re.search(r"%s\s+holds\s+([\d.]+) kg-CO2 in (\d+) lots" % owner, done.stdout)
+        assert held is not None and float(held.group(1)) > 0, done.stdout
+    assert "for      Nerima Elementary School" in done.stdout
+    assert re.search(
+        r"registry\s+replayed:\s+\d+\s+leaves,\s+\d+\s+issuances\s+\(\d+\s+g\),\s+1\s+retirements", done.stdout
+    )
     workdir = tmp_path / "demo"
     bundle = workdir / "dgc-demo-tokyo-0001.bundle"
     verified = subprocess.run(

@@ -11,6 +11,7 @@ evidence bundle exported and verified offline (`crev audit export|verify`).
 
 import argparse
 import getpass
+import json
 import os
 import shutil
 import signal
@@ -49,6 +50,17 @@ SITES = [
     Site("dgc-demo-sapporo-0003", "Sapporo 10 kW", 10000, 900, 33),
 ]
 G_PER_KWH = 423
+# The gateways sign with a simulated clock that runs as fast as the simulators,
+# so a simulated day has a day of timestamps and 48 slots to issue.
+SIM_INTERVAL_S = 300
+OWNERS = ("tokyo-home", "osaka-office", "sapporo-wind")
+PLACES = ("Japan/Tokyo/Nerima", "Japan/Osaka/Kita", "Japan/Hokkaido/Sapporo")
+RETIRE_KG = "0.5"
+
+
+def sim_epoch() -> int:
+    """Yesterday, slot-aligned: the simulated day ends before now, so no timestamp lies ahead."""
+    return (int(time.time()) - 86400 - 3600) // 1800 * 1800
 
 
 def _free_port() -> int:
@@ -167,13 +179,26 @@ def write_configs(workdir: Path, broker_port: int, v5: bool, speed: float) -> li
         rating = max(site.pv_peak_w, site.load_avg_w * 4) * speed * 2
         gateway = workdir / ("%s.toml" % site.device)
         gateway.write_text(
-            '[device]\nid = "%s"\nkey = "%s.key"\ninterval_s = 1\nclock = "synchronised"\n\n'
+            '[device]\nid = "%s"\nkey = "%s.key"\ninterval_s = %d\nclock = "synchronised"\n\n'
+            "[simulation]\nepoch = %d\nspeed = %g\n\n"
             '[mqtt]\nurl = "mqtt://127.0.0.1:%d"\nkeepalive_s = 10\n\n[outbox]\npath = "%s-outbox.sqlite"\n\n'
             '[[meter]]\nname = "pv"\nprofile = "sdm630"\nurl = "tcp://127.0.0.1:%d"\nrole = "generation"\n'
             'source = "solar"\ncounter = "export"\nmax_power_w = %d\n\n'
             '[[meter]]\nname = "grid"\nprofile = "sdm630"\nurl = "tcp://127.0.0.1:%d"\nrole = "grid"\n'
             "max_power_w = %d\n"
-            % (site.device, site.device, broker_port, site.device, pv_port, rating, grid_port, rating)
+            % (
+                site.device,
+                site.device,
+                SIM_INTERVAL_S,
+                sim_epoch(),
+                speed,
+                broker_port,
+                site.device,
+                pv_port,
+                rating,
+                grid_port,
+                rating,
+            )
         )
         sites.append((site, sim, gateway, [pv_port, grid_port]))
     return sites
@@ -276,6 +301,67 @@ def export_and_verify_bundle(console: Console, workdir: Path, device: str) -> bo
     return verified.returncode == 0
 
 
+def issue_and_retire(console: Console, workdir: Path) -> int | None:
+    """The registry's part: accounts and sites, issuance, and one owner retiring for a beneficiary."""
+    for site, owner, place in zip(SITES, OWNERS, PLACES, strict=True):
+        pubkey = run_crev(workdir, "registry", "keygen", "--out", "%s.key" % owner).split()[1]
+        run_crev(
+            workdir,
+            *("registry", "account", "add", "--config", "ingest.toml", "--account", owner),
+            *("--name", site.name + " owner", "--pubkey", pubkey),
+        )
+        run_crev(
+            workdir,
+            *("registry", "site", "add", "--config", "ingest.toml", "--site", owner + "-site"),
+            *("--owner", owner, "--place", place, "--device", site.device),
+        )
+    console.print("crev registry issue: %s" % run_crev(workdir, "registry", "issue", "--config", "ingest.toml").strip())
+    for owner in OWNERS:
+        held = json.loads(
+            run_crev(workdir, "registry", "holdings", "--config", "ingest.toml", "--account", owner, "--json")
+        )
+        console.print("  %-14s holds %8.3f kg-CO2 in %d lots" % (owner, held["grams"] / 1000, len(held["lots"])))
+    owner = OWNERS[0]
+    retired = subprocess.run(
+        [
+            *(sys.executable, "-m", "crev_cli.main", "registry", "retire", "--config", "ingest.toml"),
+            *("--account", owner, "--key", "%s.key" % owner, "--kg", RETIRE_KG, "--json"),
+            *("--beneficiary", "Nerima Elementary School", "--purpose", "FY2026 school CO2 report"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+        check=False,
+    )
+    if retired.returncode != 0:
+        console.print("crev registry retire: %s" % retired.stderr.strip())
+        return None
+    result = json.loads(retired.stdout)
+    console.print(
+        "crev registry retire: %s retired %s kg-CO2 for %s: retirement %d"
+        % (owner, RETIRE_KG, result["beneficiary"], result["retirement"])
+    )
+    return int(result["retirement"])
+
+
+def trace_and_verify(console: Console, workdir: Path, retirement: int) -> bool:
+    """What a buyer's auditor gets: the retirement traced to the meters, verified offline."""
+    bundle = "retirement-%d.trace" % retirement
+    exported = run_crev(
+        workdir, "audit", "trace", "--config", "ingest.toml", "--retirement", str(retirement), "--out", bundle
+    )
+    console.print("crev audit trace: %s" % exported.splitlines()[0])
+    verified = subprocess.run(
+        [sys.executable, "-m", "crev_cli.main", "audit", "verify", bundle, "--ledger-key", "ledger.pub"],
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+        check=False,
+    )
+    console.print(verified.stdout.rstrip() or verified.stderr.strip(), markup=False, highlight=False)
+    return verified.returncode == 0
+
+
 def demo(args: argparse.Namespace) -> int:
     console = Console()
     workdir = Path(args.workdir).resolve() if args.workdir else Path(tempfile.mkdtemp(prefix="crev-demo-"))
@@ -332,6 +418,7 @@ def demo(args: argparse.Namespace) -> int:
             processes.stop(ingest)
             live.update(render(db_path, duration, duration, speed))
         console.print(render(db_path, duration, duration, speed))
+        retirement = issue_and_retire(console, workdir)
         audit = subprocess.run(
             [sys.executable, "-m", "crev_cli.main", "audit", "ledger", "--config", "ingest.toml"],
             capture_output=True,
@@ -341,6 +428,7 @@ def demo(args: argparse.Namespace) -> int:
         )
         console.print("crev audit ledger: %s" % audit.stdout.strip())
         bundle_ok = export_and_verify_bundle(console, workdir, SITES[0].device)
-        return 0 if audit.returncode == 0 and bundle_ok else 1
+        trace_ok = retirement is not None and trace_and_verify(console, workdir, retirement)
+        return 0 if audit.returncode == 0 and bundle_ok and trace_ok else 1
     finally:
         processes.stop_all()

@@ -85,6 +85,9 @@ class GatewayConfig:
     metrics_listen: tuple[str, int] | None
     publish_window: int
     meters: list[MeterConfig] = field(default_factory=list)
+    # [simulation], for demos only: sign with a clock that starts at epoch and runs speed times faster.
+    sim_epoch: int | None = None
+    sim_speed: float = 1.0
 
 
 class _Reader:
@@ -284,4 +287,15 @@ def parse(raw: dict[str, Any], path: Path) -> GatewayConfig:
         metrics_listen=_listen(listen, metrics, "listen") if listen else None,
         publish_window=outbox.integer("publish_window", 200, 1, 10000),
         meters=meters,
+        **_simulation(_Reader(path, raw.get("simulation", {}), "[simulation]")),
     )
+
+
+def _simulation(table: _Reader) -> dict[str, Any]:
+    """A simulated clock for demos: a day of timestamps in minutes of wall time."""
+    if not table.table:
+        return {}
+    return {
+        "sim_epoch": table.integer("epoch", 0, 0, 1 << 40),
+        "sim_speed": table.number("speed", 1.0, 1.0, 100000.0),
+    }

@@ -43,6 +43,7 @@ def _fields(**values: object) -> dict[str, object]:
 
 class Gateway:
     def __init__(self, config: GatewayConfig, key: SigningKey | None = None) -> None:
+        self._started = time.monotonic()
         self.config = config
         self.key = key or load_signing_key(config.key_path)
         self.metrics = GatewayMetrics()
@@ -214,6 +215,12 @@ class Gateway:
 
     # ------------------------------------------------------------ loop
 
+    def now(self) -> float:
+        """The time readings are signed with: the system clock, or the demo's simulated one."""
+        if self.config.sim_epoch is None:
+            return time.time()
+        return self.config.sim_epoch + (time.monotonic() - self._started) * self.config.sim_speed
+
     def next_boundary(self, now: float) -> int:
         interval = self.config.interval_s
         return (int(now) // interval + 1) * interval
@@ -231,17 +238,18 @@ class Gateway:
             self.head.next_seq,
             extra=_fields(event="start", device=self.config.device_id, next_seq=self.head.next_seq),
         )
-        boundary = self.next_boundary(time.time())
+        self._started = time.monotonic()
+        boundary = self.next_boundary(self.now())
         with ThreadPoolExecutor(max_workers=max(1, len(self.buses)), thread_name_prefix="bus") as pool:
             try:
                 while not self.stop_event.is_set():
                     self.clock.observe()
-                    now = time.time()
+                    now = self.now()
                     if now >= boundary:
                         self.run_interval(boundary, pool)
-                        boundary = self.next_boundary(time.time())
+                        boundary = self.next_boundary(self.now())
                     self.feed_publisher()
-                    self.process_acks(min(0.2, boundary - time.time()))
+                    self.process_acks(min(0.2, (boundary - self.now()) / self.config.sim_speed))
             finally:
                 self.publisher.stop()
                 for bus in self.buses:
