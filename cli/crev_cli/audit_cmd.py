@@ -14,6 +14,7 @@ from typing import Any
 from crev import evidence
 from crev.dgcc import flag_names
 from crev_cli import UsageError, trace_verify
+from crev_cli.bundle_verify import check_lines
 
 
 def parse_time(text: str, option: str) -> int:
@@ -247,13 +248,7 @@ def render_text(report: dict[str, Any]) -> str:
             % (bundle["readings"], bundle["key_events"], bundle["bytes"])
         )
         lines.append("")
-    lines.append("Checks")
-    for check in report["checks"]:
-        status = check["status"]
-        if status == "failed":
-            status = "FAILED (%d)" % check["failures"]
-        name = "%d %s " % (check["number"], check["name"])
-        lines.append("  %s%s %s" % (name, "." * max(2, 44 - len(name)), status))
+    lines.extend(check_lines(report["checks"]))
     totals = report.get("totals")
     if totals:
         lines.append("")

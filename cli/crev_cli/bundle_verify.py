@@ -103,20 +103,12 @@ def _check_in_worker(first: int, items: list[Any], before: bytes | None) -> list
     return _worker_checks.check_batch(first, items, before)
 
 
-class Verification:
-    """Everything the report needs; filled in as the bundle is read."""
+class FailureLog:
+    """Every failure found, the first ones listed in full."""
 
-    def __init__(self, ledger_public_key: bytes, allow_gaps: bool) -> None:
-        self.ledger_public_key = ledger_public_key
-        self.allow_gaps = allow_gaps
+    def __init__(self) -> None:
         self.failures: list[Failure] = []
         self.failure_count = 0
-        self.meta: dict[int, Any] = {}
-        self.blocks: evidence.BlockChecks = evidence.BlockChecks(ledger_public_key)
-        self.key_events = 0
-        self.readings = 0
-        self.sequence: SequenceChecks | None = None
-        self.bytes = 0
 
     def fail(self, failure: Failure | None) -> None:
         if failure is None:
@@ -127,6 +119,33 @@ class Verification:
 
     def first_failure(self) -> Failure | None:
         return self.failures[0] if self.failures else None
+
+
+def check_lines(checks: list[dict[str, Any]]) -> list[str]:
+    """The report's "Checks" section, one dotted line per check."""
+    lines = ["Checks"]
+    for check in checks:
+        status = check["status"]
+        if status == "failed":
+            status = "FAILED (%d)" % check["failures"]
+        name = "%d %s " % (check["number"], check["name"])
+        lines.append("  %s%s %s" % (name, "." * max(2, 44 - len(name)), status))
+    return lines
+
+
+class Verification(FailureLog):
+    """Everything the report needs; filled in as the bundle is read."""
+
+    def __init__(self, ledger_public_key: bytes, allow_gaps: bool) -> None:
+        FailureLog.__init__(self)
+        self.ledger_public_key = ledger_public_key
+        self.allow_gaps = allow_gaps
+        self.meta: dict[int, Any] = {}
+        self.blocks: evidence.BlockChecks = evidence.BlockChecks(ledger_public_key)
+        self.key_events = 0
+        self.readings = 0
+        self.sequence: SequenceChecks | None = None
+        self.bytes = 0
 
 
 def verify_bundle(stream: IO[bytes], ledger_public_key: bytes, allow_gaps: bool = False, jobs: int = 1) -> Verification:

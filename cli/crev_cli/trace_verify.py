@@ -8,9 +8,9 @@ import datetime
 from typing import IO, Any
 
 from crev import cbor, trace
-from crev.evidence import BlockChecks, Failure
+from crev.evidence import BlockChecks
 from crev.registry_format import format_kg
-from crev_cli.bundle_verify import MAX_LISTED_FAILURES, BundleFormatError, BundleReader
+from crev_cli.bundle_verify import BundleFormatError, BundleReader, FailureLog, check_lines
 
 
 def is_trace(head: bytes) -> bool:
@@ -18,10 +18,9 @@ def is_trace(head: bytes) -> bool:
     return cbor.dumps(trace.MAGIC) in head[:32]
 
 
-class TraceVerification:
+class TraceVerification(FailureLog):
     def __init__(self) -> None:
-        self.failures: list[Failure] = []
-        self.failure_count = 0
+        FailureLog.__init__(self)
         self.meta: dict[int, Any] = {}
         self.entries = 0
         self.readings = 0
@@ -29,13 +28,6 @@ class TraceVerification:
         self.bytes = 0
         self.trace: dict[str, Any] | None = None
         self.self_mwh = 0
-
-    def fail(self, failure: Failure | None) -> None:
-        if failure is None:
-            return
-        self.failure_count += 1
-        if len(self.failures) < MAX_LISTED_FAILURES:
-            self.failures.append(failure)
 
 
 def verify_trace(stream: IO[bytes], ledger_public_key: bytes) -> TraceVerification:
@@ -165,13 +157,7 @@ def render_trace_text(report: dict[str, Any]) -> str:
                 )
             )
     lines.append("")
-    lines.append("Checks")
-    for check in report["checks"]:
-        status = check["status"]
-        if status == "failed":
-            status = "FAILED (%d)" % check["failures"]
-        name = "%d %s " % (check["number"], check["name"])
-        lines.append("  %s%s %s" % (name, "." * max(2, 44 - len(name)), status))
+    lines.extend(check_lines(report["checks"]))
     lines.append("")
     if report["ok"]:
         lines.append("RESULT: PASS")
