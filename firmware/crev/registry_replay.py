@@ -41,13 +41,21 @@ from crev.registry_format import (
     type_sums,
 )
 
+# What a broken rule is about, so a trace report can number its check.
+STATE = "state"  # accounts, sites and holdings
+COVERAGE = "coverage"  # which readings an issuance covers
+ISSUANCE = "issuance"  # an issuance's site, factor and lots
+SIGNATURE = "signature"
+SCHEMA = "schema"
+
 
 class ReplayError(Exception):
-    def __init__(self, leaf: int, kind: str, detail: str) -> None:
+    def __init__(self, leaf: int, kind: str, detail: str, category: str = STATE) -> None:
         super().__init__("leaf %d (%s): %s" % (leaf, kind, detail))
         self.leaf = leaf
         self.kind = kind
         self.detail = detail
+        self.category = category
 
 
 KIND_NAMES = {LEAF_ACCOUNT: "account event", LEAF_SITE: "site event", LEAF_ISSUANCE: "issuance",
@@ -125,9 +133,9 @@ class RegistryReplay:
             else:
                 raise ReplayError(leaf, kind, "this crev does not replay leaves of type %d" % leaf_type)
         except RegistryFormatError as err:
-            raise ReplayError(leaf, kind, err.detail)
+            raise ReplayError(leaf, kind, err.detail, SIGNATURE if "BAD_SIGNATURE" in err.detail else SCHEMA)
         except _Broken as err:
-            raise ReplayError(leaf, kind, str(err))
+            raise ReplayError(leaf, kind, str(err), err.category)
 
     def _account(self, event: AccountEvent) -> None:
         known = self.accounts.get(event.account)
@@ -163,32 +171,34 @@ class RegistryReplay:
     def _issuance(self, leaf: int, issuance: Issuance, reading: "object | None") -> None:
         site = self.sites.get(issuance.site)
         if site is None:
-            raise _Broken("site %s is not registered" % issuance.site)
+            raise _Broken("site %s is not registered" % issuance.site, ISSUANCE)
         stated = (issuance.owner, issuance.place, issuance.factor_mg, issuance.factor_label)
         if stated != (site.owner, site.place, site.factor_mg, site.factor_label):
-            raise _Broken("owner, place or factor differ from site %s's in force" % site.site)
+            raise _Broken("owner, place or factor differ from site %s's in force" % site.site, ISSUANCE)
         if issuance.dev not in site.devices:
-            raise _Broken("device %s is not a device of site %s" % (issuance.dev, site.site))
+            raise _Broken("device %s is not a device of site %s" % (issuance.dev, site.site), ISSUANCE)
         key = (issuance.dev, issuance.slot)
         if not self.partial:
             expected = self.supplements.get(key, 0)
             if issuance.supplement != expected:
-                raise _Broken("supplement %d where the slot has had %d issuances" % (issuance.supplement, expected))
+                raise _Broken(
+                    "supplement %d where the slot has had %d issuances" % (issuance.supplement, expected), ISSUANCE
+                )
             if self._sealed_t1.get(issuance.dev, -1) <= issuance.slot + 1800:
-                raise _Broken("slot %d of %s is not closed yet" % (issuance.slot, issuance.dev))
+                raise _Broken("slot %d of %s is not closed yet" % (issuance.slot, issuance.dev), ISSUANCE)
         sums = []  # type: list[dict]
         for reading_leaf in issuance.readings:
             if reading_leaf >= leaf or (not self.partial and reading_leaf >= self.sealed_size):
-                raise _Broken("reading leaf %d is not sealed before the issuance" % reading_leaf)
+                raise _Broken("reading leaf %d is not sealed before the issuance" % reading_leaf, COVERAGE)
             if self._was_issued(reading_leaf):
-                raise _Broken("reading leaf %d is issued twice" % reading_leaf)
+                raise _Broken("reading leaf %d is issued twice" % reading_leaf, COVERAGE)
             found = reading(reading_leaf) if callable(reading) else None
             if found is None:
-                raise _Broken("leaf %d is not a reading" % reading_leaf)
+                raise _Broken("leaf %d is not a reading" % reading_leaf, COVERAGE)
             dev, t1, entries = found
             if dev != issuance.dev or slot_of(t1) != issuance.slot:
                 raise _Broken(
-                    "reading leaf %d is of %s slot %d, not this issuance's" % (reading_leaf, dev, slot_of(t1))
+                    "reading leaf %d is of %s slot %d, not this issuance's" % (reading_leaf, dev, slot_of(t1)), COVERAGE
                 )
             sums.append(type_sums(entries, site))
         carries = {}
@@ -202,10 +212,11 @@ class RegistryReplay:
         if lots != issuance.lots:
             raise _Broken(
                 "its lots %s do not follow from its %d readings and factor %d mg/kWh, which give %s"
-                % (_lots_text(issuance.lots), len(issuance.readings), issuance.factor_mg, _lots_text(lots))
+                % (_lots_text(issuance.lots), len(issuance.readings), issuance.factor_mg, _lots_text(lots)),
+                ISSUANCE,
             )
         if not any(lot[1] for lot in lots):
-            raise _Broken("an issuance of nothing self-consumed")
+            raise _Broken("an issuance of nothing self-consumed", ISSUANCE)
         for reading_leaf in issuance.readings:
             self._mark_issued(reading_leaf)
         for index, lot in enumerate(lots):
@@ -220,7 +231,7 @@ class RegistryReplay:
         unsigned = Retirement.parse(data, None)
         account = self._open_account(unsigned.account)
         if unsigned.kid != key_id(account.pubkey):
-            raise _Broken("not signed by the key of account %s" % unsigned.account)
+            raise _Broken("not signed by the key of account %s" % unsigned.account, SIGNATURE)
         retirement = Retirement.parse(data, account.pubkey)
         digest = hashlib.sha256(data).digest()
         if digest in self.statement_hashes:
@@ -256,7 +267,9 @@ class RegistryReplay:
 
 
 class _Broken(Exception):
-    pass
+    def __init__(self, detail: str, category: str = STATE) -> None:
+        Exception.__init__(self, detail)
+        self.category = category
 
 
 def _lots_text(lots: list) -> str:

@@ -37,7 +37,7 @@ and in docs/auditing.md:
       account held what it retired and no gram is counted twice
 """
 
-from crev import cbor
+from crev import cbor, registry_replay
 from crev.errors import CrevError
 from crev.evidence import (
     BlockChecks,
@@ -252,7 +252,7 @@ class TraceChecks:
             try:
                 replay.apply(leaf, leaf_type, data, self.lookup)
             except ReplayError as err:
-                return failure(_check_of(err.detail), "entry", position, err.detail, leaf)
+                return failure(CHECK_OF_CATEGORY[err.category], "entry", position, err.detail, leaf)
         for reading_leaf, info in sorted(self.readings.items()):
             if reading_leaf not in self.covered:
                 found = failure(
@@ -341,13 +341,10 @@ def _issuance_gap(data: bytes, readings: dict, leaf: int, covered: dict) -> "str
     return None
 
 
-def _check_of(detail: str) -> int:
-    if "BAD_SIGNATURE" in detail or "not signed by" in detail:
-        return SIGNATURE
-    if "do not follow" in detail or "differ from site" in detail or "not a device of site" in detail:
-        return ISSUANCE
-    if "issued twice" in detail or "is not a reading" in detail or "not this issuance's" in detail:
-        return COVERAGE
-    if "REGISTRY_FORMAT" in detail or "lacks field" in detail or "unknown field" in detail:
-        return SCHEMA
-    return GRAMS
+CHECK_OF_CATEGORY = {
+    registry_replay.SIGNATURE: SIGNATURE,
+    registry_replay.SCHEMA: SCHEMA,
+    registry_replay.COVERAGE: COVERAGE,
+    registry_replay.ISSUANCE: ISSUANCE,
+    registry_replay.STATE: GRAMS,
+}
