@@ -11,16 +11,26 @@ from typing import Annotated, Literal
 from fastapi import FastAPI, Form, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from crev.reading import valid_device_id
+from crev.registry_format import format_kg
 from crev_ingest import IngestError
 from crev_ingest.config import IngestConfig
-from crev_ingest.dashboard.queries import SORTS, Queries
+from crev_ingest.dashboard.queries import DAY_S, SORTS, Queries
 
 STATIC = Path(__file__).resolve().parent / "static"
 COOKIE = "crev_token"
 PUBLIC_PATHS = {"/login", "/static/style.css"}
+
+# C-REV (SPEC §8) is counted in whole grams: the API gives grams, exactly;
+# the page and the consumer's text show them as kg with 3 decimals.
+CREV_TODAY = (
+    "Grams of C-REV issued from this site's devices for the 30-minute slots that start on the dashboard's "
+    "local today ([dashboard] day_offset_h)"
+)
+CREV_ISSUED = "Grams of C-REV issued from this site's devices, in all"
+CREV_RETIRED = "Grams of the C-REV issued from this site's devices that retirements have taken out, in all"
 
 
 class FleetItem(BaseModel):
@@ -30,6 +40,7 @@ class FleetItem(BaseModel):
     last_reading_age_s: int | None
     today_self_kwh: float
     today_co2_kg: float
+    crev_issued_today_g: int = Field(description=CREV_TODAY.replace("this site's devices", "this device"))
     quarantined: int
 
 
@@ -81,6 +92,9 @@ class Site(BaseModel):
     factor_g_per_kwh: float
     gaps: list[Gap]
     flags_today: list[str]
+    crev_issued_today_g: int = Field(description=CREV_TODAY)
+    crev_issued_total_g: int = Field(description=CREV_ISSUED)
+    crev_retired_total_g: int = Field(description=CREV_RETIRED)
 
 
 class Slot(BaseModel):
@@ -102,7 +116,9 @@ class Consumer(BaseModel):
     ghg_emissions_kg: float
     average_factor_g_per_kwh: float | None
     grid_factor_g_per_kwh: float
-    summary: str
+    crev_issued_total_g: int = Field(description=CREV_ISSUED)
+    crev_retired_total_g: int = Field(description=CREV_RETIRED)
+    summary: str = Field(description="All of the above in a few plain sentences, in the language asked for")
 
 
 class Problem(BaseModel):
@@ -156,8 +172,11 @@ def create_app(config: IngestConfig, token: str | None = None) -> FastAPI:
             return JSONResponse({"detail": "a valid operator token is required"}, status_code=401)
         return RedirectResponse("/login", status_code=303)
 
-    def today() -> str:
-        return config.local_day(int(time.time()))
+    def today() -> tuple[str, int]:
+        """The dashboard's local day (as the ``daily`` table names it) and the Unix second it starts at."""
+        now = int(time.time())
+        offset = int(config.day_offset_h * 3600)
+        return config.local_day(now), (now + offset) // DAY_S * DAY_S - offset
 
     @app.get("/api/v1/fleet", response_model=Fleet, summary="Every device, paged, with today's totals")
     def fleet(
@@ -169,10 +188,12 @@ def create_app(config: IngestConfig, token: str | None = None) -> FastAPI:
         status: Literal["online", "offline", "unknown"] | None = None,
     ) -> dict[str, object]:
         assert sort in SORTS
-        return queries.fleet(today(), page, page_size, sort, order == "desc", q, status)
+        day, day_start = today()
+        return queries.fleet(day, day_start, page, page_size, sort, order == "desc", q, status)
 
     def site_or_404(site: str) -> dict[str, object]:
-        found = queries.site(site, today(), int(time.time()) - 86400)
+        day, day_start = today()
+        found = queries.site(site, day, day_start, int(time.time()) - 86400)
         if found is None:
             raise HTTPException(status_code=404, detail="no site %r" % site)
         return found
@@ -222,6 +243,7 @@ def create_app(config: IngestConfig, token: str | None = None) -> FastAPI:
         emissions_g = import_mwh * grid / 1e6  # renewable self-consumption emits nothing
         share = self_mwh / demand_mwh if demand_mwh else None
         average = emissions_g / (demand_mwh / 1e6) if demand_mwh else None
+        issued, retired = int(found["crev_issued_total_g"]), int(found["crev_retired_total_g"])  # type: ignore[call-overload]
         return {
             "site": site,
             "lang": lang,
@@ -229,7 +251,9 @@ def create_app(config: IngestConfig, token: str | None = None) -> FastAPI:
             "ghg_emissions_kg": emissions_g / 1000,
             "average_factor_g_per_kwh": average,
             "grid_factor_g_per_kwh": grid,
-            "summary": _consumer_text(lang, share, emissions_g / 1000, average, grid),
+            "crev_issued_total_g": issued,
+            "crev_retired_total_g": retired,
+            "summary": _consumer_text(lang, share, emissions_g / 1000, average, grid, issued, retired),
         }
 
     @app.get("/api/v1/quarantine", response_model=Quarantine, summary="Quarantined messages by reason")
@@ -313,17 +337,38 @@ def create_app(config: IngestConfig, token: str | None = None) -> FastAPI:
     return app
 
 
-def _consumer_text(lang: str, share: float | None, emissions_kg: float, average: float | None, grid: float) -> str:
-    if share is None or average is None:
-        return "まだデータがありません。" if lang == "ja" else "No data yet."
+def _consumer_text(
+    lang: str,
+    share: float | None,
+    emissions_kg: float,
+    average: float | None,
+    grid: float,
+    issued_g: int,
+    retired_g: int,
+) -> str:
     if lang == "ja":
+        crev = "これまでに発行された C-REV は%s kg-CO2、そのうち償却済みは%s kg-CO2です。" % (
+            format_kg(issued_g),
+            format_kg(retired_g),
+        )
+        if share is None or average is None:
+            return "過去24時間のデータはまだありません。" + crev
         return (
             "過去24時間に使った電気の%.0f%%は、ご自身の再生可能エネルギーでまかなわれました。"
             "温室効果ガス排出量は%.2f kg-CO2、平均排出係数は%.0f g-CO2/kWh(系統電力のみなら%.0f)です。"
             % (share * 100, emissions_kg, average, grid)
+        ) + crev
+    crev = (
+        "C-REV issued for your self-consumed renewable power so far: %s kg-CO2, of which %s kg-CO2 has been retired."
+        % (
+            format_kg(issued_g),
+            format_kg(retired_g),
         )
+    )
+    if share is None or average is None:
+        return "No data from the last 24 hours yet. " + crev
     return (
         "In the last 24 hours, %.0f%% of the electricity you used came from your own renewable power. "
         "Your greenhouse gas emissions were %.2f kg-CO2, an average of %.0f g-CO2 per kWh "
-        "(the grid alone would be %.0f)." % (share * 100, emissions_kg, average, grid)
-    )
+        "(the grid alone would be %.0f). " % (share * 100, emissions_kg, average, grid)
+    ) + crev

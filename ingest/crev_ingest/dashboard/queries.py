@@ -4,6 +4,13 @@ Fleet-wide numbers come from the ``devices`` and ``daily`` tables that
 ingest keeps up to date with every reading, so the fleet view stays fast
 with 10,000 devices and millions of readings; a site's charts read the
 ``series`` table through its (site, t1) index.
+
+C-REV (SPEC §8, §10) comes from the registry's rows in the same store. A
+dashboard site is the devices the ingest config's ``[sites]`` puts in it,
+and a registry site may use other ids or group devices otherwise, so a
+dashboard site's C-REV is that of its devices' issuances: their lots' grams
+issued, and the grams of those lots that retirements took out (``lot_moves``
+to no account). Both go through the issuances' (dev, slot) index.
 """
 
 import sqlite3
@@ -13,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from crev import dgcc
+
+DAY_S = 86400
 
 SORTS = {
     "dev": "d.dev",
@@ -37,7 +46,15 @@ class Queries:
         return connection
 
     def fleet(
-        self, day: str, page: int, page_size: int, sort: str, descending: bool, search: str, status: str | None
+        self,
+        day: str,
+        day_start: int,
+        page: int,
+        page_size: int,
+        sort: str,
+        descending: bool,
+        search: str,
+        status: str | None,
     ) -> dict[str, Any]:
         where = ["(d.dev LIKE ? ESCAPE '!' OR d.site LIKE ? ESCAPE '!')"]
         pattern = "%" + search.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
@@ -59,6 +76,7 @@ class Queries:
             + " LIMIT ? OFFSET ?",
             [day, *params, page_size, (page - 1) * page_size],
         ).fetchall()
+        issued = self.issued_today([str(r[0]) for r in rows], day_start)
         now = time.time()
         items = [
             {
@@ -68,6 +86,7 @@ class Queries:
                 "last_reading_age_s": None if r[4] is None else max(0, int(now - r[4])),
                 "today_self_kwh": r[6] / 1e6,
                 "today_co2_kg": r[7] / 1000,
+                "crev_issued_today_g": issued.get(r[0], 0),
                 "quarantined": r[5],
             }
             for r in rows
@@ -94,7 +113,48 @@ class Queries:
             },
         }
 
-    def site(self, site: str, day: str, since: int) -> dict[str, Any] | None:
+    def issued_today(self, devs: list[str], day_start: int) -> dict[str, int]:
+        """Grams of C-REV issued per device for the slots that start on the day from ``day_start``."""
+        if not devs:
+            return {}
+        rows = self.db().execute(
+            "SELECT i.dev, sum(l.grams) FROM issuances i JOIN lots l ON l.issuance_leaf = i.leaf_idx "
+            "WHERE i.dev IN (%s) AND i.slot >= ? AND i.slot < ? GROUP BY i.dev" % ",".join("?" * len(devs)),
+            [*devs, day_start, day_start + DAY_S],
+        )
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    def crev(self, site: str, day_start: int) -> dict[str, int]:
+        """The site's C-REV in grams: issued for the day from ``day_start``, issued and retired in all.
+
+        The site's devices come from the ``devices`` table (its site index);
+        one statement is one snapshot, so the retired grams never include a
+        lot that the issued grams do not. CROSS JOIN keeps SQLite from
+        starting at ``lot_moves_to``: every retirement's moves have no
+        account, so that index would read the whole registry's retirements.
+        """
+        devs = "SELECT dev FROM devices WHERE site = :site"
+        today, total, retired = (
+            self.db()
+            .execute(
+                "SELECT "
+                "(SELECT coalesce(sum(l.grams), 0) FROM issuances i JOIN lots l ON l.issuance_leaf = i.leaf_idx "
+                "WHERE i.dev IN (%s) AND i.slot >= :start AND i.slot < :end), "
+                "(SELECT coalesce(sum(l.grams), 0) FROM issuances i JOIN lots l ON l.issuance_leaf = i.leaf_idx "
+                "WHERE i.dev IN (%s)), "
+                "(SELECT coalesce(sum(m.grams), 0) FROM issuances i CROSS JOIN lot_moves m "
+                "ON m.issuance_leaf = i.leaf_idx WHERE i.dev IN (%s) AND m.to_account IS NULL)" % (devs, devs, devs),
+                {"site": site, "start": day_start, "end": day_start + DAY_S},
+            )
+            .fetchone()
+        )
+        return {
+            "crev_issued_today_g": int(today),
+            "crev_issued_total_g": int(total),
+            "crev_retired_total_g": int(retired),
+        }
+
+    def site(self, site: str, day: str, day_start: int, since: int) -> dict[str, Any] | None:
         db = self.db()
         devices = db.execute(
             "SELECT dev, status, last_t1, quarantined FROM devices WHERE site = ? ORDER BY dev", (site,)
@@ -120,6 +180,7 @@ class Queries:
             flags |= int(value)
         now = time.time()
         return {
+            **self.crev(site, day_start),
             "site": site,
             "flags_today": dgcc.flag_names(flags),
             "devices": [

@@ -19,6 +19,11 @@ function text(value) {
   return span.innerHTML;
 }
 
+// C-REV comes in whole grams (SPEC §8); shown as kg with 3 decimals, exactly.
+function kg(grams) {
+  return Math.floor(grams / 1000) + "." + String(grams % 1000).padStart(3, "0");
+}
+
 function age(seconds) {
   if (seconds === null) return "—";
   if (seconds < 120) return seconds + " s";
@@ -50,12 +55,12 @@ async function fleetView() {
       <button id="next" ${state.page >= pages ? "disabled" : ""}>›</button>
     </div>
     <table id="fleet"><thead><tr>${head("dev", "Device")}${head("site", "Site")}${head("status", "Status")}
-      ${head("last_reading", "Last reading")}${head("today_self", "Self today (kWh)")}<th>CO2 today (kg)</th>${head("quarantined", "Quarantined")}</tr></thead>
+      ${head("last_reading", "Last reading")}${head("today_self", "Self today (kWh)")}<th>CO2 today (kg)</th><th>C-REV today (kg)</th>${head("quarantined", "Quarantined")}</tr></thead>
     <tbody>${data.items.map((d) => `<tr data-dev="${text(d.dev)}">
       <td>${text(d.dev)}</td><td><a href="#/site/${encodeURIComponent(d.site)}">${text(d.site)}</a></td>
       <td class="${text(d.status)}">${text(d.status)}</td><td>${age(d.last_reading_age_s)}</td>
       <td class="num">${d.today_self_kwh.toFixed(3)}</td><td class="num">${d.today_co2_kg.toFixed(3)}</td>
-      <td class="num">${d.quarantined}</td></tr>`).join("")}</tbody></table>`;
+      <td class="num">${kg(d.crev_issued_today_g)}</td><td class="num">${d.quarantined}</td></tr>`).join("")}</tbody></table>`;
   document.getElementById("status").value = state.status;
   view.querySelectorAll("th[data-sort]").forEach((th) => th.onclick = () => {
     const key = th.dataset.sort;
@@ -97,6 +102,9 @@ async function siteView(site) {
       <div class="card">Renewable ratio (24 h)<b id="ratio">${ratio}</b></div>
       <div class="card">CO2 avoided (24 h)<b>${info.co2_avoided_kg.toFixed(3)} kg</b></div>
       <div class="card">Emission factor<b>${info.factor_g_per_kwh} g/kWh</b></div>
+      <div class="card">C-REV issued today<b id="crev-today">${kg(info.crev_issued_today_g)} kg</b></div>
+      <div class="card">C-REV issued in all<b id="crev-issued">${kg(info.crev_issued_total_g)} kg</b></div>
+      <div class="card">C-REV retired in all<b id="crev-retired">${kg(info.crev_retired_total_g)} kg</b></div>
       <div class="card">Open gaps<b>${info.gaps.length}</b></div>
       <div class="card">Flags today<b id="flags">${info.flags_today.length ? info.flags_today.map(text).join(", ") : "none"}</b></div>
     </div>
