@@ -117,6 +117,11 @@ def path_matches(condition: str, path: str) -> bool:
     return path == condition or path.startswith(condition + "/")
 
 
+def _ascii_digits(text: str) -> bool:
+    # str.isdigit() also takes "١" and "²": a quantity is written in ASCII digits only.
+    return bool(text) and all("0" <= c <= "9" for c in text)
+
+
 def parse_decimal(text: str, places: int, what: str) -> int:
     """A positive decimal with at most ``places`` decimals, in units of 10^-places.
 
@@ -127,7 +132,7 @@ def parse_decimal(text: str, places: int, what: str) -> int:
     whole, dot, part = value.partition(".")
     if not whole:
         whole = "0" if dot and part else ""
-    if not whole.isdigit() or (dot and not part.isdigit()) or (dot and not part):
+    if not _ascii_digits(whole) or (dot and not _ascii_digits(part)):
         raise ValueError("%s %r is not a positive number such as 12.5" % (what, text))
     if len(part) > places:
         raise ValueError("%s %r has more than %d decimals" % (what, text, places))
