@@ -285,11 +285,6 @@ def test_a_late_reading_goes_into_a_supplementary_issuance(ingest: LocalIngest) 
     assert result.grams[key] * GIGA + result.carry[key] == result.self_issued[key] * FACTOR_MG
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: Registry._issue_device stops at the first reading of the open slot in leaf order, "
-    "so a sealed reading of a closed slot stored after it is left for a later pass",
-)
 @pytest.mark.parametrize("arrives", ["before its slot is issued", "after its slot was issued"])
 def test_a_pass_issues_every_sealed_reading_of_a_closed_slot(ingest: LocalIngest, arrives: str) -> None:
     """SPEC §7 `crev registry issue` issues every closed slot now; §8 a late reading goes into a supplement."""

@@ -66,7 +66,7 @@ class Traced:
             if self.ingest.ledger.size > self.ingest.ledger.sealed_size:
                 self.ingest.ledger.seal(self.ms)
 
-    def slot_readings(self, dev: str, slot: int) -> list[tuple[int, int, str | None, bytes]]:
+    def slot_readings(self, dev: str, slot: int) -> list[tuple[int, int, str | None, bytes | None]]:
         """(leaf_idx, t1, gs, cose) of the device's sealed readings in one slot."""
         store = self.ingest.store
         rows = store.readings_from_leaf(dev, 0, self.ingest.ledger.sealed_size)
@@ -138,7 +138,7 @@ class Traced:
                 site.site,
                 dev,
                 slot,
-                store.supplements(dev, slot),
+                store.supplements(dev, slot).get(slot, 0),
                 site.owner,
                 site.place,
                 site.factor_mg,

@@ -68,6 +68,14 @@ def _head(out: bytearray, major: int, value: int) -> None:
 
 
 def _encode(out: bytearray, obj: object, depth: int) -> None:
+    if type(obj) is int:  # the commonest value, first (bool is not int here: type(True) is bool)
+        if 0 <= obj < 24:
+            out.append(obj)
+        elif obj >= 0:
+            _head(out, 0, obj)
+        else:
+            _head(out, 1, -1 - obj)
+        return
     if depth > MAX_DEPTH:
         raise MisuseError("value nests deeper than %d" % MAX_DEPTH)
     # bool before int: True is an int in Python.

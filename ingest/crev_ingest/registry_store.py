@@ -5,8 +5,10 @@ rows are; ``crev audit ledger`` checks each against its leaf. Grams move
 through ``lot_moves`` alone: an issuance gives a lot's grams to its owner
 (from NULL), a retirement takes them out (to NULL), and the market's trades
 will move them between accounts, so a holding is a sum of moves and nothing
-is ever updated in place. ``issue_cursors`` is bookkeeping: per device, the
-leaf up to which every reading has been considered for issuance.
+is ever updated in place. ``issue_cursors`` and ``issued_ahead`` are
+bookkeeping: per device, the leaf below which every reading has been
+considered for issuance, and the readings past it already issued (late
+readings of closed slots, stored after a reading of the slot still open).
 """
 
 import sqlite3
@@ -97,6 +99,11 @@ CREATE INDEX IF NOT EXISTS retirements_account ON retirements (account);
 CREATE TABLE IF NOT EXISTS issue_cursors (
     dev TEXT PRIMARY KEY,
     next_leaf INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS issued_ahead (
+    dev TEXT NOT NULL,
+    reading_leaf INTEGER NOT NULL,
+    PRIMARY KEY (dev, reading_leaf)
 );
 """
 
@@ -227,19 +234,34 @@ class RegistryRows:
 
     def readings_from_leaf(
         self, dev: str, first_leaf: int, sealed_size: int
-    ) -> list[tuple[int, int, str | None, bytes]]:
-        """(leaf_idx, t1, gs, cose) of the device's sealed readings from ``first_leaf``, in leaf order."""
-        rows = self.db.execute(
-            "SELECT leaf_idx, t1, gs, cose FROM readings WHERE dev = ? AND leaf_idx >= ? AND leaf_idx < ? "
-            "ORDER BY leaf_idx",
-            (dev, first_leaf, sealed_size),
-        )
-        return [(int(r[0]), int(r[1]), None if r[2] is None else str(r[2]), bytes(r[3])) for r in rows]
+    ) -> list[tuple[int, int, str | None, bytes | None]]:
+        """(leaf_idx, t1, gs, cose) of the device's sealed readings from ``first_leaf``, in leaf order.
 
-    def supplements(self, dev: str, slot: int) -> int:
-        """How many issuances the device's slot has had."""
-        row = self.db.execute("SELECT count(*) FROM issuances WHERE dev = ? AND slot = ?", (dev, slot)).fetchone()
-        return int(row[0])
+        The COSE bytes come only for rows without a gs column (written before the registry existed).
+        """
+        rows: list[tuple[int, int, str | None, bytes | None]] = self.db.execute(
+            "SELECT leaf_idx, t1, gs, CASE WHEN gs IS NULL THEN cose END FROM readings "
+            "WHERE dev = ? AND leaf_idx >= ? AND leaf_idx < ? ORDER BY leaf_idx",
+            (dev, first_leaf, sealed_size),
+        ).fetchall()
+        return rows
+
+    def issued_ahead(self, dev: str) -> set[int]:
+        return {int(r[0]) for r in self.db.execute("SELECT reading_leaf FROM issued_ahead WHERE dev = ?", (dev,))}
+
+    def set_issued_ahead(self, dev: str, cursor: int, leaves: list[int]) -> None:
+        """Forget marks below the cursor (it covers them now); mark ``leaves`` past it as issued."""
+        self.db.execute("DELETE FROM issued_ahead WHERE dev = ? AND reading_leaf < ?", (dev, cursor))
+        self.db.executemany(
+            "INSERT INTO issued_ahead (dev, reading_leaf) VALUES (?, ?)", [(dev, leaf) for leaf in leaves]
+        )
+
+    def supplements(self, dev: str, from_slot: int) -> dict[int, int]:
+        """How many issuances each of the device's slots from ``from_slot`` on has had."""
+        rows = self.db.execute(
+            "SELECT slot, count(*) FROM issuances WHERE dev = ? AND slot >= ? GROUP BY slot", (dev, from_slot)
+        )
+        return {int(r[0]): int(r[1]) for r in rows}
 
     def carry(self, dev: str, type_path: str) -> int:
         row = self.db.execute(

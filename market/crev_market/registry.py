@@ -265,24 +265,39 @@ class Registry:
         # SPEC §8: slot S is closed once a reading with t1 > S+1800 is sealed.
         open_slot = slot_of(latest)
         cursor = self.store.issue_cursor(dev)
+        ahead = self.store.issued_ahead(dev)
         slots: dict[int, list[tuple[int, dict[str, int]]]] = {}
-        next_cursor = cursor
+        waiting: int | None = None  # the first reading left for a later pass
+        scanned = cursor
         for leaf_idx, t1, gs, cose in self.store.readings_from_leaf(dev, cursor, sealed):
+            scanned = leaf_idx + 1
+            if leaf_idx in ahead:
+                continue
             slot = slot_of(t1)
             if slot >= open_slot:
-                break  # this reading and the ones after it wait for a later pass
+                # Its slot is still open; a late reading of a closed slot after it is issued all the same.
+                waiting = leaf_idx if waiting is None else waiting
+                continue
             try:
                 sums = _type_sums(gs, cose, site)
             except RegistryFormatError as err:
                 log.warning("issuance of %s held at leaf %d: %s", dev, leaf_idx, err.detail)
                 summary.held.append(dev)
+                waiting = leaf_idx if waiting is None else waiting
+                scanned = leaf_idx
                 break
             slots.setdefault(slot, []).append((leaf_idx, sums))
-            next_cursor = leaf_idx + 1
-        for slot in sorted(slots):
-            self._issue_slot(dev, site, slot, slots[slot], now_ms, summary)
+        if slots:
+            supplements = self.store.supplements(dev, min(slots))
+            carries: dict[str, int] = {}
+            for slot in sorted(slots):
+                self._issue_slot(dev, site, slot, slots[slot], supplements.get(slot, 0), carries, now_ms, summary)
+        next_cursor = scanned if waiting is None else waiting
         if next_cursor > cursor:
             self.store.set_issue_cursor(dev, next_cursor)
+        issued_past = [leaf for readings in slots.values() for leaf, _sums in readings if leaf >= next_cursor]
+        if issued_past or (ahead and next_cursor > cursor):
+            self.store.set_issued_ahead(dev, next_cursor, issued_past)
 
     def _issue_slot(
         self,
@@ -290,12 +305,16 @@ class Registry:
         site: SiteEvent,
         slot: int,
         readings: list[tuple[int, dict[str, int]]],
+        supplement: int,
+        carries: dict[str, int],
         now_ms: int,
         summary: IssueSummary,
     ) -> None:
+        """Issue one slot's readings; ``carries`` caches the device's carry per type during the pass."""
         sums = [r[1] for r in readings]
-        types = sorted({path for s in sums for path in s})
-        carries = {path: self.store.carry(dev, path) for path in types}
+        for path in {path for s in sums for path in s}:
+            if path not in carries:
+                carries[path] = self.store.carry(dev, path)
         lots = compute_lots(sums, carries, site.factor_mg)
         if not any(lot[1] for lot in lots):
             return  # nothing self-consumed: no lot, and every carry stays as it is
@@ -303,7 +322,7 @@ class Registry:
             site.site,
             dev,
             slot,
-            self.store.supplements(dev, slot),
+            supplement,
             site.owner,
             site.place,
             site.factor_mg,
@@ -318,7 +337,7 @@ class Registry:
             site.site,
             dev,
             slot,
-            issuance.supplement,
+            supplement,
             site.owner,
             site.place,
             site.factor_mg,
@@ -327,6 +346,8 @@ class Registry:
             issuance.time_s,
             lots,
         )
+        for lot in lots:
+            carries[lot[0]] = lot[4]
         summary.issuances += 1
         summary.readings += len(readings)
         summary.grams += issuance.grams()
@@ -418,9 +439,10 @@ def _leaf_data(leaf: bytes) -> bytes:
     return decoded[2]
 
 
-def _type_sums(gs: str | None, cose: bytes, site: SiteEvent) -> dict[str, int]:
+def _type_sums(gs: str | None, cose: bytes | None, site: SiteEvent) -> dict[str, int]:
     """Self-consumption per type of one reading, from the stored gs column (or the COSE in older rows)."""
     if gs is None:
+        assert cose is not None, "a readings row has its gs column or its COSE bytes"
         try:
             entries = generation_entries(Reading.from_cose(cose))
         except CrevError as err:  # cannot be: it was verified before it was stored
