@@ -127,7 +127,8 @@ class Traced:
         assert rows, "no sealed readings of %s in slot %d" % (dev, slot)
         sums = []
         for _leaf, _t1, gs, cose in rows:
-            entries = json.loads(gs) if gs is not None else generation_entries(Reading.from_cose(cose))
+            assert gs is not None or cose is not None
+            entries = json.loads(gs) if gs is not None else generation_entries(Reading.from_cose(cose or b""))
             sums.append(type_sums(entries, site))
         with store.transaction():
             self.ingest.ledger.sync()
