@@ -361,3 +361,15 @@ def test_key_events_out_of_ledger_order_are_refused(tmp_path: Path) -> None:
     assert len(keys) == 2, "an enrolment and a revocation"
     # Replayed revocation-first, the key would look valid forever after: refused.
     assert first(verify(_rebuild(data, 4, [keys[1], keys[0]]))) == (evidence.FORMAT, "key event", 1)
+
+
+def test_the_origin_is_held_against_the_signed_checkpoint(bundle: bytes) -> None:
+    """The block headers do not name the ledger; the newest block's signed checkpoint does."""
+    assert not verify(bundle).failures
+    renamed = parts(bundle)
+    renamed[2][evidence.M_ORIGIN] = "crev.other/ledger"
+    assert first(verify(pack(renamed))) == (evidence.BLOCKS, "bundle", -1)
+    forged = parts(bundle)
+    note = forged[2][evidence.M_CHECKPOINT]
+    forged[2][evidence.M_CHECKPOINT] = note.replace("\n", "\n1", 1)  # another size, the same signature
+    assert first(verify(pack(forged))) == (evidence.BLOCKS, "bundle", -1)

@@ -168,6 +168,13 @@ def verify_bundle(stream: IO[bytes], ledger_public_key: bytes, allow_gaps: bool 
         for position in range(reader.array()):
             where = ("block", position)
             result.fail(result.blocks.add(position, reader.item()))
+        where = ("bundle", -1)
+        if result.failure_count == 0:
+            result.fail(
+                evidence.checkpoint_failure(
+                    meta[evidence.M_CHECKPOINT], meta[evidence.M_ORIGIN], ledger_public_key, result.blocks
+                )
+            )
         keys = evidence.KeyHistory(ledger_public_key, meta[evidence.M_DEV])
         for position in range(reader.array()):
             where = ("key event", position)

@@ -8,7 +8,7 @@ import datetime
 from typing import IO, Any
 
 from crev import cbor, trace
-from crev.evidence import BlockChecks
+from crev.evidence import BlockChecks, checkpoint_failure
 from crev.registry_format import format_kg
 from crev_cli.bundle_verify import BundleFormatError, BundleReader, FailureLog, check_lines
 
@@ -52,6 +52,10 @@ def verify_trace(stream: IO[bytes], ledger_public_key: bytes) -> TraceVerificati
             found = blocks.add(position, reader.item())
             result.fail(None if found is None else trace.adopt(found))
             result.blocks += 1
+        where = ("bundle", -1)
+        if result.failure_count == 0:
+            found = checkpoint_failure(meta[trace.T_CHECKPOINT], meta[trace.T_ORIGIN], ledger_public_key, blocks)
+            result.fail(None if found is None else trace.adopt(found))
         checks = trace.TraceChecks(ledger_public_key, meta, blocks)
         for position in range(reader.array()):
             where = ("entry", position)

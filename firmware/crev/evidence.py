@@ -6,7 +6,11 @@ that counts first can stream it and a reader can walk it item by item::
     ["crev-evidence", 1, meta, [block...], [key_event...], [reading...]]
 
     meta       {0: origin, 1: ledger kid, 2: dev, 3: from_s, 4: to_s,
-                5: exported_ms, 6: emission factor in mg-CO2/kWh}
+                5: exported_ms, 6: emission factor in mg-CO2/kWh,
+                7: the newest listed block's checkpoint signed note}
+               The checkpoint is what ties the origin to the ledger key: the
+               block headers do not name it. exported_ms and the factor are
+               the exporter's statements, not signed.
     block      [height, signed_header, consistency]
                ``consistency`` proves (RFC 9162 §2.1.4) that the previous
                block in the list is a prefix of this one; [] for the first.
@@ -53,12 +57,13 @@ from crev.ledger_format import (
     encode_leaf,
     parse_block_header,
     parse_key_event,
+    verify_checkpoint,
 )
 from crev.reading import Reading, reading_hash, recompute_problem
 
 MAGIC = "crev-evidence"
 VERSION = 1
-M_ORIGIN, M_LEDGER_KID, M_DEV, M_FROM, M_TO, M_EXPORTED, M_FACTOR = range(7)
+M_ORIGIN, M_LEDGER_KID, M_DEV, M_FROM, M_TO, M_EXPORTED, M_FACTOR, M_CHECKPOINT = range(8)
 
 CHECK_NAMES = (
     "bundle structure",
@@ -129,8 +134,10 @@ def _hash_list(value: object) -> bool:
 
 def check_meta(meta: object, ledger_public_key: bytes) -> "Failure | None":
     """The bundle's meta map, and that it names the ledger key we were given."""
-    if not isinstance(meta, dict) or sorted(meta) != [0, 1, 2, 3, 4, 5, 6]:
-        return Failure(FORMAT, "bundle", -1, "meta must be a map with keys 0..6")
+    if not isinstance(meta, dict) or sorted(meta) != [0, 1, 2, 3, 4, 5, 6, 7]:
+        return Failure(FORMAT, "bundle", -1, "meta must be a map with keys 0..7")
+    if not isinstance(meta[M_CHECKPOINT], str):
+        return Failure(FORMAT, "bundle", -1, "meta field 7 (the checkpoint) is not text")
     for key in (M_FROM, M_TO, M_EXPORTED, M_FACTOR):
         if not _uint(meta[key]):
             return Failure(FORMAT, "bundle", -1, "meta field %d is not an unsigned integer" % key)
@@ -142,6 +149,20 @@ def check_meta(meta: object, ledger_public_key: bytes) -> "Failure | None":
         return Failure(BLOCKS, "bundle", -1, "the bundle names ledger key %s, not the given key %s" % (named, given))
     if meta[M_TO] <= meta[M_FROM]:
         return Failure(FORMAT, "bundle", -1, "the range ends before it starts")
+    return None
+
+
+def checkpoint_failure(note: str, origin: str, ledger_public_key: bytes, blocks: "BlockChecks") -> "Failure | None":
+    """Check 1 for the origin: the newest listed block's checkpoint, signed by the ledger key, names it."""
+    if not blocks.heights:
+        return Failure(BLOCKS, "bundle", -1, "the bundle lists no block")
+    newest = blocks.heights[-1]
+    try:
+        stated = verify_checkpoint(note, origin, ledger_public_key)
+    except LedgerFormatError as err:
+        return Failure(BLOCKS, "bundle", -1, "checkpoint of block %d: %s" % (newest, err.detail))
+    if stated != blocks.roots[newest]:
+        return Failure(BLOCKS, "bundle", -1, "the checkpoint's size and root are not block %d's" % newest)
     return None
 
 

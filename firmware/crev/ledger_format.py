@@ -8,11 +8,13 @@ notices. A block header ``{0: 1, 1: height, 2: prev_block_hash, 3: tree_size,
 SHA-256 of the signed header bytes.
 """
 
+import binascii
 import hashlib
 
 from crev import cbor
 from crev.cose import Sign1
 from crev.errors import CrevError, InvalidInput
+from crev.keys import verify_signature
 
 LEAF_READING = 1
 LEAF_KEY_EVENT = 2
@@ -86,3 +88,45 @@ def parse_key_event(signed: bytes, ledger_key: bytes) -> tuple:
     if not isinstance(when, int) or isinstance(when, bool) or when < 0:
         raise LedgerFormatError("key event time is not an unsigned integer")
     return action, dev, pubkey, when
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+def checkpoint_key_hash(origin: str, public_key: bytes) -> bytes:
+    """C2SP signed-note key ID: SHA-256(name || "\\n" || 0x01 || Ed25519 public key)[:4]."""
+    return hashlib.sha256(origin.encode() + b"\n\x01" + public_key).digest()[:4]
+
+
+def checkpoint_text(origin: str, size: int, root: bytes) -> str:
+    """The C2SP tlog-checkpoint body: origin, size and base64 root, one per line."""
+    return "%s\n%d\n%s\n" % (origin, size, binascii.b2a_base64(root).decode().strip())
+
+
+def verify_checkpoint(note: str, origin: str, public_key: bytes) -> tuple:
+    """Check a block's checkpoint signed note; return ``(size, root)``.
+
+    It must name ``origin`` and carry a valid signature by the ledger key.
+    Raises LedgerFormatError.
+    """
+    body, sep, signatures = note.partition("\n\n")
+    if not sep:
+        raise LedgerFormatError("a checkpoint has a blank line before its signatures")
+    lines = body.split("\n")
+    if len(lines) < 3 or lines[0] != origin:
+        raise LedgerFormatError("the checkpoint's origin is not %r" % origin)
+    try:
+        size, root = int(lines[1]), binascii.a2b_base64(lines[2])
+    except ValueError:
+        raise LedgerFormatError("the checkpoint's size or root does not parse")
+    wanted = checkpoint_key_hash(origin, public_key)
+    for line in signatures.split("\n"):
+        parts = line.split(" ")
+        if len(parts) == 3 and parts[0] == "\u2014" and parts[1] == origin:
+            try:
+                blob = binascii.a2b_base64(parts[2])
+            except ValueError:
+                continue
+            if blob[:4] == wanted and verify_signature(public_key, blob[4:], (body + "\n").encode()):
+                return size, root
+    raise LedgerFormatError("the checkpoint has no valid signature by the ledger key")

@@ -5,7 +5,8 @@ A trace bundle is one deterministic CBOR array with definite lengths::
     ["crev-trace", 1, meta, [block...], [entry...], [reading...]]
 
     meta     {0: origin, 1: ledger kid, 2: retirement id (its leaf index),
-              3: exported_ms}
+              3: exported_ms, 4: the listed block's checkpoint signed note,
+              which ties the origin to the ledger key}
     block    [height, signed_header, consistency], as in an evidence bundle
     entry    [leaf_index, leaf_type, received_ms, data, height, inclusion_path]
              in ledger order: the key events of every device whose readings
@@ -55,7 +56,7 @@ from crev.registry_replay import RegistryReplay, ReplayError
 
 MAGIC = "crev-trace"
 VERSION = 1
-T_ORIGIN, T_LEDGER_KID, T_RETIREMENT, T_EXPORTED = range(4)
+T_ORIGIN, T_LEDGER_KID, T_RETIREMENT, T_EXPORTED, T_CHECKPOINT = range(5)
 
 CHECK_NAMES = (
     "bundle structure",
@@ -108,10 +109,12 @@ def adopt(found: Failure) -> TraceFailure:
 
 
 def check_meta(meta: object, ledger_public_key: bytes) -> "TraceFailure | None":
-    if not isinstance(meta, dict) or sorted(meta) != [0, 1, 2, 3]:
-        return failure(FORMAT, "bundle", -1, "meta must be a map with keys 0..3")
+    if not isinstance(meta, dict) or sorted(meta) != [0, 1, 2, 3, 4]:
+        return failure(FORMAT, "bundle", -1, "meta must be a map with keys 0..4")
     if not isinstance(meta[T_ORIGIN], str) or not _uint(meta[T_RETIREMENT]) or not _uint(meta[T_EXPORTED]):
         return failure(FORMAT, "bundle", -1, "meta: origin is text, retirement and exported_ms unsigned integers")
+    if not isinstance(meta[T_CHECKPOINT], str):
+        return failure(FORMAT, "bundle", -1, "meta field 4 (the checkpoint) is not text")
     if meta[T_LEDGER_KID] != key_id(ledger_public_key):
         named = meta[T_LEDGER_KID].hex() if isinstance(meta[T_LEDGER_KID], bytes) else "?"
         return failure(

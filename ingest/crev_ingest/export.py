@@ -135,6 +135,7 @@ def _export(store: Store, request: ExportRequest) -> ExportSummary:
         evidence.M_TO: request.to_s,
         evidence.M_EXPORTED: request.now_ms,
         evidence.M_FACTOR: round(request.factor_g_per_kwh * 1000),
+        evidence.M_CHECKPOINT: store.checkpoint(max(heights)),
     }
     partial = out.with_name(out.name + ".partial")
     try:

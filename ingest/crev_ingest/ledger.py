@@ -15,9 +15,9 @@ import base64
 import hashlib
 import time
 
-from crev import cbor, merkle
+from crev import cbor, ledger_format, merkle
 from crev.cose import sign1
-from crev.keys import SigningKey, verify_signature
+from crev.keys import SigningKey
 from crev.ledger_format import (
     ACTION_ENROL,
     ACTION_REVOKE,
@@ -26,6 +26,9 @@ from crev.ledger_format import (
     LEAF_KEY_EVENT,
     LEAF_READING,
     ZERO_HASH,
+    LedgerFormatError,
+    checkpoint_key_hash,
+    checkpoint_text,
     encode_leaf,
     parse_block_header,
 )
@@ -57,15 +60,6 @@ def frontier_from_store(store: Store, size: int) -> merkle.MerkleFrontier:
     return merkle.MerkleFrontier(size, hashes)
 
 
-def checkpoint_key_hash(origin: str, public_key: bytes) -> bytes:
-    # C2SP signed-note key ID: SHA-256(name || "\n" || 0x01 || Ed25519 public key)[:4].
-    return hashlib.sha256(origin.encode() + b"\n\x01" + public_key).digest()[:4]
-
-
-def checkpoint_text(origin: str, size: int, root: bytes) -> str:
-    return "%s\n%d\n%s\n" % (origin, size, base64.b64encode(root).decode())
-
-
 def make_checkpoint(key: SigningKey, origin: str, size: int, root: bytes) -> str:
     """A C2SP tlog-checkpoint signed note for (size, root)."""
     body = checkpoint_text(origin, size, root)
@@ -76,21 +70,11 @@ def make_checkpoint(key: SigningKey, origin: str, size: int, root: bytes) -> str
 
 def verify_checkpoint(note: str, origin: str, public_key: bytes) -> tuple[int, bytes]:
     """Check a signed note; return (size, root). Raises ValueError if it does not verify."""
-    body, sep, signatures = note.partition("\n\n")
-    if not sep:
-        raise ValueError("a checkpoint has a blank line before its signatures")
-    lines = body.split("\n")
-    if len(lines) < 3 or lines[0] != origin:
-        raise ValueError("checkpoint origin is not %r" % origin)
-    size, root = int(lines[1]), base64.b64decode(lines[2])
-    wanted = checkpoint_key_hash(origin, public_key)
-    for line in signatures.splitlines():
-        parts = line.split(" ")
-        if len(parts) == 3 and parts[0] == "\u2014" and parts[1] == origin:
-            blob = base64.b64decode(parts[2])
-            if blob[:4] == wanted and verify_signature(public_key, blob[4:], (body + "\n").encode()):
-                return size, root
-    raise ValueError("no valid signature by the ledger key")
+    try:
+        size, root = ledger_format.verify_checkpoint(note, origin, public_key)
+    except LedgerFormatError as err:
+        raise ValueError(err.detail) from err
+    return int(size), bytes(root)
 
 
 class Ledger:

@@ -230,6 +230,13 @@ class Store(RegistryRows):
             raise KeyError("no block at height %d" % height)
         return bytes(row[0]), int(row[1])
 
+    def checkpoint(self, height: int) -> str:
+        """The block's C2SP checkpoint signed note."""
+        row = self.db.execute("SELECT checkpoint FROM blocks WHERE height = ?", (height,)).fetchone()
+        if row is None:
+            raise KeyError("no block at height %d" % height)
+        return str(row[0])
+
     def add_key_event(self, leaf_idx: int, action: int, dev: str, pubkey: bytes, kid: bytes, time_s: int) -> None:
         self.db.execute(
             "INSERT INTO key_events (leaf_idx, action, dev, pubkey, kid, time) VALUES (?, ?, ?, ?, ?, ?)",

@@ -84,6 +84,7 @@ def _export(
         trace.T_LEDGER_KID: key_id(ledger_public_key),
         trace.T_RETIREMENT: retirement_id,
         trace.T_EXPORTED: now_ms,
+        trace.T_CHECKPOINT: store.checkpoint(height),
     }
     partial = out.with_name(out.name + ".partial")
     try:
