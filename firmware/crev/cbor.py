@@ -225,11 +225,21 @@ class _Decoder:
             out = []  # type: list[object]
             for _ in range(value):
                 pos = self.pos
-                if inline and pos < end and data[pos] < 24:
-                    out.append(data[pos])  # a small unsigned integer, without a call
-                    self.pos = pos + 1
-                else:
-                    out.append(item(depth))
+                if inline and pos < end:
+                    # The commonest elements without a call: small integers, and the
+                    # byte strings of 24..255 bytes that proofs are made of.
+                    first = data[pos]
+                    if first < 24:
+                        out.append(first)
+                        self.pos = pos + 1
+                        continue
+                    if first == 0x58 and pos + 1 < end:
+                        size = data[pos + 1]
+                        if size >= 24 and pos + 2 + size <= end:
+                            self.pos = pos + 2 + size
+                            out.append(data[pos + 2 : pos + 2 + size])
+                            continue
+                out.append(item(depth))
             return out
         if major == 1:
             return -1 - value

@@ -109,6 +109,9 @@ CREATE TABLE IF NOT EXISTS issued_ahead (
 
 # A held lot: (issuance_leaf, lot_index, site, dev, type, place, slot, grams held).
 HeldLot = tuple[int, int, str, str, str, str, int, int]
+# An issuance's rows: (leaf_idx, site, dev, slot, supplement, owner, place, factor_mg, factor_label,
+# readings, time, lots as [[type, self_mwh, carry_in, grams, carry_out]]).
+IssuanceRow = tuple[int, str, str, int, int, str, str, int, str, int, int, list[list[Any]]]
 
 
 class RegistryRows:
@@ -285,20 +288,30 @@ class RegistryRows:
         time_s: int,
         lots: list[list[Any]],
     ) -> None:
-        self.db.execute(
+        self.add_issuances(
+            [(leaf_idx, site, dev, slot, supplement, owner, place, factor_mg, factor_label, readings, time_s, lots)]
+        )
+
+    def add_issuances(self, rows: list[IssuanceRow]) -> None:
+        """The rows of many issuances at once (an issuance pass writes them together)."""
+        self.db.executemany(
             "INSERT INTO issuances (leaf_idx, site, dev, slot, supplement, owner, place, factor_mg, factor_label, "
             "readings, time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (leaf_idx, site, dev, slot, supplement, owner, place, factor_mg, factor_label, readings, time_s),
+            [row[:11] for row in rows],
         )
         self.db.executemany(
             "INSERT INTO lots (issuance_leaf, lot_index, type, self_mwh, carry_in, grams, carry_out, dev) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(leaf_idx, i, lot[0], lot[1], lot[2], lot[3], lot[4], dev) for i, lot in enumerate(lots)],
+            [
+                (row[0], i, lot[0], lot[1], lot[2], lot[3], lot[4], row[2])
+                for row in rows
+                for i, lot in enumerate(row[11])
+            ],
         )
         self.db.executemany(
             "INSERT INTO lot_moves (leaf_idx, issuance_leaf, lot_index, from_account, to_account, grams) "
             "VALUES (?, ?, ?, NULL, ?, ?)",
-            [(leaf_idx, leaf_idx, i, owner, lot[3]) for i, lot in enumerate(lots) if lot[3] > 0],
+            [(row[0], row[0], i, row[5], lot[3]) for row in rows for i, lot in enumerate(row[11]) if lot[3] > 0],
         )
 
     def issuance_leaf(self, leaf_idx: int) -> bytes | None:

@@ -43,7 +43,7 @@ from crev.registry_format import (
     type_sums,
 )
 from crev_ingest.ledger import Ledger
-from crev_ingest.registry_store import HeldLot
+from crev_ingest.registry_store import HeldLot, IssuanceRow
 from crev_ingest.store import Store
 from crev_market import Refused
 
@@ -56,6 +56,7 @@ class IssueSummary:
     readings: int = 0
     grams: int = 0
     held: list[str] = field(default_factory=list)  # devices whose issuance waits for the operator
+    rows: list[IssuanceRow] = field(default_factory=list, repr=False)  # written together at the end of the pass
 
 
 def _signed_map(payload: dict[int, Any], key: SigningKey) -> bytes:
@@ -255,6 +256,7 @@ class Registry:
                     sites[site_id] = found[1]
                 self._issue_device(dev, sites[site_id], sealed, now_ms, summary)
             if summary.issuances:
+                self.store.add_issuances(summary.rows)
                 self.ledger.seal(now_ms)
         return summary
 
@@ -332,19 +334,21 @@ class Registry:
             now_ms // 1000,
         )
         leaf = self._append(LEAF_ISSUANCE, _signed_map(issuance.to_map(), self.ledger.key), now_ms)
-        self.store.add_issuance(
-            leaf,
-            site.site,
-            dev,
-            slot,
-            supplement,
-            site.owner,
-            site.place,
-            site.factor_mg,
-            site.factor_label,
-            len(readings),
-            issuance.time_s,
-            lots,
+        summary.rows.append(
+            (
+                leaf,
+                site.site,
+                dev,
+                slot,
+                supplement,
+                site.owner,
+                site.place,
+                site.factor_mg,
+                site.factor_label,
+                len(readings),
+                issuance.time_s,
+                lots,
+            )
         )
         for lot in lots:
             carries[lot[0]] = lot[4]
