@@ -97,6 +97,13 @@ def issuance_count(db_path: Path) -> int:
         return int(db.execute("SELECT count(*) FROM issuances").fetchone()[0])
 
 
+def signed_payload(leaf: bytes) -> bytes:
+    """The signed data of a ledger leaf, [type, received_ms, data]."""
+    decoded = cbor.loads(leaf)
+    assert isinstance(decoded, list) and isinstance(decoded[2], bytes)
+    return decoded[2]
+
+
 def type_of(meter_id: str, source: int) -> str:
     """The site's type of a generator meter: wind/small for the wind meter, else the source's name."""
     return WIND_TYPE if meter_id == WIND_SERIAL else SOURCE_NAMES[source]
@@ -167,22 +174,22 @@ def test_two_generator_types_are_issued_exactly_on_real_components(tmp_path: Pat
             for leaf, cose in db.execute("SELECT leaf_idx, cose FROM readings WHERE dev = ? ORDER BY seq", (DEVICE,))
         }
         reading_leaves = {
-            int(idx): cbor.loads(bytes(data))[2]
+            int(idx): signed_payload(bytes(data))
             for idx, data in db.execute("SELECT idx, data FROM leaves WHERE type = ?", (LEAF_READING,))
         }
         issuance_leaves = [
-            (int(idx), Issuance.parse(cbor.loads(bytes(data))[2], ledger_pubkey))
+            (int(idx), Issuance.parse(signed_payload(bytes(data)), ledger_pubkey))
             for idx, data in db.execute("SELECT idx, data FROM leaves WHERE type = ? ORDER BY idx", (LEAF_ISSUANCE,))
         ]
         issuance_rows = db.execute(
             "SELECT leaf_idx, dev, slot, supplement, factor_mg, readings FROM issuances ORDER BY leaf_idx"
         ).fetchall()
         lot_rows: dict[int, list[tuple[str, int, int, int, int]]] = {}
-        for leaf, type_path, self_mwh, carry_in, grams, carry_out in db.execute(
+        for leaf, type_path, self_mwh, carry_in, lot_grams, carry_out in db.execute(
             "SELECT issuance_leaf, type, self_mwh, carry_in, grams, carry_out FROM lots "
             "ORDER BY issuance_leaf, lot_index"
         ):
-            lot_rows.setdefault(int(leaf), []).append((str(type_path), self_mwh, carry_in, grams, carry_out))
+            lot_rows.setdefault(int(leaf), []).append((str(type_path), self_mwh, carry_in, lot_grams, carry_out))
 
     # The readings table holds exactly the signed readings of the ledger's reading leaves.
     assert sorted(r.seq for r in readings.values()) == list(range(last_seq + 1))
