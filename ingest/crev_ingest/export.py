@@ -15,6 +15,7 @@ rather than one per block sealed; consistency proofs link them.
 import functools
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -93,6 +94,24 @@ class ExportRequest:
     group: int = GROUP  # readings proven against one block
 
 
+@contextmanager
+def written_aside(out: Path) -> Iterator[BinaryIO]:
+    """A file that appears under its name only when complete: written aside, fsynced, renamed.
+
+    If the block raises, the partial file is removed and ``out`` is untouched.
+    """
+    partial = out.with_name(out.name + ".partial")
+    try:
+        with partial.open("wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, out)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
 def export_bundle(store: Store, request: ExportRequest) -> ExportSummary:
     if request.to_s <= request.from_s:
         raise ConfigError("--to must be after --from")
@@ -137,30 +156,22 @@ def _export(store: Store, request: ExportRequest) -> ExportSummary:
         evidence.M_FACTOR: round(request.factor_g_per_kwh * 1000),
         evidence.M_CHECKPOINT: store.checkpoint(max(heights)),
     }
-    partial = out.with_name(out.name + ".partial")
-    try:
-        with partial.open("wb") as handle:
-            handle.write(cbor.encode_head(4, 6) + cbor.dumps(evidence.MAGIC) + cbor.dumps(evidence.VERSION))
-            handle.write(cbor.dumps(meta))
-            handle.write(cbor.encode_head(4, len(heights)))
-            previous_size = None
-            for height in heights:
-                header, size = store.block_header(height)
-                proof: list[bytes] = [] if previous_size is None else merkle.consistency_path(previous_size, size, node)
-                handle.write(cbor.dumps([height, header, proof]))
-                previous_size = size
-            handle.write(cbor.encode_head(4, len(key_leaves)))
-            for leaf_idx, leaf in key_leaves:
-                received_ms, statement = _key_event_leaf(leaf)
-                path = merkle.inclusion_path(leaf_idx, sizes[key_block], node)
-                handle.write(cbor.dumps([leaf_idx, received_ms, statement, key_block, path]))
-            _write_readings(handle, snapshot, group_blocks, request.group, sizes, node)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, out)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    with written_aside(out) as handle:
+        handle.write(cbor.encode_head(4, 6) + cbor.dumps(evidence.MAGIC) + cbor.dumps(evidence.VERSION))
+        handle.write(cbor.dumps(meta))
+        handle.write(cbor.encode_head(4, len(heights)))
+        previous_size = None
+        for height in heights:
+            header, size = store.block_header(height)
+            proof: list[bytes] = [] if previous_size is None else merkle.consistency_path(previous_size, size, node)
+            handle.write(cbor.dumps([height, header, proof]))
+            previous_size = size
+        handle.write(cbor.encode_head(4, len(key_leaves)))
+        for leaf_idx, leaf in key_leaves:
+            received_ms, statement = _key_event_leaf(leaf)
+            path = merkle.inclusion_path(leaf_idx, sizes[key_block], node)
+            handle.write(cbor.dumps([leaf_idx, received_ms, statement, key_block, path]))
+        _write_readings(handle, snapshot, group_blocks, request.group, sizes, node)
     return ExportSummary(
         out,
         snapshot.count,
@@ -205,4 +216,4 @@ def _covering(store: Store, leaf_idx: int) -> int:
     return found[0]
 
 
-__all__ = ["GROUP", "ExportRequest", "ExportSummary", "export_bundle"]
+__all__ = ["GROUP", "ExportRequest", "ExportSummary", "export_bundle", "written_aside"]

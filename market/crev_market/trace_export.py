@@ -6,13 +6,13 @@ file aside, fsynced, then renamed, as the evidence export does.
 """
 
 import functools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from crev import cbor, merkle, trace
 from crev.keys import key_id
 from crev.registry_format import Issuance, Retirement
+from crev_ingest.export import written_aside
 from crev_ingest.store import Store
 from crev_market import Refused
 
@@ -86,28 +86,20 @@ def _export(
         trace.T_EXPORTED: now_ms,
         trace.T_CHECKPOINT: store.checkpoint(height),
     }
-    partial = out.with_name(out.name + ".partial")
-    try:
-        with partial.open("wb") as handle:
-            handle.write(cbor.encode_head(4, 6) + cbor.dumps(trace.MAGIC) + cbor.dumps(trace.VERSION))
-            handle.write(cbor.dumps(meta))
-            handle.write(cbor.encode_head(4, 1) + cbor.dumps([height, header, []]))
-            handle.write(cbor.encode_head(4, len(entry_leaves)))
-            for idx in sorted(entry_leaves):
-                leaf_type, received_ms, data = _data(store.leaf(idx))
-                path = merkle.inclusion_path(idx, size, node)
-                handle.write(cbor.dumps([idx, leaf_type, received_ms, data, height, path]))
-            handle.write(cbor.encode_head(4, len(reading_leaves)))
-            for idx in reading_leaves:
-                _type, received_ms, cose = _data(store.leaf(idx))
-                path = merkle.inclusion_path(idx, size, node)
-                handle.write(cbor.dumps(cbor.dumps([idx, received_ms, cose, height, path])))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, out)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    with written_aside(out) as handle:
+        handle.write(cbor.encode_head(4, 6) + cbor.dumps(trace.MAGIC) + cbor.dumps(trace.VERSION))
+        handle.write(cbor.dumps(meta))
+        handle.write(cbor.encode_head(4, 1) + cbor.dumps([height, header, []]))
+        handle.write(cbor.encode_head(4, len(entry_leaves)))
+        for idx in sorted(entry_leaves):
+            leaf_type, received_ms, data = _data(store.leaf(idx))
+            path = merkle.inclusion_path(idx, size, node)
+            handle.write(cbor.dumps([idx, leaf_type, received_ms, data, height, path]))
+        handle.write(cbor.encode_head(4, len(reading_leaves)))
+        for idx in reading_leaves:
+            _type, received_ms, cose = _data(store.leaf(idx))
+            path = merkle.inclusion_path(idx, size, node)
+            handle.write(cbor.dumps(cbor.dumps([idx, received_ms, cose, height, path])))
     return TraceSummary(
         out, retirement.grams, len(issuances), len(reading_leaves), len(entry_leaves), out.stat().st_size
     )
