@@ -438,3 +438,43 @@ def test_a_changed_origin_in_meta_is_detected(bundle: bytes) -> None:
     meta = cbor.dumps(parts(bundle)[2])
     at = _locate(bundle, meta) + meta.index(b"crev.test") + 1  # "crev" -> "csev": still valid text
     assert verify(_flip(bundle, at, 1)).failure_count > 0
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_same_answer(tmp_path: Path) -> None:
+    """Enough readings (2 × 320) that `--jobs 2` hands batches to worker processes."""
+    import io
+
+    from ingest_support import Device, LocalIngest
+    from trace_support import ACCOUNT, ACCOUNT_KEY, FACTOR_MG, PLACE, SITE, Traced
+
+    from crev_cli.trace_verify import verify_trace
+    from crev_market.registry import Registry
+
+    ingest = LocalIngest(tmp_path)
+    start = (NOW // 1800) * 1800 - 12 * 3600  # 320 one-minute readings end well before now
+    devices = [Device("dgc-a-000%d" % i, SigningKey(bytes([3 + i]) * 32), t1=start) for i in range(2)]
+    for device in devices:
+        ingest.enroll(device)
+    for _ in range(320):
+        for device in devices:
+            assert ingest.send(device.next()).status == "accepted"
+    ledger = Traced(ingest, Registry(ingest.store, ingest.ledger, FACTOR_MG, "default"), devices)
+    ledger.seal()
+    ledger.registry.add_account(ACCOUNT, "Owner One", ACCOUNT_KEY.public_key, True, ledger.ms)
+    ledger.registry.add_site(SITE, ACCOUNT, PLACE, [d.dev for d in devices], {}, None, None, None, ledger.ms)
+    ledger.registry.issue(ledger.ms)
+    ledger.retire(sum(lot[7] for lot in ingest.store.holdings(ACCOUNT)))  # every lot: every reading traced
+    out = tmp_path / "big.trace"
+    ledger.export(out)
+    data = out.read_bytes()
+    alone = verify_trace(io.BytesIO(data), LEDGER_KEY.public_key, 1)
+    parallel = verify_trace(io.BytesIO(data), LEDGER_KEY.public_key, 2)
+    assert alone.failure_count == parallel.failure_count == 0
+    assert alone.readings == parallel.readings > 512 and alone.trace == parallel.trace
+    value = parts(data)
+    value[5][-100][2] = value[5][-100][2][:-1] + bytes([value[5][-100][2][-1] ^ 1])  # a reading's signature
+    tampered = pack(value)
+    one = verify_trace(io.BytesIO(tampered), LEDGER_KEY.public_key, 1)
+    two = verify_trace(io.BytesIO(tampered), LEDGER_KEY.public_key, 2)
+    assert first(one) == first(two) == (trace.INCLUSION, "reading", len(value[5]) - 100)

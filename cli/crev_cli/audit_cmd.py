@@ -139,7 +139,9 @@ def verify(args: argparse.Namespace) -> int:
         raise UsageError("cannot read %s: %s" % (args.file, err.strerror)) from err
     with handle:
         if trace_verify.is_trace(handle.peek(32)):
-            report = trace_verify.build_trace_report(trace_verify.verify_trace(handle, ledger_key))
+            report = trace_verify.build_trace_report(
+                trace_verify.verify_trace(handle, ledger_key, args.jobs or default_jobs())
+            )
             text = trace_verify.render_trace_text
         else:
             result = verify_bundle(handle, ledger_key, args.allow_gaps, args.jobs or default_jobs())

@@ -5,12 +5,19 @@ the file and builds the report. It opens no database and no socket.
 """
 
 import datetime
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from crev import cbor, trace
 from crev.evidence import BlockChecks, checkpoint_failure
 from crev.registry_format import format_kg
-from crev_cli.bundle_verify import BundleFormatError, BundleReader, FailureLog, check_lines
+from crev_cli.bundle_verify import (
+    BundleFormatError,
+    BundleReader,
+    FailureLog,
+    _BrokenReading,
+    _check_readings,
+    check_lines,
+)
 
 
 def is_trace(head: bytes) -> bool:
@@ -30,7 +37,8 @@ class TraceVerification(FailureLog):
         self.self_mwh = 0
 
 
-def verify_trace(stream: IO[bytes], ledger_public_key: bytes) -> TraceVerification:
+def verify_trace(stream: IO[bytes], ledger_public_key: bytes, jobs: int = 1) -> TraceVerification:
+    """Check a whole trace bundle; ``jobs`` worker processes check the readings (1: none)."""
     result = TraceVerification()
     reader = BundleReader(stream)
     where = ("bundle", -1)
@@ -61,12 +69,12 @@ def verify_trace(stream: IO[bytes], ledger_public_key: bytes) -> TraceVerificati
             where = ("entry", position)
             result.fail(checks.add_entry(position, reader.item()))
             result.entries += 1
-        previous = None
-        for position in range(reader.array()):
+        count = reader.array()
+        where = ("reading", 0)
+        for position, (found, info) in _check_readings(reader, count, checks.reading_checks, jobs):
             where = ("reading", position)
-            found, reading = checks.add_reading(position, reader.item(), previous)
-            result.fail(found)
-            previous = reading
+            # Trace workers send (leaf, dev, t1, entries, meters) where evidence workers send a Summary.
+            result.fail(found if found is not None else checks.record(position, cast(tuple[Any, ...], info)))
             result.readings += 1
         where = ("bundle", -1)
         if not reader.at_end():
@@ -76,6 +84,8 @@ def verify_trace(stream: IO[bytes], ledger_public_key: bytes) -> TraceVerificati
         if result.failure_count == 0:
             result.trace = checks.report()
             result.self_mwh = sum(lot[1] for issuance in checks.replay.issuances.values() for lot in issuance.lots)
+    except _BrokenReading as err:
+        result.fail(trace.failure(trace.FORMAT, "reading", err.position, str(err)))
     except BundleFormatError as err:
         result.fail(trace.failure(trace.FORMAT, where[0], where[1], str(err)))
     result.bytes = reader.offset

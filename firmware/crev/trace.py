@@ -45,7 +45,9 @@ from crev.evidence import (
     Failure,
     KeyHistory,
     ReadingChecks,
+    _cose_of,
     _inclusion_failure,
+    _peek,
     _uint,
 )
 from crev.keys import key_id
@@ -160,6 +162,43 @@ class DeviceKeys(KeyHistory):
         return None
 
 
+class TraceReadingChecks(ReadingChecks):
+    """Checks 3, 4, 5 and 7 of a trace's readings; picklable, so worker processes can run batches."""
+
+    def check_item(self, position: int, raw: object, previous: "Reading | None") -> tuple:
+        """``(failure, reading, info)``; info is (leaf, dev, t1, generation entries, meter ids)."""
+        if not isinstance(raw, bytes):
+            return failure(FORMAT, "reading", position, "a reading item is a byte string"), None, None
+        try:
+            item = cbor.loads(raw)
+        except CrevError as err:
+            return failure(FORMAT, "reading", position, "the reading item is not CBOR: %s" % err), None, None
+        found, reading, _summary = self.check_one(position, item, previous)
+        if found is not None:
+            made = adopt(found)
+            if reading is not None:
+                made.dev, made.seq = reading.dev, reading.seq
+            return made, None, None
+        assert isinstance(item, list) and isinstance(self.keys, DeviceKeys)
+        owner = self.keys.kid_device.get(self.keys.last_kid)
+        if owner != reading.dev:
+            return failure(SIGNATURE, "reading", position, "signed by a key of %s" % owner), None, None
+        meters = sorted(set(c[1] for c in reading.channels))
+        return None, reading, (item[0], reading.dev, reading.t1, generation_entries(reading), meters)
+
+    def check_batch(self, first_position: int, items: list, before: "bytes | None") -> list:
+        """One ``(failure, info)`` per item, for the verifier's worker processes."""
+        results = []
+        previous = None  # type: Reading | None
+        if before is not None:
+            previous = _peek(_cose_of(before))
+        for offset, raw in enumerate(items):
+            found, reading, info = self.check_item(first_position + offset, raw, previous)
+            results.append((found, info))
+            previous = reading
+        return results
+
+
 def _entry_item(item: object) -> bool:
     return (
         isinstance(item, list)
@@ -190,7 +229,7 @@ class TraceChecks:
         self.covered = {}  # type: dict[int, int]
         self._last_leaf = -1
         self.replay = RegistryReplay(ledger_public_key, partial=True)
-        self.reading_checks = ReadingChecks(blocks.roots, self.keys)
+        self.reading_checks = TraceReadingChecks(blocks.roots, self.keys)
 
     def add_entry(self, position: int, item: object) -> "TraceFailure | None":
         if not _entry_item(item):
@@ -217,28 +256,18 @@ class TraceChecks:
 
     def add_reading(self, position: int, raw: object, previous: "Reading | None") -> tuple:
         """Checks 3, 4, 5 and 7 of one reading item; returns (failure, reading)."""
-        if not isinstance(raw, bytes):
-            return failure(FORMAT, "reading", position, "a reading item is a byte string"), None
-        try:
-            item = cbor.loads(raw)
-        except CrevError as err:
-            return failure(FORMAT, "reading", position, "the reading item is not CBOR: %s" % err), None
-        found, reading, _summary = self.reading_checks.check_one(position, item, previous)
-        if found is not None:
-            made = adopt(found)
-            if reading is not None:
-                made.dev, made.seq = reading.dev, reading.seq
-            return made, None
-        assert isinstance(item, list)
-        owner = self.keys.kid_device.get(self.keys.last_kid)
-        if owner != reading.dev:
-            return failure(SIGNATURE, "reading", position, "signed by a key of %s" % owner), None
-        leaf = item[0]
+        found, reading, info = self.reading_checks.check_item(position, raw, previous)
+        if found is None:
+            found = self.record(position, info)
+        return found, (reading if found is None else None)
+
+    def record(self, position: int, info: tuple) -> "TraceFailure | None":
+        """Keep what checks 6 and 8 need of a reading that passed its own checks."""
+        leaf = info[0]
         if leaf in self.readings:
-            return failure(FORMAT, "reading", position, "leaf %d is listed twice" % leaf), None
-        meters = sorted(set(c[1] for c in reading.channels))
-        self.readings[leaf] = (reading.dev, reading.t1, generation_entries(reading), meters, position)
-        return None, reading
+            return failure(FORMAT, "reading", position, "leaf %d is listed twice" % leaf)
+        self.readings[leaf] = info[1:] + (position,)
+        return None
 
     def lookup(self, leaf: int) -> "tuple | None":
         found = self.readings.get(leaf)
