@@ -21,14 +21,17 @@ everything else is checked the same way. The caller looks readings up:
 import hashlib
 
 from crev.keys import key_id
+from crev.market_format import SIDE_BUY, SIDE_CANCEL, SIDE_SELL, Order, Trade
 from crev.registry_format import (
     ACCOUNT_CLOSE,
     ACCOUNT_KEY_CHANGE,
     ACCOUNT_OPEN,
     LEAF_ACCOUNT,
     LEAF_ISSUANCE,
+    LEAF_ORDER,
     LEAF_RETIREMENT,
     LEAF_SITE,
+    LEAF_TRADE,
     NANOGRAMS_PER_GRAM,
     SITE_REGISTER,
     AccountEvent,
@@ -37,6 +40,7 @@ from crev.registry_format import (
     Retirement,
     SiteEvent,
     compute_lots,
+    path_matches,
     slot_of,
     type_sums,
 )
@@ -59,7 +63,7 @@ class ReplayError(Exception):
 
 
 KIND_NAMES = {LEAF_ACCOUNT: "account event", LEAF_SITE: "site event", LEAF_ISSUANCE: "issuance",
-              LEAF_RETIREMENT: "retirement"}  # fmt: skip
+              LEAF_ORDER: "order", LEAF_TRADE: "trade", LEAF_RETIREMENT: "retirement"}  # fmt: skip
 
 
 class RegistryReplay:
@@ -78,6 +82,11 @@ class RegistryReplay:
         # (issuance leaf, lot index) -> grams retired
         self.retired = {}  # type: dict[tuple, int]
         self.retirements = {}  # type: dict[int, Retirement]
+        self.orders = {}  # type: dict[int, Order]
+        # order leaf -> grams still open; 0 once filled or cancelled
+        self.order_left = {}  # type: dict[int, int]
+        self.trades = {}  # type: dict[int, Trade]
+        self.cancels = {}  # type: dict[int, Order]
         self.statement_hashes = set()  # type: set[bytes]
         self.sealed_size = 0
         # dev -> [(leaf, t1)] of readings not yet sealed
@@ -130,8 +139,12 @@ class RegistryReplay:
                 self._issuance(leaf, Issuance.parse(data, self.ledger_key), reading)
             elif leaf_type == LEAF_RETIREMENT:
                 self._retirement(leaf, data)
+            elif leaf_type == LEAF_ORDER:
+                self._order(leaf, data)
+            elif leaf_type == LEAF_TRADE:
+                self._trade(leaf, Trade.parse(data, self.ledger_key))
             else:
-                raise ReplayError(leaf, kind, "this crev does not replay leaves of type %d" % leaf_type)
+                raise ReplayError(leaf, kind, "this crev does not replay leaves of type %d" % leaf_type, SCHEMA)
         except RegistryFormatError as err:
             raise ReplayError(leaf, kind, err.detail, SIGNATURE if "BAD_SIGNATURE" in err.detail else SCHEMA)
         except _Broken as err:
@@ -229,9 +242,7 @@ class RegistryReplay:
 
     def _retirement(self, leaf: int, data: bytes) -> None:
         unsigned = Retirement.parse(data, None)
-        account = self._open_account(unsigned.account)
-        if unsigned.kid != key_id(account.pubkey):
-            raise _Broken("not signed by the key of account %s" % unsigned.account, SIGNATURE)
+        account = self._signed_by_account(unsigned.account, unsigned.kid, "the retirement")
         retirement = Retirement.parse(data, account.pubkey)
         digest = hashlib.sha256(data).digest()
         if digest in self.statement_hashes:
@@ -252,6 +263,81 @@ class RegistryReplay:
             self.balances[key] = held - grams
             self.retired[(issuance_leaf, index)] = self.retired.get((issuance_leaf, index), 0) + grams
         self.retirements[leaf] = retirement
+
+    def _signed_by_account(self, account: str, kid: bytes, what: str) -> AccountEvent:
+        event = self._open_account(account)
+        if kid != key_id(event.pubkey):
+            raise _Broken("%s is not signed by the key of account %s" % (what, account), SIGNATURE)
+        return event
+
+    def _order(self, leaf: int, data: bytes) -> None:
+        unsigned = Order.parse(data, None)
+        event = self._signed_by_account(unsigned.account, unsigned.kid, "the order")
+        order = Order.parse(data, event.pubkey)
+        digest = hashlib.sha256(data).digest()
+        if digest in self.statement_hashes:
+            raise _Broken("the same signed order is recorded twice")
+        self.statement_hashes.add(digest)
+        if order.side == SIDE_CANCEL:
+            self.cancels[leaf] = order
+            target = self.orders.get(order.cancels)
+            if target is None:
+                if self.partial:
+                    return
+                raise _Broken("it cancels %d, which is not an order" % order.cancels)
+            if target.account != order.account:
+                raise _Broken("account %s cancels an order of %s" % (order.account, target.account))
+            self.order_left[order.cancels] = 0
+            return
+        self.orders[leaf] = order
+        self.order_left[leaf] = order.grams
+
+    def _trade(self, leaf: int, trade: Trade) -> None:
+        buy, sell = self.orders.get(trade.buy), self.orders.get(trade.sell)
+        if buy is None or sell is None or buy.side != SIDE_BUY or sell.side != SIDE_SELL:
+            raise _Broken("it is not backed by a buy order %d and a sell order %d" % (trade.buy, trade.sell))
+        if (trade.buyer, trade.seller) != (buy.account, sell.account) or buy.account == sell.account:
+            raise _Broken("its buyer and seller are not its orders' two different accounts")
+        for order_leaf, order in ((trade.buy, buy), (trade.sell, sell)):
+            if self.order_left[order_leaf] < trade.grams:
+                raise _Broken("order %d has %d g open, not %d" % (order_leaf, self.order_left[order_leaf], trade.grams))
+            if order.expires is not None and trade.time_s >= order.expires:
+                raise _Broken("order %d had expired" % order_leaf)
+        resting = buy if trade.buy < trade.sell else sell
+        if not sell.price <= buy.price or trade.price != resting.price:
+            raise _Broken("its price %d is not the resting order's, or the prices do not cross" % trade.price)
+        seller = self.accounts.get(sell.account)
+        if buy.sellers and (sell.account not in buy.sellers or seller is None or not seller.disclosed):
+            raise _Broken("the buy order's seller condition does not hold")
+        if buy.places and not any(path_matches(c, sell.place) for c in buy.places):
+            raise _Broken("the buy order's place condition does not hold")
+        if buy.types and not any(path_matches(c, sell.type) for c in buy.types):
+            raise _Broken("the buy order's type condition does not hold")
+        for issuance_leaf, index, grams in trade.lots:
+            issuance = self.issuances.get(issuance_leaf)
+            if issuance is None or index >= len(issuance.lots):
+                if self.partial:
+                    continue
+                raise _Broken("lot %d.%d was never issued" % (issuance_leaf, index))
+            lot_type = issuance.lots[index][0]
+            if issuance.place != sell.place or lot_type != sell.type:
+                raise _Broken("lot %d.%d is not of the sell order's place and type" % (issuance_leaf, index))
+            if (buy.slot_from is not None and issuance.slot < buy.slot_from) or (
+                buy.slot_to is not None and issuance.slot + 1800 > buy.slot_to
+            ):
+                raise _Broken("lot %d.%d is outside the buy order's slot window" % (issuance_leaf, index))
+            key = (issuance_leaf, index, sell.account)
+            held = self.balances.get(key, 0)
+            if held < grams:
+                raise _Broken(
+                    "moves %d g of lot %d.%d, but %s holds %d g" % (grams, issuance_leaf, index, sell.account, held)
+                )
+            self.balances[key] = held - grams
+            to = (issuance_leaf, index, buy.account)
+            self.balances[to] = self.balances.get(to, 0) + grams
+        self.order_left[trade.buy] -= trade.grams
+        self.order_left[trade.sell] -= trade.grams
+        self.trades[leaf] = trade
 
     def lot_conserved(self) -> "str | None":
         """SPEC §8: for every lot, Σ held + Σ retired = issued grams."""

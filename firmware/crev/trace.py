@@ -352,6 +352,17 @@ class TraceChecks:
             "meters": sorted(meters),
             "issuances": len(replay.issuances),
             "readings": len(self.readings),
+            "trades": [
+                {
+                    "trade": trade_leaf,
+                    "seller": trade.seller,
+                    "buyer": trade.buyer,
+                    "grams": trade.grams,
+                    "price": trade.price,
+                    "amount": trade.amount,
+                }
+                for trade_leaf, trade in sorted(replay.trades.items())
+            ],
         }
 
 

@@ -14,6 +14,7 @@ from crev import cbor
 from crev.cose import Sign1
 from crev.errors import CrevError
 from crev.ledger_format import LEAF_READING
+from crev.market_format import SIDE_CANCEL
 from crev.reading import K_DEV, K_T1, Reading
 from crev.registry_format import LEAF_ACCOUNT, REGISTRY_LEAVES, generation_entries
 from crev.registry_replay import RegistryReplay, ReplayError
@@ -130,6 +131,9 @@ def _compare_rows(store: Store, replay: RegistryReplay) -> None:
     for leaf, retirement in replay.retirements.items():
         for issuance_leaf, index, grams in retirement.lots:
             moves[(leaf, issuance_leaf, index, retirement.account, None)] = grams
+    for leaf, trade in replay.trades.items():
+        for issuance_leaf, index, grams in trade.lots:
+            moves[(leaf, issuance_leaf, index, trade.seller, trade.buyer)] = grams
     stored_moves = {
         tuple(r[:5]): int(r[5])
         for r in db.execute("SELECT leaf_idx, issuance_leaf, lot_index, from_account, to_account, grams FROM lot_moves")
@@ -151,6 +155,7 @@ def _compare_rows(store: Store, replay: RegistryReplay) -> None:
             raise LedgerError("retirements row leaf %d: differs from its signed retirement" % int(row[0]))
     if db.execute("SELECT count(*) FROM retirements").fetchone()[0] != len(replay.retirements):
         raise LedgerError("retirements: a row is missing")
+    _compare_market(db, replay)
     for row in db.execute("SELECT leaf_idx, account, name, disclosed FROM account_events"):
         event = replay.accounts.get(str(row[1]))
         if event is None:
@@ -161,3 +166,28 @@ def _compare_rows(store: Store, replay: RegistryReplay) -> None:
     for leaf, site, devices in db.execute("SELECT leaf_idx, site, devices FROM site_events"):
         if str(site) not in replay.sites or not isinstance(json.loads(devices), list):
             raise LedgerError("site_events row leaf %d: differs from the ledger" % int(leaf))
+
+
+def _compare_market(db: Any, replay: RegistryReplay) -> None:
+    """The orders and trades rows against their signed leaves."""
+    orders = {**replay.orders, **replay.cancels}
+    stored = {
+        int(r[0]): tuple(r[1:]) for r in db.execute("SELECT leaf_idx, side, account, grams, price, cancels FROM orders")
+    }
+    expected = {
+        leaf: (o.side, o.account, o.grams, o.price, o.cancels if o.side == SIDE_CANCEL else None)
+        for leaf, o in orders.items()
+    }
+    if stored != expected:
+        wrong = sorted(k for k in set(stored) | set(expected) if stored.get(k) != expected.get(k))
+        raise LedgerError("orders row leaf %d: differs from its signed order" % wrong[0])
+    trades = {
+        int(r[0]): tuple(r[1:])
+        for r in db.execute("SELECT leaf_idx, buy, sell, grams, price, amount, buyer, seller FROM trades")
+    }
+    expected_trades = {
+        leaf: (t.buy, t.sell, t.grams, t.price, t.amount, t.buyer, t.seller) for leaf, t in replay.trades.items()
+    }
+    if trades != expected_trades:
+        wrong = sorted(k for k in set(trades) | set(expected_trades) if trades.get(k) != expected_trades.get(k))
+        raise LedgerError("trades row leaf %d: differs from its signed trade" % wrong[0])

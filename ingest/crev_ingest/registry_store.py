@@ -96,6 +96,29 @@ CREATE TABLE IF NOT EXISTS retirements (
     statement_hash BLOB NOT NULL UNIQUE
 );
 CREATE INDEX IF NOT EXISTS retirements_account ON retirements (account);
+CREATE TABLE IF NOT EXISTS orders (
+    leaf_idx INTEGER PRIMARY KEY,
+    side INTEGER NOT NULL,
+    account TEXT NOT NULL,
+    grams INTEGER NOT NULL,
+    price INTEGER NOT NULL,
+    cancels INTEGER,
+    time INTEGER NOT NULL,
+    statement_hash BLOB NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS trades (
+    leaf_idx INTEGER PRIMARY KEY,
+    buy INTEGER NOT NULL,
+    sell INTEGER NOT NULL,
+    grams INTEGER NOT NULL,
+    price INTEGER NOT NULL,
+    amount INTEGER NOT NULL,
+    buyer TEXT NOT NULL,
+    seller TEXT NOT NULL,
+    time INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS trades_buyer ON trades (buyer);
+CREATE INDEX IF NOT EXISTS trades_seller ON trades (seller);
 CREATE TABLE IF NOT EXISTS issue_cursors (
     dev TEXT PRIMARY KEY,
     next_leaf INTEGER NOT NULL
@@ -424,3 +447,52 @@ class RegistryRows:
             (account, before_leaf),
         )
         return [int(r[0]) for r in rows]
+
+    # ------------------------------------------------------------ the market (SPEC §9)
+
+    def add_order(
+        self, leaf_idx: int, side: int, account: str, grams: int, price: int, cancels: int | None, time_s: int,
+        statement_hash: bytes,
+    ) -> None:  # fmt: skip
+        self.db.execute(
+            "INSERT INTO orders (leaf_idx, side, account, grams, price, cancels, time, statement_hash) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (leaf_idx, side, account, grams, price, cancels, time_s, statement_hash),
+        )
+
+    def order_seen(self, statement_hash: bytes) -> bool:
+        return (
+            self.db.execute("SELECT 1 FROM orders WHERE statement_hash = ?", (statement_hash,)).fetchone() is not None
+        )
+
+    def add_trade(
+        self, leaf_idx: int, buy: int, sell: int, grams: int, price: int, amount: int, buyer: str, seller: str,
+        time_s: int, lots: list[list[int]],
+    ) -> None:  # fmt: skip
+        """A trade's row, and its lot moves from the seller to the buyer."""
+        self.db.execute(
+            "INSERT INTO trades (leaf_idx, buy, sell, grams, price, amount, buyer, seller, time) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (leaf_idx, buy, sell, grams, price, amount, buyer, seller, time_s),
+        )
+        self.db.executemany(
+            "INSERT INTO lot_moves (leaf_idx, issuance_leaf, lot_index, from_account, to_account, grams) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(leaf_idx, lot[0], lot[1], seller, buyer, lot[2]) for lot in lots],
+        )
+
+    def trades(self) -> list[tuple[int, int, int, int, int, int, str, str, int]]:
+        """(leaf, buy, sell, grams, price, amount, buyer, seller, time) of every trade, in execution order."""
+        rows: list[tuple[int, int, int, int, int, int, str, str, int]] = self.db.execute(
+            "SELECT leaf_idx, buy, sell, grams, price, amount, buyer, seller, time FROM trades ORDER BY leaf_idx"
+        ).fetchall()
+        return rows
+
+    def market_leaves(self) -> list[tuple[int, int, int, bytes]]:
+        """(leaf_idx, type, received_ms, leaf) of every issuance, order, trade and retirement, in ledger order."""
+        rows = self.db.execute(
+            "SELECT idx, type, received_ms, data FROM leaves WHERE idx IN (SELECT leaf_idx FROM issuances "
+            "UNION ALL SELECT leaf_idx FROM orders UNION ALL SELECT leaf_idx FROM trades "
+            "UNION ALL SELECT leaf_idx FROM retirements) ORDER BY idx"
+        )
+        return [(int(r[0]), int(r[1]), int(r[2]), bytes(r[3])) for r in rows]

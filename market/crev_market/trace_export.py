@@ -11,7 +11,8 @@ from pathlib import Path
 
 from crev import cbor, merkle, trace
 from crev.keys import key_id
-from crev.registry_format import Issuance, Retirement
+from crev.market_format import Trade
+from crev.registry_format import LEAF_TRADE, Issuance, Retirement
 from crev_ingest.export import written_aside
 from crev_ingest.store import Store
 from crev_market import Refused
@@ -61,13 +62,20 @@ def _export(
     lots = [(lot[0], lot[1]) for lot in retirement.lots]
     moves = store.lot_move_leaves(lots, retirement_id)
     accounts = {account} | {i.owner for i in issuances.values()}
+    orders: set[int] = set()
     for move in moves:
-        _move_type, _ms, move_data = _data(store.leaf(move))
-        accounts.add(Retirement.parse(move_data, None).account)
+        move_type, _ms, move_data = _data(store.leaf(move))
+        if move_type == LEAF_TRADE:
+            # A trade slots in between issuance and retirement, with the two orders behind it.
+            trade = Trade.parse(move_data, None)
+            accounts.update((trade.buyer, trade.seller))
+            orders.update((trade.buy, trade.sell))
+        else:
+            accounts.add(Retirement.parse(move_data, None).account)
     sites = {i.site for i in issuances.values()}
     devices = {i.dev for i in issuances.values()}
 
-    entry_leaves: set[int] = set(issuance_leaves) | set(moves) | {retirement_id}
+    entry_leaves: set[int] = set(issuance_leaves) | set(moves) | orders | {retirement_id}
     for name in accounts:
         entry_leaves.update(store.account_event_leaves(name, retirement_id))
     for site in sites:

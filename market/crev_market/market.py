@@ -1,0 +1,215 @@
+"""The market (SPEC §9): signed orders in, trades out, all on the one ledger.
+
+The ledger is the sequencer: an order's arrival is the leaf index it gets
+inside the store's write transaction, whoever sent it. The matching engine
+(``crev_market.matching``) holds no state of its own that the ledger does
+not: it is rebuilt by replaying the issuances, orders, cancels, trades and
+retirements in ledger order, so after a restart or a SIGKILL the book is
+the same as before. Each accepted order, its trades (signed by the ledger
+key, with the lots they move) and a sealed block commit together.
+"""
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+from crev import cbor
+from crev.cose import sign1
+from crev.keys import SigningKey, key_id
+from crev.market_format import SIDE_BUY, SIDE_CANCEL, SIDE_SELL, Order
+from crev.market_format import Trade as TradeLeaf
+from crev.registry_format import (
+    LEAF_ISSUANCE,
+    LEAF_ORDER,
+    LEAF_RETIREMENT,
+    LEAF_TRADE,
+    Issuance,
+    RegistryFormatError,
+    Retirement,
+    format_kg,
+    lot_id,
+    parse_lot_id,
+)
+from crev_market import Refused
+from crev_market.matching import Buy, Cancel, MatchingEngine, MemoryHoldings, Sell
+from crev_market.matching import Trade as Execution
+from crev_market.registry import Registry
+
+
+@dataclass
+class Placed:
+    order: int  # its id: the order's leaf index
+    trades: list[tuple[int, Execution]]  # (trade leaf, execution), in execution order
+    grams_left: int
+
+
+def _data(leaf: bytes) -> bytes:
+    decoded = cbor.loads(leaf)
+    assert isinstance(decoded, list) and isinstance(decoded[2], bytes)
+    return decoded[2]
+
+
+def sign_order(fields: dict[int, object], key: SigningKey) -> bytes:
+    return sign1(cbor.dumps(fields), key)
+
+
+def new_nonce() -> bytes:
+    return os.urandom(16)
+
+
+class Market:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.store = registry.store
+        self.ledger = registry.ledger
+
+    # ------------------------------------------------------------ the book, from the ledger
+
+    def rebuild(self) -> tuple[MatchingEngine, MemoryHoldings]:
+        """The engine and holdings after every market leaf so far (inside a transaction)."""
+        engine = MatchingEngine()
+        holdings = MemoryHoldings()
+        for idx, leaf_type, received_ms, leaf in self.store.market_leaves():
+            data = _data(leaf)
+            if leaf_type == LEAF_ISSUANCE:
+                issuance = Issuance.parse(data, None)
+                for index, lot in enumerate(issuance.lots):
+                    if lot[3]:
+                        holdings.add(issuance.owner, lot_id(idx, index), issuance.place, lot[0], issuance.slot, lot[3])
+            elif leaf_type == LEAF_RETIREMENT:
+                retirement = Retirement.parse(data, None)
+                for issuance_leaf, index, grams in retirement.lots:
+                    meta = self._lot_meta(issuance_leaf, index)
+                    holdings.add(retirement.account, lot_id(issuance_leaf, index), *meta, -grams)
+            elif leaf_type == LEAF_ORDER:
+                self._replay_order(engine, holdings, idx, received_ms // 1000, Order.parse(data, None))
+            # Trade leaves are what the orders' replay just produced again.
+        return engine, holdings
+
+    def _lot_meta(self, issuance_leaf: int, index: int) -> tuple[str, str, int]:
+        issuance = Issuance.parse(_data(self.store.leaf(issuance_leaf)), None)
+        return issuance.place, issuance.lots[index][0], issuance.slot
+
+    def _spec(self, order: Order) -> Buy | Sell:
+        if order.side == SIDE_SELL:
+            account = self.store.account(order.account)
+            disclosed = bool(account and account["disclosed"])
+            return Sell(order.account, order.place, order.type, order.grams, order.price, order.expires, disclosed)
+        return Buy(
+            order.account,
+            order.grams,
+            order.price,
+            frozenset(order.sellers),
+            frozenset(order.places),
+            frozenset(order.types),
+            order.slot_from,
+            order.slot_to,
+            order.expires,
+        )
+
+    def _replay_order(
+        self, engine: MatchingEngine, holdings: MemoryHoldings, idx: int, now_s: int, order: Order
+    ) -> list[Execution]:
+        if order.side == SIDE_CANCEL:
+            engine.cancel(idx, now_s, Cancel(order.account, order.cancels))
+            return []
+        placed = engine.order(idx, now_s, self._spec(order), holdings)
+        holdings.settle(placed.trades)
+        return list(placed.trades)
+
+    # ------------------------------------------------------------ placing orders
+
+    def place(self, signed: bytes, now_ms: int) -> Placed:
+        """Check, sequence and match one signed order or cancel; refuse it whole, recording nothing."""
+        try:
+            order = Order.parse(signed, None)
+        except RegistryFormatError as err:
+            raise Refused(err.detail) from err
+        with self.store.transaction():
+            self.ledger.sync()
+            account = self.registry.open_account(order.account)
+            if order.kid != key_id(account["pubkey"]):
+                raise Refused("the order is not signed by the key of account %s" % order.account)
+            try:
+                Order.parse(signed, account["pubkey"])
+            except RegistryFormatError as err:
+                raise Refused("the order is not signed by the key of account %s" % order.account) from err
+            statement_hash = hashlib.sha256(signed).digest()
+            if self.store.order_seen(statement_hash):
+                raise Refused("this signed order was placed already; it is never executed twice")
+            for seller in order.sellers:
+                if self.store.account(seller) is None:
+                    raise Refused("the seller condition names %s, which is not an account" % seller)
+            engine, holdings = self.rebuild()
+            now_s = now_ms // 1000
+            if order.side == SIDE_CANCEL:
+                resting = engine.resting(order.cancels)
+                if resting is None:
+                    raise Refused(
+                        "order %d is not resting (filled, cancelled, expired or never placed)" % order.cancels
+                    )
+                if resting.account != order.account:
+                    raise Refused(
+                        "order %d belongs to %s; only its own account may cancel it" % (order.cancels, resting.account)
+                    )
+            if order.side == SIDE_SELL:
+                held = sum(lot[2] for lot in holdings.lots(order.account, order.place, order.type))
+                if held < order.grams:
+                    raise Refused(
+                        "%s holds %s kg of %s %s, less than the %s kg offered"
+                        % (order.account, format_kg(held), order.place, order.type, format_kg(order.grams))
+                    )
+            idx = self.ledger.append(LEAF_ORDER, now_ms, signed)
+            executions = self._replay_order(engine, holdings, idx, now_s, order)
+            self.store.add_order(
+                idx,
+                order.side,
+                order.account,
+                order.grams,
+                order.price,
+                order.cancels if order.side == SIDE_CANCEL else None,
+                order.time_s,
+                statement_hash,
+            )
+            trades = [(self._record_trade(execution, now_ms), execution) for execution in executions]
+            self.ledger.seal(now_ms)
+        resting_after = engine.resting(idx) if order.side != SIDE_CANCEL else None
+        return Placed(idx, trades, resting_after.grams_left if resting_after is not None else 0)
+
+    def _record_trade(self, execution: Execution, now_ms: int) -> int:
+        lots = [[*parse_lot_id(lot), grams] for lot, grams in execution.lots]
+        leaf = TradeLeaf(
+            execution.buy,
+            execution.sell,
+            execution.grams,
+            execution.price,
+            execution.amount_due,
+            lots,
+            execution.buyer,
+            execution.seller,
+            now_ms // 1000,
+        )
+        idx = self.ledger.append(LEAF_TRADE, now_ms, sign1(cbor.dumps(leaf.to_map()), self.ledger.key))
+        self.store.add_trade(
+            idx,
+            leaf.buy,
+            leaf.sell,
+            leaf.grams,
+            leaf.price,
+            leaf.amount,
+            leaf.buyer,
+            leaf.seller,
+            leaf.time_s,
+            lots,
+        )
+        return idx
+
+    def book(self) -> list[tuple[int, str, str, int, int]]:
+        """(order, side, account, grams_left, price) of every resting order, in order of arrival."""
+        with self.store.transaction():
+            self.ledger.sync()
+            engine, _holdings = self.rebuild()
+        return [(e.order, e.side, e.account, e.grams_left, e.price) for e in engine.book()]
+
+
+__all__ = ["SIDE_BUY", "SIDE_CANCEL", "SIDE_SELL", "Market", "Placed", "new_nonce", "sign_order"]
