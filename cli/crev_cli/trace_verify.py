@@ -151,6 +151,17 @@ def render_trace_text(report: dict[str, Any]) -> str:
         slots = traced["slots"]
         lines.append("  slots    %d, from %s to %s (+30 min)" % (len(slots), _slot(slots[0]), _slot(slots[-1])))
         lines.append("  meters   %s" % ", ".join(traced["meters"]))
+        for bought in traced["trades"]:
+            lines.append(
+                "  traded   %s kg from %s to %s at %s yen/kg (trade %d)"
+                % (
+                    format_kg(bought["grams"]),
+                    bought["seller"],
+                    bought["buyer"],
+                    "%d.%02d" % (bought["price"] // 100, bought["price"] % 100),
+                    bought["trade"],
+                )
+            )
         lines.append("")
         lines.append("Lots")
         for lot in traced["lots"]:

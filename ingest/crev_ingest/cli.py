@@ -169,11 +169,13 @@ def audit_ledger(config_path: Path, state_path: Path | None = None, full: bool =
         counts["readings"],
     )
     if "registry_leaves" in counts:
-        message += "; registry replayed: %d leaves, %d issuances (%d g), %d retirements" % (
+        message += "; registry replayed: %d leaves, %d issuances (%d g), %d retirements, %d orders, %d trades" % (
             counts["registry_leaves"],
             counts["issuances"],
             counts["issued_grams"],
             counts["retirements"],
+            counts["orders"],
+            counts["trades"],
         )
     return True, message
 

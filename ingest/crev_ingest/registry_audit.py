@@ -68,6 +68,8 @@ def replay_registry(store: Store, ledger_key: bytes) -> dict[str, int]:
     _compare_rows(store, replay)
     counts["issuances"] = len(replay.issuances)
     counts["retirements"] = len(replay.retirements)
+    counts["orders"] = len(replay.orders) + len(replay.cancels)
+    counts["trades"] = len(replay.trades)
     counts["issued_grams"] = replay.issued_grams
     return counts
 

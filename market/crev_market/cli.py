@@ -9,12 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from crev.keyfile import KeyFileError, create_key, load_key
-from crev.registry_format import format_kg, lot_id, parse_decimal, parse_kg
+from crev.keys import SigningKey
+from crev.market_format import SIDE_BUY, SIDE_CANCEL, SIDE_SELL, Order
+from crev.registry_format import format_kg, lot_id, parse_decimal, parse_kg, path_problem
 from crev_ingest import config as ingest_config
 from crev_ingest.keyfile import load_key as load_ledger_key
 from crev_ingest.ledger import Ledger
 from crev_ingest.store import Store
 from crev_market import Refused
+from crev_market.market import Market, Placed, new_nonce, sign_order
 from crev_market.registry import Registry, sign_retirement
 from crev_market.trace_export import TraceSummary, export_trace
 
@@ -256,3 +259,136 @@ def trace(config_path: Path, retirement_id: int, out: Path) -> TraceSummary:
         return export_trace(
             registry.store, retirement_id, out, config.origin, registry.ledger.key.public_key, _now_ms()
         )
+
+
+# ------------------------------------------------------------------ the market (SPEC §9)
+
+
+def _price(text: str) -> int:
+    try:
+        return parse_decimal(text, 2, "--price")
+    except ValueError as err:
+        raise Refused("%s (yen per kg-CO2, up to 2 decimals)" % err) from err
+
+
+def _yen(hundredths: int) -> str:
+    return "%d.%02d" % (hundredths // 100, hundredths % 100)
+
+
+def _account_key(key_path: Path) -> SigningKey:
+    try:
+        return load_key(key_path, "account")
+    except KeyFileError as err:
+        raise Refused(str(err)) from err
+
+
+def _place(market: Market, signed: bytes) -> Placed:
+    return market.place(signed, _now_ms())
+
+
+def order(
+    config_path: Path,
+    account: str,
+    key_path: Path,
+    side: str,
+    kg: str,
+    price: str,
+    place: list[str],
+    type_paths: list[str],
+    sellers: list[str],
+    slot_from: int | None,
+    slot_to: int | None,
+    expires: int | None,
+    as_json: bool,
+) -> int:
+    try:
+        grams = parse_kg(kg)
+    except ValueError as err:
+        raise Refused(str(err)) from err
+    hundredths = _price(price)
+    for path in (*place, *type_paths):
+        problem = path_problem(path)
+        if problem:
+            raise Refused("--place/--type: %s" % problem)
+    key = _account_key(key_path)
+    now_s = _now_ms() // 1000
+    if side == "sell":
+        if len(place) != 1 or len(type_paths) != 1 or sellers or slot_from is not None or slot_to is not None:
+            raise Refused("a sell order names one --place and one --type, and no buy conditions")
+        fields = Order.to_map(
+            SIDE_SELL, account, now_s, new_nonce(), grams, hundredths, place[0], type_paths[0], expires=expires
+        )
+    else:
+        fields = Order.to_map(
+            SIDE_BUY, account, now_s, new_nonce(), grams, hundredths, sellers=sellers, places=place,
+            types=type_paths, slot_from=slot_from, slot_to=slot_to, expires=expires,
+        )  # fmt: skip
+    with open_registry(config_path) as (_config, registry):
+        if registry.open_account(account)["pubkey"] != key.public_key:
+            raise Refused("the key in %s is not the key of account %s" % (key_path, account))
+        placed = _place(Market(registry), sign_order(fields, key))
+    fills: list[dict[str, Any]] = [
+        {"trade": leaf, "buy": e.buy, "sell": e.sell, "grams": e.grams, "price_yen_per_kg": _yen(e.price)}
+        for leaf, e in placed.trades
+    ]
+    if as_json:
+        print(json.dumps({"order": placed.order, "fills": fills, "grams_left": placed.grams_left}, indent=2))
+        return 0
+    print("order %d: %s %s kg at %s yen/kg" % (placed.order, side, format_kg(grams), _yen(hundredths)))
+    for fill in fills:
+        print(
+            "  filled %s kg at %s yen/kg (trade %d)"
+            % (format_kg(fill["grams"]), fill["price_yen_per_kg"], fill["trade"])
+        )
+    print("  %s kg rest on the book" % format_kg(placed.grams_left) if placed.grams_left else "  filled")
+    return 0
+
+
+def cancel(config_path: Path, account: str, key_path: Path, order_id: int) -> int:
+    key = _account_key(key_path)
+    fields = Order.to_map(SIDE_CANCEL, account, _now_ms() // 1000, new_nonce(), cancels=order_id)
+    with open_registry(config_path) as (_config, registry):
+        if registry.open_account(account)["pubkey"] != key.public_key:
+            raise Refused("the key in %s is not the key of account %s" % (key_path, account))
+        placed = _place(Market(registry), sign_order(fields, key))
+    print("cancelled order %d (cancel %d)" % (order_id, placed.order))
+    return 0
+
+
+def book(config_path: Path, as_json: bool) -> int:
+    with open_registry(config_path) as (_config, registry):
+        entries = Market(registry).book()
+    rows: list[dict[str, Any]] = [
+        {"order": o, "side": side, "account": account, "grams_left": grams, "price_yen_per_kg": _yen(price)}
+        for o, side, account, grams, price in entries
+    ]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print("%d resting orders" % len(rows))
+    for r in rows:
+        print(
+            "  %-8d %-4s %-20s %12s kg  %10s yen/kg"
+            % (r["order"], r["side"], r["account"], format_kg(r["grams_left"]), r["price_yen_per_kg"])
+        )
+    return 0
+
+
+def trades(config_path: Path, as_json: bool) -> int:
+    with open_registry(config_path) as (_config, registry):
+        rows = registry.store.trades()
+    listed: list[dict[str, Any]] = [
+        {"trade": leaf, "buy": buy, "sell": sell, "grams": grams, "price_yen_per_kg": _yen(price),
+         "amount_yen": "%d.%05d" % (amount // 100000, amount % 100000), "buyer": buyer, "seller": seller, "time": t}
+        for leaf, buy, sell, grams, price, amount, buyer, seller, t in rows
+    ]  # fmt: skip
+    if as_json:
+        print(json.dumps(listed, indent=2))
+        return 0
+    print("%d trades" % len(listed))
+    for r in listed:
+        print(
+            "  %-8d %s -> %s  %s kg at %s yen/kg = %s yen"
+            % (r["trade"], r["seller"], r["buyer"], format_kg(r["grams"]), r["price_yen_per_kg"], r["amount_yen"])
+        )
+    return 0
