@@ -45,6 +45,11 @@ def test_demo_runs_end_to_end(tmp_path: Path, broker: str) -> None:
         held = re.search(r"%s\s+holds\s+([\d.]+) kg-CO2 in (\d+) lots" % owner, done.stdout)
         assert held is not None and float(held.group(1)) > 0, done.stdout
     assert "for      Nerima Elementary School" in done.stdout
+    # The market's path: two owners sell, two buyers with conditions buy, the buyer's retirement traces the trade.
+    assert re.search(r"city-office buys .* 1 trades", done.stdout) and re.search(
+        r"green-fund buys .* 1 trades", done.stdout
+    )
+    assert re.search(r"traded\s+[\d.]+ kg from osaka-office to city-office", done.stdout), done.stdout
     assert re.search(
         r"registry\s+replayed:\s+\d+\s+leaves,\s+\d+\s+issuances\s+\(\d+\s+g\),\s+1\s+retirements", done.stdout
     )

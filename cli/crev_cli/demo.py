@@ -56,6 +56,12 @@ SIM_INTERVAL_S = 300
 OWNERS = ("tokyo-home", "osaka-office", "sapporo-wind")
 PLACES = ("Japan/Tokyo/Nerima", "Japan/Osaka/Kita", "Japan/Hokkaido/Sapporo")
 RETIRE_KG = "0.5"
+# Osaka's and Sapporo's owners sell; one buyer wants Osaka's C-REV, the other only Sapporo's seller.
+SELLS = (("osaka-office", 1000, "12.50"), ("sapporo-wind", 1000, "15.00"))  # at most 1 kg, half the holdings
+BUYERS = (
+    ("city-office", "Nerima city office", ("--place", "Japan/Osaka"), "0.8", "20"),
+    ("green-fund", "Green Fund K.K.", ("--seller", "sapporo-wind"), "0.6", "18"),
+)
 
 
 def sim_epoch() -> int:
@@ -302,7 +308,7 @@ def export_and_verify_bundle(console: Console, workdir: Path, device: str) -> bo
 
 
 def issue_and_retire(console: Console, workdir: Path) -> int | None:
-    """The registry's part: accounts and sites, issuance, and one owner retiring for a beneficiary."""
+    """The registry's and market's part: sites issue, owners sell, buyers trade, one buyer retires."""
     for site, owner, place in zip(SITES, OWNERS, PLACES, strict=True):
         pubkey = run_crev(workdir, "registry", "keygen", "--out", "%s.key" % owner).split()[1]
         run_crev(
@@ -321,11 +327,12 @@ def issue_and_retire(console: Console, workdir: Path) -> int | None:
             run_crev(workdir, "registry", "holdings", "--config", "ingest.toml", "--account", owner, "--json")
         )
         console.print("  %-14s holds %8.3f kg-CO2 in %d lots" % (owner, held["grams"] / 1000, len(held["lots"])))
-    owner = OWNERS[0]
+    trade(console, workdir)
+    buyer = BUYERS[0][0]
     retired = subprocess.run(
         [
             *(sys.executable, "-m", "crev_cli.main", "registry", "retire", "--config", "ingest.toml"),
-            *("--account", owner, "--key", "%s.key" % owner, "--kg", RETIRE_KG, "--json"),
+            *("--account", buyer, "--key", "%s.key" % buyer, "--kg", RETIRE_KG, "--json"),
             *("--beneficiary", "Nerima Elementary School", "--purpose", "FY2026 school CO2 report"),
         ],
         capture_output=True,
@@ -339,9 +346,44 @@ def issue_and_retire(console: Console, workdir: Path) -> int | None:
     result = json.loads(retired.stdout)
     console.print(
         "crev registry retire: %s retired %s kg-CO2 for %s: retirement %d"
-        % (owner, RETIRE_KG, result["beneficiary"], result["retirement"])
+        % (buyer, RETIRE_KG, result["beneficiary"], result["retirement"])
     )
     return int(result["retirement"])
+
+
+def trade(console: Console, workdir: Path) -> None:
+    """Two owners offer C-REV; two buyers bid with conditions, and the market matches them."""
+    for owner, most_g, price in SELLS:
+        place = PLACES[OWNERS.index(owner)]
+        held = json.loads(
+            run_crev(workdir, "registry", "holdings", "--config", "ingest.toml", "--account", owner, "--json")
+        )
+        kg = "%.3f" % (min(most_g, held["grams"] // 2) / 1000)
+        run_crev(
+            workdir,
+            *("market", "order", "--config", "ingest.toml", "--account", owner, "--key", "%s.key" % owner),
+            *("--sell", "--place", place, "--type", "solar", "--kg", kg, "--price", price),
+        )
+        console.print("crev market order: %s sells %s kg-CO2 of %s at %s yen/kg" % (owner, kg, place, price))
+    for buyer, name, condition, kg, price in BUYERS:
+        pubkey = run_crev(workdir, "registry", "keygen", "--out", "%s.key" % buyer).split()[1]
+        run_crev(
+            workdir,
+            *("registry", "account", "add", "--config", "ingest.toml", "--account", buyer),
+            *("--name", name, "--pubkey", pubkey),
+        )
+        placed = json.loads(
+            run_crev(
+                workdir,
+                *("market", "order", "--config", "ingest.toml", "--account", buyer, "--key", "%s.key" % buyer),
+                *("--buy", *condition, "--kg", kg, "--price", price, "--json"),
+            )
+        )
+        filled = sum(fill["grams"] for fill in placed["fills"])
+        console.print(
+            "crev market order: %s buys %s kg-CO2 (%s) at up to %s yen/kg: %d trades, %.3f kg filled"
+            % (buyer, kg, " ".join(condition), price, len(placed["fills"]), filled / 1000)
+        )
 
 
 def trace_and_verify(console: Console, workdir: Path, retirement: int) -> bool:
