@@ -1,4 +1,4 @@
-"""``crev market order|cancel|book|trades`` (SPEC §7, §9): signed orders on the local store.
+"""``crev market order|cancel|book|trades|statement`` (SPEC §7, §9): signed orders on the local store.
 
 The order is signed here, with the account's key file; the market checks it,
 gives it its place in the ledger's sequence and matches it at once.
@@ -52,6 +52,11 @@ def trades(args: argparse.Namespace) -> int:
     return _guarded(lambda: _cli().trades(Path(args.config), args.json))
 
 
+def statement(args: argparse.Namespace) -> int:
+    fmt = "csv" if args.csv else "json" if args.json else "text"
+    return _guarded(lambda: _cli().statement(Path(args.config), args.account, args.day, fmt))
+
+
 def add_commands(commands: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     """The ``market`` command group of SPEC §7."""
     market = commands.add_parser("market", help="C-REV orders, the book and trades")
@@ -90,3 +95,12 @@ def add_commands(commands: Any, parser_class: type[argparse.ArgumentParser]) -> 
         command.add_argument("--config", required=True, metavar="FILE", help="the ingest TOML configuration")
         command.add_argument("--json", action="store_true", help="print JSON")
         command.set_defaults(handler=handler)
+
+    daily = sub.add_parser("statement", help="an account's trades of one day, summed and rounded once to whole yen")
+    daily.add_argument("--config", required=True, metavar="FILE", help="the ingest TOML configuration")
+    daily.add_argument("--account", required=True, metavar="ID", help="the account")
+    daily.add_argument("--day", required=True, metavar="YYYY-MM-DD", help="the day, at the config's day offset")
+    output = daily.add_mutually_exclusive_group()
+    output.add_argument("--csv", action="store_true", help="print CSV: a header, the trades, the totals")
+    output.add_argument("--json", action="store_true", help="print JSON")
+    daily.set_defaults(handler=statement)

@@ -392,3 +392,46 @@ def trades(config_path: Path, as_json: bool) -> int:
             % (r["trade"], r["seller"], r["buyer"], format_kg(r["grams"]), r["price_yen_per_kg"], r["amount_yen"])
         )
     return 0
+
+
+def statement(config_path: Path, account: str, day: str, fmt: str) -> int:
+    """SPEC §9: the account's trades of one day, summed exactly and rounded once to whole yen."""
+    import csv
+    import sys
+
+    from crev_market import statements
+
+    try:
+        day = statements.parse_day(day)
+    except ValueError as err:
+        raise Refused(str(err)) from err
+    with open_registry(config_path) as (config, registry):
+        if registry.store.account(account) is None:
+            raise Refused(
+                "unknown account %s; check --account (accounts are opened with `crev registry account add`)" % account
+            )
+        rows = registry.store.trades()
+    s = statements.statement(rows, account, day, config.local_day)
+    if fmt == "json":
+        print(json.dumps(s.to_json(), indent=2))
+        return 0
+    if fmt == "csv":
+        csv.writer(sys.stdout, lineterminator="\n").writerows(statements.csv_rows(s))
+        return 0
+    offset = config.day_offset_h
+    print("statement of %s for %s (UTC%+g), %d trades" % (account, day, offset, len(s.lines)))
+    for line in s.lines:
+        j = line.to_json()
+        print(
+            "  %-8d %-6s %-20s %12s kg at %10s yen/kg = %18s yen"
+            % (line.trade, line.side, line.counterparty, j["kg"], j["price_yen_per_kg"], j["amount_yen"])
+        )
+    fmt_kg, fmt_yen = statements.format_grams, statements.format_amount
+    print("  bought %12s kg  %18s yen" % (fmt_kg(s.bought_grams), fmt_yen(s.bought_amount)))
+    print("  sold   %12s kg  %18s yen" % (fmt_kg(s.sold_grams), fmt_yen(s.sold_amount)))
+    print("  net    %18s yen (sold - bought, exact)" % fmt_yen(s.net_amount))
+    if s.net_yen:
+        print("  %s: %d yen (rounded once, half up)" % (s.direction, abs(s.net_yen)))
+    else:
+        print("  nothing due: 0 yen")
+    return 0
