@@ -56,7 +56,7 @@ from crev_ingest.audit import verify_ledger
 from crev_ingest.ledger import Ledger
 from crev_ingest.store import Store
 from crev_market import Refused
-from crev_market.market import Market, new_nonce, sign_order
+from crev_market.market import Market, MatchingMismatch, new_nonce, sign_order
 from crev_market.registry import Registry, sign_retirement
 from crev_market.trace_export import export_trace
 
@@ -852,3 +852,25 @@ def test_a_validly_signed_trade_at_the_wrong_price_fails_the_trace_at_its_entry(
     position = next(i for i, entry in enumerate(parts(data)[4]) if entry[0] == forged)
     assert first(result) == (trace.GRAMS, "entry", position), result.failures[0].describe()
     assert result.failures[0].leaf == forged and "not the resting order's" in result.failures[0].detail
+
+
+def test_the_audit_replays_the_matching_rules_not_only_each_trade(mkt: MarketLedger, tmp_path: Path) -> None:
+    """A trade that each rule alone allows, but that price priority forbids, fails `crev audit ledger`."""
+    mkt.sell(100, 1500)
+    dear = mkt.sell(100, 1600).order
+    mkt.sell(100, 1500)
+    buy = mkt.record_order_unmatched(buy_order(100, 2000))
+    oldest = next(iter(mkt.lots(SELLER).items()))
+    issuance, index = parse_lot_id(oldest[0])
+    forged = mkt.record_trade(TradeLeaf(buy, dear, 100, 1600, 160000, [[issuance, index, 100]], BUYER, SELLER, NOW))
+    # Every trade on its own is backed by its orders, so the registry replay passes ...
+    verify_ledger(mkt.traced.ingest.store, LEDGER_KEY.public_key, ORIGIN)
+    # ... but replaying the orders through the engine gives another trade, and the CLI's audit says so.
+    config = write_ingest_config(tmp_path)  # its storage.path is the ledger's crev.sqlite there
+    done = subprocess.run(
+        crev_command("audit", "ledger", "--config", str(config)), capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "FAIL: market: leaf %d: the matching rules give" % forged in done.stdout, done.stdout
+    with pytest.raises(MatchingMismatch, match="leaf %d" % forged):
+        mkt.market.book()  # the market will not run on such a ledger either

@@ -309,10 +309,22 @@ def render_text(report: dict[str, Any]) -> str:
 def ledger(args: argparse.Namespace) -> int:
     from crev_ingest import IngestError
     from crev_ingest.cli import audit_ledger
+    from crev_market import MarketError
+    from crev_market.cli import verify_matching
+    from crev_market.market import MatchingMismatch
 
     try:
         ok, message = audit_ledger(Path(args.config), Path(args.state) if args.state else None, args.full)
-    except IngestError as err:
+        if ok:
+            # The registry replay proves every trade is backed by its orders; this proves the
+            # trades are the ones the matching rules give (price, then time), by replaying them.
+            try:
+                trades = verify_matching(Path(args.config))
+            except MatchingMismatch as err:
+                ok, message = False, "FAIL: market: %s" % err
+            else:
+                message += "; matching replayed: %d trades as the rules give them" % trades if trades else ""
+    except (IngestError, MarketError) as err:
         raise UsageError(str(err)) from err
     print(message)
     return 0 if ok else 1

@@ -11,6 +11,7 @@ key, with the lots they move) and a sealed block commit together.
 
 import hashlib
 import os
+from collections import deque
 from dataclasses import dataclass
 
 from crev import cbor
@@ -30,7 +31,7 @@ from crev.registry_format import (
     lot_id,
     parse_lot_id,
 )
-from crev_market import Refused
+from crev_market import MarketError, Refused
 from crev_market.matching import Buy, Cancel, MatchingEngine, MemoryHoldings, Sell
 from crev_market.matching import Trade as Execution
 from crev_market.registry import Registry
@@ -41,6 +42,24 @@ class Placed:
     order: int  # its id: the order's leaf index
     trades: list[tuple[int, Execution]]  # (trade leaf, execution), in execution order
     grams_left: int
+
+
+class MatchingMismatch(MarketError):
+    """The ledger's trades are not the ones its orders give under the matching rules."""
+
+
+def _text(execution: Execution) -> str:
+    return "%d g between buy %d and sell %d at %d" % (execution.grams, execution.buy, execution.sell, execution.price)
+
+
+def _match_trade_leaf(idx: int, leaf: TradeLeaf, expected: "deque[Execution]") -> None:
+    if not expected:
+        raise MatchingMismatch("leaf %d: a trade that no order's matching gives" % idx)
+    execution = expected.popleft()
+    lots = [[*parse_lot_id(lot), grams] for lot, grams in execution.lots]
+    given = (leaf.buy, leaf.sell, leaf.grams, leaf.price, leaf.lots)
+    if given != (execution.buy, execution.sell, execution.grams, execution.price, lots):
+        raise MatchingMismatch("leaf %d: the matching rules give %s here, not this trade" % (idx, _text(execution)))
 
 
 def _data(leaf: bytes) -> bytes:
@@ -66,11 +85,23 @@ class Market:
     # ------------------------------------------------------------ the book, from the ledger
 
     def rebuild(self) -> tuple[MatchingEngine, MemoryHoldings]:
-        """The engine and holdings after every market leaf so far (inside a transaction)."""
+        """The engine and holdings after every market leaf so far (inside a transaction).
+
+        Raises MatchingMismatch when the ledger's trades are not exactly the
+        ones the engine gives for its orders (SPEC §9: price, then time).
+        """
         engine = MatchingEngine()
         holdings = MemoryHoldings()
+        expected: deque[Execution] = deque()  # what the last order executed, still to be found as trade leaves
         for idx, leaf_type, received_ms, leaf in self.store.market_leaves():
             data = _data(leaf)
+            if leaf_type == LEAF_TRADE:
+                _match_trade_leaf(idx, TradeLeaf.parse(data, None), expected)
+                continue
+            if expected:
+                raise MatchingMismatch(
+                    "leaf %d: the order before it should also have traded %s" % (idx, _text(expected[0]))
+                )
             if leaf_type == LEAF_ISSUANCE:
                 issuance = Issuance.parse(data, None)
                 for index, lot in enumerate(issuance.lots):
@@ -82,9 +113,21 @@ class Market:
                     meta = self._lot_meta(issuance_leaf, index)
                     holdings.add(retirement.account, lot_id(issuance_leaf, index), *meta, -grams)
             elif leaf_type == LEAF_ORDER:
-                self._replay_order(engine, holdings, idx, received_ms // 1000, Order.parse(data, None))
-            # Trade leaves are what the orders' replay just produced again.
+                try:
+                    executions = self._replay_order(engine, holdings, idx, received_ms // 1000, Order.parse(data, None))
+                except Refused as err:
+                    raise MatchingMismatch("leaf %d: the engine refuses this recorded order: %s" % (idx, err)) from err
+                expected.extend(executions)
+        if expected:
+            raise MatchingMismatch("the last order should also have traded %s" % _text(expected[0]))
         return engine, holdings
+
+    def verify_matching(self) -> int:
+        """Replay every order through the engine and require the ledger's trades; return the trades checked."""
+        with self.store.transaction():
+            self.ledger.sync()
+            self.rebuild()
+        return len(self.store.trades())
 
     def _lot_meta(self, issuance_leaf: int, index: int) -> tuple[str, str, int]:
         issuance = Issuance.parse(_data(self.store.leaf(issuance_leaf)), None)
