@@ -435,3 +435,9 @@ def statement(config_path: Path, account: str, day: str, fmt: str) -> int:
     else:
         print("  nothing due: 0 yen")
     return 0
+
+
+def verify_matching(config_path: Path) -> int:
+    """For `crev audit ledger`: replay the orders through the engine; the number of trades checked."""
+    with open_registry(config_path) as (_config, registry):
+        return Market(registry).verify_matching()
