@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from crev import cbor
 from crev.cose import sign1
-from crev.keys import SigningKey, key_id
+from crev.keys import SigningKey
 from crev.market_format import SIDE_BUY, SIDE_CANCEL, SIDE_SELL, Order
 from crev.market_format import Trade as TradeLeaf
 from crev.registry_format import (
@@ -170,13 +170,7 @@ class Market:
             raise Refused(err.detail) from err
         with self.store.transaction():
             self.ledger.sync()
-            account = self.registry.open_account(order.account)
-            if order.kid != key_id(account["pubkey"]):
-                raise Refused("the order is not signed by the key of account %s" % order.account)
-            try:
-                Order.parse(signed, account["pubkey"])
-            except RegistryFormatError as err:
-                raise Refused("the order is not signed by the key of account %s" % order.account) from err
+            self.registry.signed_by_account(order.account, order.kid, lambda key: Order.parse(signed, key), "order")
             statement_hash = hashlib.sha256(signed).digest()
             if self.store.order_seen(statement_hash):
                 raise Refused("this signed order was placed already; it is never executed twice")

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,6 +99,19 @@ class Registry:
             )
             self.ledger.seal(now_ms)
         return leaf
+
+    def signed_by_account(
+        self, account: str, kid: bytes, verify: Callable[[bytes], object], what: str
+    ) -> dict[str, Any]:
+        """The open account, once ``verify(its public key)`` holds for a message that names its kid."""
+        known = self.open_account(account)
+        if kid != key_id(known["pubkey"]):
+            raise Refused("the %s is not signed by the key of account %s" % (what, account))
+        try:
+            verify(known["pubkey"])
+        except RegistryFormatError as err:
+            raise Refused("the %s is not signed by the key of account %s" % (what, account)) from err
+        return known
 
     def open_account(self, account: str) -> dict[str, Any]:
         known = self.store.account(account)
@@ -398,13 +412,9 @@ class Registry:
             retirement = Retirement.parse(signed, None)
         except RegistryFormatError as err:
             raise Refused(err.detail) from err
-        account = self.open_account(retirement.account)
-        if retirement.kid != key_id(account["pubkey"]):
-            raise Refused("the retirement is not signed by the key of account %s" % retirement.account)
-        try:
-            Retirement.parse(signed, account["pubkey"])
-        except RegistryFormatError as err:
-            raise Refused("the retirement is not signed by the key of account %s" % retirement.account) from err
+        self.signed_by_account(
+            retirement.account, retirement.kid, lambda key: Retirement.parse(signed, key), "retirement"
+        )
         statement_hash = hashlib.sha256(signed).digest()
         if self.store.retirement_seen(statement_hash):
             raise Refused("this signed retirement was recorded already; it is never carried out twice")
