@@ -1,4 +1,4 @@
-"""``crev market order|cancel|book|trades|statement`` (SPEC §7, §9): signed orders on the local store.
+"""``crev market order|cancel|book|trades|statement|run`` (SPEC §7, §9): signed orders on the local store.
 
 The order is signed here, with the account's key file; the market checks it,
 gives it its place in the ledger's sequence and matches it at once.
@@ -57,6 +57,12 @@ def statement(args: argparse.Namespace) -> int:
     return _guarded(lambda: _cli().statement(Path(args.config), args.account, args.day, fmt))
 
 
+def run(args: argparse.Namespace) -> int:
+    from crev_market import service
+
+    return _guarded(lambda: service.run(Path(args.config)))
+
+
 def add_commands(commands: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     """The ``market`` command group of SPEC §7."""
     market = commands.add_parser("market", help="C-REV orders, the book and trades")
@@ -104,3 +110,13 @@ def add_commands(commands: Any, parser_class: type[argparse.ArgumentParser]) -> 
     output.add_argument("--csv", action="store_true", help="print CSV: a header, the trades, the totals")
     output.add_argument("--json", action="store_true", help="print JSON")
     daily.set_defaults(handler=statement)
+
+    serve = sub.add_parser(
+        "run",
+        help="issue C-REV as blocks seal and serve the market's API",
+        description="Issue every closed slot each [ledger] block_interval_s, and serve the market's JSON API "
+        "(/api/v1/..., OpenAPI at /api/v1/openapi.json) on [market] listen (default 127.0.0.1:8090). "
+        "SIGTERM or SIGINT stops it.",
+    )
+    serve.add_argument("--config", required=True, metavar="FILE", help="the ingest TOML configuration")
+    serve.set_defaults(handler=run)

@@ -45,6 +45,8 @@ class IngestConfig:
     # "Today" on the dashboard is a calendar day at this offset from UTC (Japan: 9).
     day_offset_h: float = 9
     metrics_listen: tuple[str, int] | None = None
+    # `crev market run` serves the market's API here (SPEC §7, §9).
+    market_listen: tuple[str, int] = ("127.0.0.1", 8090)
 
     def local_day(self, t: int) -> str:
         return time.strftime("%Y-%m-%d", time.gmtime(t + int(self.day_offset_h * 3600)))
@@ -126,6 +128,7 @@ def parse(raw: dict[str, Any], path: Path) -> IngestConfig:
         client_id=mqtt.get("client_id"),
         **_influx(_table(raw, "influxdb", path), base, path),
         **_dashboard(_table(raw, "dashboard", path), _table(raw, "metrics", path), base, path),
+        **_market(_table(raw, "market", path), path),
     )
 
 
@@ -183,3 +186,9 @@ def _dashboard(table: dict[str, Any], metrics: dict[str, Any], base: Path, path:
     out["dashboard_token_file"] = (base / token_file).resolve()
     out["day_offset_h"] = float(offset)
     return out
+
+
+def _market(table: dict[str, Any], path: Path) -> dict[str, Any]:
+    if not table:
+        return {}
+    return {"market_listen": _listen(table.get("listen", "127.0.0.1:8090"), "[market]", path)}

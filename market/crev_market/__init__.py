@@ -20,4 +20,13 @@ class MarketError(Exception):
 
 
 class Refused(MarketError):
-    """The request is refused and nothing was recorded; the message says why and what to do."""
+    """The request is refused and nothing was recorded; the message says why and what to do.
+
+    ``reason`` tells tools what kind of refusal it is: NOT_SIGNED (not the
+    account's key), REPLAY (these signed bytes were carried out already), or
+    REFUSED for everything else.
+    """
+
+    def __init__(self, message: str, reason: str = "REFUSED") -> None:
+        super().__init__(message)
+        self.reason = reason

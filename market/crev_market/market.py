@@ -173,7 +173,7 @@ class Market:
             self.registry.signed_by_account(order.account, order.kid, lambda key: Order.parse(signed, key), "order")
             statement_hash = hashlib.sha256(signed).digest()
             if self.store.order_seen(statement_hash):
-                raise Refused("this signed order was placed already; it is never executed twice")
+                raise Refused("this signed order was placed already; it is never executed twice", "REPLAY")
             for seller in order.sellers:
                 if self.store.account(seller) is None:
                     raise Refused("the seller condition names %s, which is not an account" % seller)

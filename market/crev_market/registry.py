@@ -106,11 +106,11 @@ class Registry:
         """The open account, once ``verify(its public key)`` holds for a message that names its kid."""
         known = self.open_account(account)
         if kid != key_id(known["pubkey"]):
-            raise Refused("the %s is not signed by the key of account %s" % (what, account))
+            raise Refused("the %s is not signed by the key of account %s" % (what, account), "NOT_SIGNED")
         try:
             verify(known["pubkey"])
         except RegistryFormatError as err:
-            raise Refused("the %s is not signed by the key of account %s" % (what, account)) from err
+            raise Refused("the %s is not signed by the key of account %s" % (what, account), "NOT_SIGNED") from err
         return known
 
     def open_account(self, account: str) -> dict[str, Any]:
@@ -417,7 +417,7 @@ class Registry:
         )
         statement_hash = hashlib.sha256(signed).digest()
         if self.store.retirement_seen(statement_hash):
-            raise Refused("this signed retirement was recorded already; it is never carried out twice")
+            raise Refused("this signed retirement was recorded already; it is never carried out twice", "REPLAY")
         held = {(lot[0], lot[1]): lot[7] for lot in self.store.holdings(retirement.account)}
         for issuance_leaf, index, grams in retirement.lots:
             if held.get((issuance_leaf, index), 0) < grams:
