@@ -9,8 +9,12 @@ NODE_STAMP := node_modules/.installed
 MPY_LIB_STAMP := firmware/lib/.fetched
 SITE = $$($(CURDIR)/$(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 MPY_STUBS := $(VENV)/micropython-stubs
+# The dashboard's charting library, from npm (package.json), copied into the
+# package so the page (and a wheel built after this) can serve it; git-ignored.
+VENDOR := ingest/crev_ingest/dashboard/static/vendor
+VENDOR_FILES := $(VENDOR)/uPlot.iife.min.js $(VENDOR)/uPlot.min.css $(VENDOR)/uPlot.LICENSE
 
-.PHONY: demo test lint typecheck typecheck-firmware pytest bench clean
+.PHONY: demo test lint typecheck typecheck-firmware pytest bench vendor clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "crev needs Python 3.11 or newer; set PYTHON=python3.11")'
@@ -24,13 +28,26 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+vendor: $(VENDOR_FILES)
+
+$(VENDOR)/uPlot.LICENSE: $(NODE_STAMP)
+	mkdir -p $(VENDOR)
+	cp node_modules/uplot/LICENSE $@
+
+$(VENDOR)/%: $(NODE_STAMP)
+	mkdir -p $(VENDOR)
+	cp node_modules/uplot/dist/$* $@
+
 # MicroPython libraries for the firmware (umqtt.simple), pinned, from PyPI.
 $(MPY_LIB_STAMP): firmware/fetch_libs.py $(STAMP)
 	$(BIN)/python firmware/fetch_libs.py firmware/lib
 	touch $@
 
 # The main job: the whole pipeline on this machine, on simulated meters.
+# npm is optional here: without it the dashboard draws its charts without uPlot.
 demo: $(STAMP)
+	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory vendor; \
+	else echo "npm is missing: the dashboard's charts fall back to plain SVG (apt-get install npm for uPlot)"; fi
 	$(BIN)/crev demo
 
 test: lint typecheck typecheck-firmware pytest
@@ -53,11 +70,11 @@ typecheck-firmware: $(STAMP)
 	cd firmware && MYPYPATH=$(CURDIR)/$(MPY_STUBS) $(CURDIR)/$(BIN)/mypy --config-file mypy-micropython.ini \
 	  --custom-typeshed-dir $(SITE) -p crev -p dgc
 
-pytest: $(STAMP) $(NODE_STAMP) $(MPY_LIB_STAMP)
+pytest: $(STAMP) $(NODE_STAMP) $(VENDOR_FILES) $(MPY_LIB_STAMP)
 	$(BIN)/pytest
 
-bench: $(STAMP) $(NODE_STAMP) $(MPY_LIB_STAMP)
+bench: $(STAMP) $(NODE_STAMP) $(VENDOR_FILES) $(MPY_LIB_STAMP)
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) node_modules firmware/lib .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) node_modules $(VENDOR) firmware/lib .pytest_cache .mypy_cache .ruff_cache .hypothesis

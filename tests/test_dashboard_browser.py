@@ -3,8 +3,9 @@
 Real mosquitto, a real `crev ingest run` with its dashboard, two publishing
 "gateways" (processes with a retained status and a last will, like the
 gateway), and Debian's Chromium driven by playwright-core
-(tests/browser/dashboard_check.mjs). The screenshot is kept in
-test-artifacts/dashboard-site.png.
+(tests/browser/dashboard_check.mjs). The screenshots are kept in
+test-artifacts/dashboard-site.png and dashboard-site-one-slot.png (a site
+whose only device has energy in a single 30-minute slot).
 """
 
 import json
@@ -29,10 +30,14 @@ from crev.keys import SigningKey
 TOKEN = "browser-test-token-0123456789"
 CHECK = ROOT / "tests" / "browser" / "dashboard_check.mjs"
 ARTIFACTS = ROOT / "test-artifacts"
-DEVICES = {"dgc-web-0001": ("tokyo", 91), "dgc-web-0002": ("osaka", 92)}
+DEVICES = {"dgc-web-0001": ("tokyo", 91), "dgc-web-0002": ("osaka", 92), "dgc-web-0003": ("nagoya", 93)}
+# Sends two readings and then stays online, silent: the registers' first
+# reading is only a baseline, so its site has energy for one slot alone.
+ONE_SLOT = {"dgc-web-0003"}
 
 # A stand-in gateway: online (retained), a last will of offline, a signed
-# reading every second whose interval ends 10 minutes after the last one.
+# reading every second whose interval ends 10 minutes after the last one
+# (or only as many readings as its optional fourth argument says).
 PUBLISHER = r"""
 import sys, time
 import paho.mqtt.client as mqtt
@@ -40,6 +45,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from crev.keys import SigningKey
 from crev.reading import ChainHead
 port, dev, seed = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+count = int(sys.argv[4]) if len(sys.argv) > 4 else None
 key = SigningKey(bytes([seed]) * 32)
 client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=dev)
 client.will_set("crev/v1/%s/status" % dev, b"offline", qos=1, retain=True)
@@ -50,6 +56,10 @@ head = ChainHead()
 t1 = (int(time.time()) - 20 * 3600) // 600 * 600
 g, i, e = 1000000, 500000, 200000
 while True:
+    if count is not None and count <= 0:
+        time.sleep(1)
+        continue
+    count = None if count is None else count - 1
     g, i, e = g + 400000, i + 50000, e + 150000
     channels = [(0, "PV-" + dev, 1, g), (1, "G-" + dev, 0, i), (2, "G-" + dev, 0, e)]
     reading = head.next_reading(dev, t1, 1, channels, "stand-in/1", t0=t1 - 600)
@@ -74,7 +84,8 @@ def live(tmp_path: Path) -> Iterator[dict[str, object]]:
         '[mqtt]\nurl = "%s"\n[storage]\npath = "crev.sqlite"\n[ledger]\nkey = "ledger.key"\n'
         'origin = "crev.test/ledger"\nblock_interval_s = 1\n[dashboard]\nlisten = "127.0.0.1:%d"\n'
         'token_file = "dashboard.token"\n[metrics]\nlisten = "127.0.0.1:%d"\n'
-        '[sites]\n"dgc-web-0001" = "tokyo"\n"dgc-web-0002" = "osaka"\n' % (broker.url, dashboard_port, metrics_port),
+        '[sites]\n"dgc-web-0001" = "tokyo"\n"dgc-web-0002" = "osaka"\n"dgc-web-0003" = "nagoya"\n'
+        % (broker.url, dashboard_port, metrics_port),
     )
     (tmp_path / "dashboard.token").write_text(TOKEN)
     assert run_crev(tmp_path, "ingest", "init", "--config", "ingest.toml").returncode == 0
@@ -86,7 +97,9 @@ def live(tmp_path: Path) -> Iterator[dict[str, object]]:
     wait_for(lambda: "subscribed" in ingest.log(), 20, "ingest to subscribe")
     wait_for(lambda: port_open(dashboard_port), 20, "the dashboard to listen")
     publishers = {
-        dev: subprocess.Popen([sys.executable, "-c", PUBLISHER, str(broker.port), dev, str(seed)])
+        dev: subprocess.Popen(
+            [sys.executable, "-c", PUBLISHER, str(broker.port), dev, str(seed), *(["2"] if dev in ONE_SLOT else [])]
+        )
         for dev, (_site, seed) in DEVICES.items()
     }
     # Two forged messages, for the quarantine counts.
@@ -115,7 +128,7 @@ def _check(*args: str) -> dict[str, Any]:
     done = subprocess.run(["node", str(CHECK), *args], capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    assert "error" not in result, result
+    assert "error" not in result, result["error"]
     return result
 
 
@@ -124,14 +137,39 @@ def test_the_dashboard_lists_sites_updates_live_and_shows_a_gateway_going_offlin
     url = str(live["url"])
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot = ARTIFACTS / "dashboard-site.png"
-    seen = _check(url, TOKEN, "live", str(screenshot))
+    one_slot = ARTIFACTS / "dashboard-site-one-slot.png"
+    seen = _check(url, TOKEN, "live", str(screenshot), "nagoya", str(one_slot))
     assert seen["redirected_to_login"] is True
-    assert sorted(seen["sites"]) == ["osaka", "tokyo"]
+    assert sorted(seen["sites"]) == ["nagoya", "osaka", "tokyo"]
     assert sorted(seen["devices"]) == sorted(DEVICES)
     assert seen["slots_after"] > seen["slots_before"], "the site's chart grew without a reload"
     assert "再生可能エネルギー" in str(seen["consumer_ja"])
     assert seen["quarantine"] == {"MALFORMED": 2}
     assert screenshot.stat().st_size > 10_000
+    assert not [w for w in seen["warnings"] if "uPlot" in w], seen["warnings"]
+
+    # The charts are uPlot's: a drawn canvas, a time axis, units, a legend.
+    power, energy = seen["power"], seen["energy"]
+    for chart, unit in ((power, "kW"), (energy, "kWh"), (seen["power_ja"], "kW")):
+        assert chart["renderer"] == "uplot", chart
+        width, height = chart["canvas"]
+        assert width > 300 and height > 200, chart
+        assert chart["drawn_pixels"] > 5000, chart
+        assert chart["y_label"] == unit
+        assert chart["data_length"] == chart["slots"] >= 2
+        assert ":" in chart["x_ticks"], "local clock times on the time axis: %r" % chart["x_ticks"]
+        assert 86400 <= chart["x_span_s"] < 86400 + 3600, "the last 24 hours: %r" % chart
+    assert power["legend"] == ["Time", "Generation", "Self-consumption", "Demand"]
+    assert energy["legend"] == ["Time", "Generation", "Self-consumption", "Import", "Export", "Demand"]
+
+    # One slot of data: no line can be drawn, but each series' point is.
+    for chart in (seen["one_slot_power"], seen["one_slot_energy"]):
+        assert chart["renderer"] == "uplot" and chart["slots"] == chart["data_length"] == 1, chart
+        assert all(p["points_shown"] for p in chart["points"]), chart
+        assert 86400 <= chart["x_span_s"] < 86400 + 3600, "one point still sits on a 24-hour axis: %r" % chart
+        visible = [p["label"] for p in chart["points"] if p["hits"] >= 3]
+        assert visible, "no series' point is visible for the single slot: %r" % chart["points"]
+    assert one_slot.stat().st_size > 10_000
 
     # Freeze one "gateway" (SIGSTOP: its socket stays open and silent, as when
     # a site loses power or its line). The broker waits 1.5 keepalives (4.5 s)

@@ -2,6 +2,7 @@
 
 import asyncio
 import hmac
+import logging
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,6 +21,10 @@ from crev_ingest.config import IngestConfig
 from crev_ingest.dashboard.queries import DAY_S, SORTS, Queries
 
 STATIC = Path(__file__).resolve().parent / "static"
+# uPlot, from npm: `make vendor` copies it into static/vendor (git-ignored).
+# Without it (a wheel built without npm) the page draws its SVG charts.
+VENDOR = {"uPlot.iife.min.js": "text/javascript", "uPlot.min.css": "text/css"}
+log = logging.getLogger(__name__)
 COOKIE = "crev_token"
 PUBLIC_PATHS = {"/login", "/static/style.css"}
 
@@ -333,6 +338,24 @@ def create_app(config: IngestConfig, token: str | None = None) -> FastAPI:
         if name not in files:
             raise HTTPException(status_code=404)
         return Response((STATIC / name).read_bytes(), media_type=files[name])
+
+    missing_warned = False
+
+    @app.get("/static/vendor/{name}", include_in_schema=False)
+    def vendor(name: str) -> Response:
+        nonlocal missing_warned
+        if name not in VENDOR:
+            raise HTTPException(status_code=404)
+        try:
+            body = (STATIC / "vendor" / name).read_bytes()
+        except FileNotFoundError:
+            if not missing_warned:
+                missing_warned = True
+                log.warning(
+                    "%s is not in the package (run `make vendor`): the dashboard draws its plain SVG charts", name
+                )
+            raise HTTPException(status_code=404) from None
+        return Response(body, media_type=VENDOR[name])
 
     return app
 

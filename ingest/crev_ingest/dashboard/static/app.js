@@ -35,6 +35,7 @@ async function fleetView() {
   const params = new URLSearchParams({ page: state.page, page_size: state.size, sort: state.sort, order: state.order, q: state.q });
   if (state.status) params.set("status", state.status);
   const data = await api("/fleet?" + params);
+  dropCharts();
   const s = data.summary;
   const pages = Math.max(1, Math.ceil(data.total / data.page_size));
   const head = (key, label) => `<th data-sort="${key}">${label}${state.sort === key ? (state.order === "asc" ? " ▲" : " ▼") : ""}</th>`;
@@ -73,19 +74,104 @@ async function fleetView() {
   document.getElementById("next").onclick = () => { state.page += 1; render(); };
 }
 
-function chart(slots, keys, unit) {
+// The site's charts. uPlot (from npm; `make vendor` copies it into
+// static/vendor) draws them with time axes and units. Without it, as in a
+// wheel built without npm, the plain SVG charts below stand in.
+const POWER = { id: "chart-power", unit: "kW", series: [
+  ["gen_w", "Generation", "#e0a800"], ["self_w", "Self-consumption", "#157a3b"], ["demand_w", "Demand", "#1f5fa8"]],
+  scale: 1 / 1000 };  // the API gives W; shown as kW
+const ENERGY = { id: "chart-energy", unit: "kWh", series: [
+  ["gen_kwh", "Generation", "#e0a800"], ["self_kwh", "Self-consumption", "#157a3b"], ["import_kwh", "Import", "#b3261e"],
+  ["export_kwh", "Export", "#8e44ad"], ["demand_kwh", "Demand", "#1f5fa8"]], scale: 1 };
+let charts = [];
+let warnedNoUplot = false;
+
+function haveUplot() {
+  if (typeof window.uPlot === "function") return true;
+  if (!warnedNoUplot) {
+    warnedNoUplot = true;
+    console.warn("crev: uPlot is not installed (/static/vendor/uPlot.iife.min.js; run `make vendor`); drawing plain SVG charts");
+  }
+  return false;
+}
+
+function locale() { return state.lang === "ja" ? "ja-JP" : "en-GB"; }
+
+function timeLabels(splits) {
+  // Local time, 24-hour; the date under the first tick and under each midnight.
+  const time = new Intl.DateTimeFormat(locale(), { hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
+  const date = new Intl.DateTimeFormat(locale(), { month: "short", day: "numeric" });
+  return splits.map((t, i) => {
+    const d = new Date(t * 1000);
+    const midnight = d.getHours() === 0 && d.getMinutes() === 0;
+    return time.format(d) + (i === 0 || midnight ? "\n" + date.format(d) : "");
+  });
+}
+
+function uplotChart(spec, slots, window24) {
+  const fmt = (v) => v === null || v === undefined ? "—" : v.toFixed(3) + " " + spec.unit;
+  const when = new Intl.DateTimeFormat(locale(), { dateStyle: "medium", timeStyle: "short", hourCycle: "h23" });
+  const data = [slots.map((s) => s.t), ...spec.series.map(([key]) => slots.map((s) => s[key] * spec.scale))];
+  const el = document.getElementById(spec.id);
+  const options = {
+    width: Math.max(320, Math.min(960, view.clientWidth - 16)),
+    height: 260,
+    scales: {
+      // The last 24 hours (and any slot outside them), whatever uPlot would
+      // pick: for a single point it would widen the axis to months.
+      x: { time: true, range: () => window24 },
+      y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] },
+    },
+    axes: [
+      { values: (u, splits) => timeLabels(splits), size: 50 },
+      { label: spec.unit, values: (u, splits) => splits.map((v) => +v.toFixed(3)), size: 60 },
+    ],
+    series: [
+      { label: "Time", value: (u, t) => t === null ? "—" : when.format(new Date(t * 1000)) },
+      ...spec.series.map(([key, label, color]) => ({
+        label, stroke: color, width: 2, value: (u, v) => fmt(v),
+        // uPlot draws no line through a single point; the points keep one slot visible.
+        points: { show: true, size: 6, stroke: color, fill: color },
+      })),
+    ],
+  };
+  const chart = new window.uPlot(options, data, el);
+  el.dataset.slots = String(slots.length);
+  el.dataset.renderer = "uplot";
+  el.uplot = chart;  // for the browser test
+  charts.push(chart);
+}
+
+function svgChart(spec, slots, window24) {
   const width = 860, height = 260, pad = 40;
-  const times = slots.map((s) => s.t);
-  const t0 = Math.min(...times, Date.now() / 1000 - 86400), t1 = Math.max(...times, Date.now() / 1000);
-  const top = Math.max(1e-9, ...slots.flatMap((s) => keys.map(([k]) => s[k])));
+  const keys = spec.series;
+  const [t0, t1] = window24;
+  const top = Math.max(1e-9, ...slots.flatMap((s) => keys.map(([k]) => s[k] * spec.scale)));
   const x = (t) => pad + (width - 2 * pad) * (t - t0) / Math.max(1, t1 - t0);
   const y = (v) => height - pad - (height - 2 * pad) * v / top;
-  const lines = keys.map(([key, color]) => `<polyline class="series-${key}" fill="none" stroke="${color}" stroke-width="2"
-      points="${slots.map((s) => x(s.t).toFixed(1) + "," + y(s[key]).toFixed(1)).join(" ")}"/>`).join("");
-  return `<svg class="chart" width="${width}" height="${height}" data-slots="${slots.length}">
+  const lines = keys.map(([key, , color]) => `<polyline class="series-${key}" fill="none" stroke="${color}" stroke-width="2"
+      points="${slots.map((s) => x(s.t).toFixed(1) + "," + y(s[key] * spec.scale).toFixed(1)).join(" ")}"/>` +
+      slots.map((s) => `<circle cx="${x(s.t).toFixed(1)}" cy="${y(s[key] * spec.scale).toFixed(1)}" r="3" fill="${color}"/>`).join("")).join("");
+  const el = document.getElementById(spec.id);
+  el.dataset.slots = String(slots.length);
+  el.dataset.renderer = "svg";
+  el.innerHTML = `<svg class="chart" width="${width}" height="${height}" data-slots="${slots.length}">
     <line x1="${pad}" y1="${height - pad}" x2="${width - pad}" y2="${height - pad}" stroke="#999"/>
-    <text x="4" y="${pad - 8}" font-size="12">${top.toFixed(3)} ${unit}</text>${lines}</svg>
-    <div class="legend">${keys.map(([k, c]) => `<span style="color:${c}">■ ${k}</span>`).join("")}</div>`;
+    <text x="4" y="${pad - 8}" font-size="12">${top.toFixed(3)} ${spec.unit}</text>${lines}</svg>
+    <div class="legend">${keys.map(([, label, c]) => `<span style="color:${c}">■ ${label}</span>`).join("")}</div>`;
+}
+
+function drawCharts(slots) {
+  const now = Date.now() / 1000;
+  const times = slots.map((s) => s.t);
+  const window24 = [Math.min(...times, now - 86400), Math.max(...times, now)];
+  const draw = haveUplot() ? uplotChart : svgChart;
+  for (const spec of [POWER, ENERGY]) draw(spec, slots, window24);
+}
+
+function dropCharts() {
+  for (const chart of charts) chart.destroy();
+  charts = [];
 }
 
 async function siteView(site) {
@@ -96,6 +182,7 @@ async function siteView(site) {
   ]);
   const ratio = info.renewable_ratio === null ? "—" : (info.renewable_ratio * 100).toFixed(1) + " %";
   const to = Math.floor(Date.now() / 1000), from = to - 86400;
+  dropCharts();
   view.innerHTML = `
     <h2>Site ${text(info.site)}</h2>
     <div class="cards">
@@ -109,19 +196,21 @@ async function siteView(site) {
       <div class="card">Flags today<b id="flags">${info.flags_today.length ? info.flags_today.map(text).join(", ") : "none"}</b></div>
     </div>
     ${info.gaps.length ? `<p>Missing: ${info.gaps.map((g) => `${text(g.dev)} seq ${g.first_seq}–${g.last_seq}`).join("; ")}</p>` : ""}
-    <h3>Power, 30-minute averages (W)</h3>${chart(slots, [["gen_w", "#e0a800"], ["self_w", "#157a3b"], ["demand_w", "#1f5fa8"]], "W")}
-    <h3>Energy per 30 minutes (kWh)</h3>${chart(slots, [["gen_kwh", "#e0a800"], ["self_kwh", "#157a3b"], ["import_kwh", "#b3261e"], ["export_kwh", "#8e44ad"], ["demand_kwh", "#1f5fa8"]], "kWh")}
+    <h3>Power, 30-minute averages (kW)</h3><div class="chart" id="chart-power"></div>
+    <h3>Energy per 30 minutes (kWh)</h3><div class="chart" id="chart-energy"></div>
     <h3>Devices</h3>
     <table><thead><tr><th>Device</th><th>Status</th><th>Last reading</th><th>Quarantined</th><th>Evidence (24 h)</th></tr></thead><tbody>
     ${info.devices.map((d) => `<tr><td>${text(d.dev)}</td><td class="${text(d.status)}">${text(d.status)}</td><td>${age(d.last_reading_age_s)}</td>
       <td class="num">${d.quarantined}</td><td><a href="/api/v1/export?device=${encodeURIComponent(d.dev)}&from=${from}&to=${to}">bundle</a></td></tr>`).join("")}</tbody></table>
     <h3>For the consumer <button id="lang">${state.lang === "en" ? "日本語" : "English"}</button></h3>
     <div class="consumer" id="consumer" lang="${consumer.lang}">${text(consumer.summary)}</div>`;
+  drawCharts(slots);
   document.getElementById("lang").onclick = () => { state.lang = state.lang === "en" ? "ja" : "en"; render(); };
 }
 
 async function quarantineView() {
   const data = await api("/quarantine");
+  dropCharts();
   view.innerHTML = `<h2>Quarantine</h2><p>${data.total} messages kept with their reason.</p>
     <table id="quarantine"><thead><tr><th>Reason</th><th>Count</th></tr></thead><tbody>
     ${Object.entries(data.counts).map(([r, n]) => `<tr><td>${text(r)}</td><td class="num" data-reason="${text(r)}">${n}</td></tr>`).join("")}</tbody></table>`;
