@@ -496,3 +496,11 @@ class RegistryRows:
             "UNION ALL SELECT leaf_idx FROM retirements) ORDER BY idx"
         )
         return [(int(r[0]), int(r[1]), int(r[2]), bytes(r[3])) for r in rows]
+
+    def last_market_leaf(self) -> int:
+        """The newest issuance, order, trade or retirement leaf (-1 if none): what the book depends on."""
+        row = self.db.execute(
+            "SELECT max(m) FROM (SELECT max(leaf_idx) AS m FROM issuances UNION ALL SELECT max(leaf_idx) FROM orders "
+            "UNION ALL SELECT max(leaf_idx) FROM trades UNION ALL SELECT max(leaf_idx) FROM retirements)"
+        ).fetchone()
+        return -1 if row[0] is None else int(row[0])

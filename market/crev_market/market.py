@@ -81,6 +81,20 @@ class Market:
         self.registry = registry
         self.store = registry.store
         self.ledger = registry.ledger
+        # The engine as of the newest market leaf this process saw, so that a long-running
+        # service does not replay the whole market for every order; any other writer's
+        # issuance, order or retirement makes it rebuild.
+        self._state: tuple[int, MatchingEngine, MemoryHoldings] | None = None
+
+    def current(self) -> tuple[MatchingEngine, MemoryHoldings]:
+        """The engine and holdings now (inside a transaction): cached, or rebuilt from the ledger."""
+        last = self.store.last_market_leaf()
+        if self._state is not None and self._state[0] == last:
+            return self._state[1], self._state[2]
+        self._state = None
+        engine, holdings = self.rebuild()
+        self._state = (last, engine, holdings)
+        return engine, holdings
 
     # ------------------------------------------------------------ the book, from the ledger
 
@@ -168,48 +182,54 @@ class Market:
             order = Order.parse(signed, None)
         except RegistryFormatError as err:
             raise Refused(err.detail) from err
-        with self.store.transaction():
-            self.ledger.sync()
-            self.registry.signed_by_account(order.account, order.kid, lambda key: Order.parse(signed, key), "order")
-            statement_hash = hashlib.sha256(signed).digest()
-            if self.store.order_seen(statement_hash):
-                raise Refused("this signed order was placed already; it is never executed twice", "REPLAY")
-            for seller in order.sellers:
-                if self.store.account(seller) is None:
-                    raise Refused("the seller condition names %s, which is not an account" % seller)
-            engine, holdings = self.rebuild()
-            now_s = now_ms // 1000
-            if order.side == SIDE_CANCEL:
-                resting = engine.resting(order.cancels)
-                if resting is None:
-                    raise Refused(
-                        "order %d is not resting (filled, cancelled, expired or never placed)" % order.cancels
-                    )
-                if resting.account != order.account:
-                    raise Refused(
-                        "order %d belongs to %s; only its own account may cancel it" % (order.cancels, resting.account)
-                    )
-            if order.side == SIDE_SELL:
-                held = sum(lot[2] for lot in holdings.lots(order.account, order.place, order.type))
-                if held < order.grams:
-                    raise Refused(
-                        "%s holds %s kg of %s %s, less than the %s kg offered"
-                        % (order.account, format_kg(held), order.place, order.type, format_kg(order.grams))
-                    )
-            idx = self.ledger.append(LEAF_ORDER, now_ms, signed)
-            executions = self._replay_order(engine, holdings, idx, now_s, order)
-            self.store.add_order(
-                idx,
-                order.side,
-                order.account,
-                order.grams,
-                order.price,
-                order.cancels if order.side == SIDE_CANCEL else None,
-                order.time_s,
-                statement_hash,
-            )
-            trades = [(self._record_trade(execution, now_ms), execution) for execution in executions]
-            self.ledger.seal(now_ms)
+        try:
+            with self.store.transaction():
+                self.ledger.sync()
+                self.registry.signed_by_account(order.account, order.kid, lambda key: Order.parse(signed, key), "order")
+                statement_hash = hashlib.sha256(signed).digest()
+                if self.store.order_seen(statement_hash):
+                    raise Refused("this signed order was placed already; it is never executed twice", "REPLAY")
+                for seller in order.sellers:
+                    if self.store.account(seller) is None:
+                        raise Refused("the seller condition names %s, which is not an account" % seller)
+                engine, holdings = self.current()
+                now_s = now_ms // 1000
+                if order.side == SIDE_CANCEL:
+                    resting = engine.resting(order.cancels)
+                    if resting is None:
+                        raise Refused(
+                            "order %d is not resting (filled, cancelled, expired or never placed)" % order.cancels
+                        )
+                    if resting.account != order.account:
+                        raise Refused(
+                            "order %d belongs to %s; only its own account may cancel it"
+                            % (order.cancels, resting.account)
+                        )
+                if order.side == SIDE_SELL:
+                    held = sum(lot[2] for lot in holdings.lots(order.account, order.place, order.type))
+                    if held < order.grams:
+                        raise Refused(
+                            "%s holds %s kg of %s %s, less than the %s kg offered"
+                            % (order.account, format_kg(held), order.place, order.type, format_kg(order.grams))
+                        )
+                idx = self.ledger.append(LEAF_ORDER, now_ms, signed)
+                executions = self._replay_order(engine, holdings, idx, now_s, order)
+                self.store.add_order(
+                    idx,
+                    order.side,
+                    order.account,
+                    order.grams,
+                    order.price,
+                    order.cancels if order.side == SIDE_CANCEL else None,
+                    order.time_s,
+                    statement_hash,
+                )
+                trades = [(self._record_trade(execution, now_ms), execution) for execution in executions]
+                self.ledger.seal(now_ms)
+        except BaseException:
+            self._state = None  # the engine may hold what was rolled back
+            raise
+        self._state = (self.store.last_market_leaf(), engine, holdings)
         resting_after = engine.resting(idx) if order.side != SIDE_CANCEL else None
         return Placed(idx, trades, resting_after.grams_left if resting_after is not None else 0)
 
@@ -245,7 +265,7 @@ class Market:
         """(order, side, account, grams_left, price) of every resting order, in order of arrival."""
         with self.store.transaction():
             self.ledger.sync()
-            engine, _holdings = self.rebuild()
+            engine, _holdings = self.current()
         return [(e.order, e.side, e.account, e.grams_left, e.price) for e in engine.book()]
 
 
