@@ -21,6 +21,7 @@ import audit_bench  # noqa: E402
 import dashboard_bench  # noqa: E402
 import gateway_bench  # noqa: E402
 import ingest_bench  # noqa: E402
+import market_api_bench  # noqa: E402
 import matching_bench  # noqa: E402
 import registry_bench  # noqa: E402
 
@@ -189,6 +190,8 @@ def main() -> None:
     registry_bench.report(20 if args.quick else 1000, 2, 1 if args.quick else 3)
     print()
     matching_bench.report(2000 if args.quick else 20_000, 1 if args.quick else 3)
+    print()
+    market_api_bench.report(100 if args.quick else 1000, 1 if args.quick else 3)
     print()
     if args.quick:
         dashboard_bench.report(200, 5, 10)
