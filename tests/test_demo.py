@@ -39,8 +39,12 @@ def test_demo_runs_end_to_end(tmp_path: Path, broker: str) -> None:
     # The auditor's path: one site's bundle, exported and verified offline.
     assert done.stdout.count("RESULT: PASS") == 2, done.stdout
     # The registry's path: every site issues C-REV, one owner retires, the trace verifies.
-    issued = re.search(r"crev registry issue: issued (\d+) slots from (\d+) readings:\s+([\d.]+) kg-CO2", done.stdout)
+    issued = re.search(r"C-REV issued in all: (\d+) slots, ([\d.]+) kg-CO2", done.stdout)
     assert issued is not None and int(issued.group(1)) > 0, done.stdout
+    # The market service ran beside ingest and issued as blocks sealed; the dashboard and market were announced.
+    assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/\s+\(login token: \S+\)", done.stdout), done.stdout
+    assert re.search(r"market:\s+http://127\.0\.0\.1:\d+/", done.stdout), done.stdout
+    assert "issued" in (tmp_path / "demo" / "market.log").read_text()
     for owner in ("tokyo-home", "osaka-office", "sapporo-wind"):
         held = re.search(r"%s\s+holds\s+([\d.]+) kg-CO2 in (\d+) lots" % owner, done.stdout)
         assert held is not None and float(held.group(1)) > 0, done.stdout
@@ -115,3 +119,45 @@ def check_issuance_by_hand(db_path: Path) -> int:
         carries[issuance.dev] = total % 10**9
         checked += 1
     return checked
+
+
+@pytest.mark.slow
+def test_demo_keep_leaves_the_dashboard_and_the_market_running(tmp_path: Path) -> None:
+    """`--keep`: after the summary, a newcomer can open both pages; Ctrl-C stops everything."""
+    import signal
+    import time
+    import urllib.request
+
+    demo = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "crev_cli.main", "demo", "--minutes", "0.2", "--no-live", "--keep"),
+            *("--broker", "mosquitto", "--workdir", str(tmp_path / "demo")),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        env={"COLUMNS": "120", "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"},
+    )
+    assert demo.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        line = demo.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "kept running" in line:
+            break
+    output = "".join(lines)
+    assert "kept running" in output, output
+    dashboard = re.findall(r"dashboard: (http://127\.0\.0\.1:\d+/)\s+\(login token: (\S+)\)", output)[-1]
+    market = re.findall(r"market:\s+(http://127\.0\.0\.1:\d+/)", output)[-1]
+    request = urllib.request.Request(dashboard[0] + "api/v1/fleet", headers={"Authorization": "Bearer " + dashboard[1]})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        fleet = json.loads(response.read())
+    assert fleet["total"] == 3 and fleet["summary"]["devices"] == 3
+    with urllib.request.urlopen(market + "api/v1/trades", timeout=10) as response:
+        assert len(json.loads(response.read())) == 2  # the demo's two trades
+    demo.send_signal(signal.SIGINT)
+    assert demo.wait(timeout=60) in (0, 130)

@@ -13,6 +13,7 @@ import argparse
 import getpass
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -154,12 +155,30 @@ def start_broker(processes: Processes, choice: str) -> tuple[int, bool]:
     return port, False
 
 
-def write_configs(workdir: Path, broker_port: int, v5: bool, speed: float) -> list[tuple[Site, Path, Path, list[int]]]:
+@dataclass
+class WebPorts:
+    dashboard: int
+    market: int
+    token: str
+
+    def announce(self, console: Console) -> None:
+        console.print("dashboard: http://127.0.0.1:%d/  (login token: %s)" % (self.dashboard, self.token))
+        console.print(
+            "market:    http://127.0.0.1:%d/  (the book, trades and receipts; API under /api/v1)" % self.market
+        )
+
+
+def write_configs(
+    workdir: Path, broker_port: int, v5: bool, speed: float, web: WebPorts
+) -> list[tuple[Site, Path, Path, list[int]]]:
+    (workdir / "dashboard.token").write_text(web.token + "\n")
+    os.chmod(workdir / "dashboard.token", 0o600)
     (workdir / "ingest.toml").write_text(
         '[mqtt]\nurl = "mqtt://127.0.0.1:%d"\nprotocol = "%s"\nclient_id = "crev-demo-ingest"\n\n'
         '[storage]\npath = "crev.sqlite"\n\n[ledger]\nkey = "ledger.key"\norigin = "crev.demo/ledger"\n'
-        "block_interval_s = 5\nblock_max_leaves = 1000\n\n[emission]\ndefault_g_per_kwh = %d\n"
-        % (broker_port, "5" if v5 else "3.1.1", G_PER_KWH)
+        "block_interval_s = 5\nblock_max_leaves = 1000\n\n[emission]\ndefault_g_per_kwh = %d\n\n"
+        '[dashboard]\nlisten = "127.0.0.1:%d"\ntoken_file = "dashboard.token"\n\n[market]\nlisten = "127.0.0.1:%d"\n'
+        % (broker_port, "5" if v5 else "3.1.1", G_PER_KWH, web.dashboard, web.market)
     )
     sites = []
     for site in SITES:
@@ -307,8 +326,8 @@ def export_and_verify_bundle(console: Console, workdir: Path, device: str) -> bo
     return verified.returncode == 0
 
 
-def issue_and_retire(console: Console, workdir: Path) -> int | None:
-    """The registry's and market's part: sites issue, owners sell, buyers trade, one buyer retires."""
+def register_sites(workdir: Path) -> None:
+    """Owners' accounts and their sites, before the day starts, so C-REV is issued as blocks seal."""
     for site, owner, place in zip(SITES, OWNERS, PLACES, strict=True):
         pubkey = run_crev(workdir, "registry", "keygen", "--out", "%s.key" % owner).split()[1]
         run_crev(
@@ -321,7 +340,20 @@ def issue_and_retire(console: Console, workdir: Path) -> int | None:
             *("registry", "site", "add", "--config", "ingest.toml", "--site", owner + "-site"),
             *("--owner", owner, "--place", place, "--device", site.device),
         )
+
+
+def issue_and_retire(console: Console, workdir: Path) -> int | None:
+    """The registry's and market's part: what is left is issued, owners sell, buyers trade, one buyer retires."""
     console.print("crev registry issue: %s" % run_crev(workdir, "registry", "issue", "--config", "ingest.toml").strip())
+    with sqlite3.connect(workdir / "crev.sqlite") as db:
+        slots, grams = db.execute(
+            "SELECT count(DISTINCT i.leaf_idx), coalesce(sum(l.grams), 0) FROM issuances i "
+            "JOIN lots l ON l.issuance_leaf = i.leaf_idx"
+        ).fetchone()
+    console.print(
+        "C-REV issued in all: %d slots, %.3f kg-CO2 (most of it by `crev market run` as blocks sealed)"
+        % (slots, grams / 1000)
+    )
     for owner in OWNERS:
         held = json.loads(
             run_crev(workdir, "registry", "holdings", "--config", "ingest.toml", "--account", owner, "--json")
@@ -404,6 +436,22 @@ def trace_and_verify(console: Console, workdir: Path, retirement: int) -> bool:
     return verified.returncode == 0
 
 
+def keep_running(console: Console, processes: "Processes", web: WebPorts, market: "subprocess.Popen[bytes]") -> None:
+    """--keep: the dashboard (inside ingest) and the market stay up for a newcomer to look around."""
+    processes.crev("ingest", "ingest", "run", "--config", "ingest.toml")
+    _wait_port(web.dashboard, 20, "the dashboard")
+    if market.poll() is not None:
+        processes.crev("market", "market", "run", "--config", "ingest.toml")
+        _wait_port(web.market, 20, "the market")
+    web.announce(console)
+    console.print("kept running; press Ctrl-C to stop everything")
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        console.print("stopping")
+
+
 def demo(args: argparse.Namespace) -> int:
     console = Console()
     workdir = Path(args.workdir).resolve() if args.workdir else Path(tempfile.mkdtemp(prefix="crev-demo-"))
@@ -417,7 +465,8 @@ def demo(args: argparse.Namespace) -> int:
     try:
         broker_port, v5 = start_broker(processes, args.broker)
         console.print("broker: %s on port %d" % ("mosquitto" if v5 else "embedded amqtt (MQTT 3.1.1)", broker_port))
-        sites = write_configs(workdir, broker_port, v5, speed)
+        web = WebPorts(_free_port(), _free_port(), secrets.token_urlsafe(18))
+        sites = write_configs(workdir, broker_port, v5, speed, web)
         ledger_pubkey = next(
             line.split()[1]
             for line in run_crev(workdir, "ingest", "init", "--config", "ingest.toml").splitlines()
@@ -440,6 +489,12 @@ def demo(args: argparse.Namespace) -> int:
         deadline = time.monotonic() + 20
         while "subscribed" not in (workdir / "ingest.log").read_text() and time.monotonic() < deadline:
             time.sleep(0.1)
+        register_sites(workdir)
+        # The market service issues C-REV as blocks seal, and serves the market's page and API.
+        market = processes.crev("market", "market", "run", "--config", "ingest.toml")
+        _wait_port(web.dashboard, 20, "the dashboard")
+        _wait_port(web.market, 20, "the market")
+        web.announce(console)
         gateways = [processes.crev(site.device, "gateway", "run", "--config", str(cfg)) for site, _s, cfg, _p in sites]
         db_path = workdir / "crev.sqlite"
         start = time.monotonic()
@@ -471,6 +526,9 @@ def demo(args: argparse.Namespace) -> int:
         console.print("crev audit ledger: %s" % audit.stdout.strip())
         bundle_ok = export_and_verify_bundle(console, workdir, SITES[0].device)
         trace_ok = retirement is not None and trace_and_verify(console, workdir, retirement)
-        return 0 if audit.returncode == 0 and bundle_ok and trace_ok else 1
+        code = 0 if audit.returncode == 0 and bundle_ok and trace_ok else 1
+        if args.keep:
+            keep_running(console, processes, web, market)
+        return code
     finally:
         processes.stop_all()

@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo_parser.add_argument("--workdir", metavar="DIR", help="where to keep configs, logs and databases")
     demo_parser.add_argument("--no-live", dest="live", action="store_false", help="print only the final table")
+    demo_parser.add_argument(
+        "--keep", action="store_true", help="after the summary, keep the dashboard and the market running until Ctrl-C"
+    )
     demo_parser.set_defaults(handler=_demo)
 
     provision = commands.add_parser(
