@@ -9,10 +9,11 @@ NODE_STAMP := node_modules/.installed
 MPY_LIB_STAMP := firmware/lib/.fetched
 SITE = $$($(CURDIR)/$(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 MPY_STUBS := $(VENV)/micropython-stubs
-# The dashboard's charting library, from npm (package.json), copied into the
-# package so the page (and a wheel built after this) can serve it; git-ignored.
+# The charting library of the dashboard and the market page, from npm (package.json),
+# copied into the packages so the pages (and a wheel built after this) can serve it; git-ignored.
 VENDOR := ingest/crev_ingest/dashboard/static/vendor
-VENDOR_FILES := $(VENDOR)/uPlot.iife.min.js $(VENDOR)/uPlot.min.css $(VENDOR)/uPlot.LICENSE
+MARKET_VENDOR := market/crev_market/static/vendor
+VENDOR_FILES := $(foreach dir,$(VENDOR) $(MARKET_VENDOR),$(dir)/uPlot.iife.min.js $(dir)/uPlot.min.css $(dir)/uPlot.LICENSE)
 
 .PHONY: demo test lint typecheck typecheck-firmware pytest bench vendor clean
 
@@ -36,6 +37,14 @@ $(VENDOR)/uPlot.LICENSE: $(NODE_STAMP)
 
 $(VENDOR)/%: $(NODE_STAMP)
 	mkdir -p $(VENDOR)
+	cp node_modules/uplot/dist/$* $@
+
+$(MARKET_VENDOR)/uPlot.LICENSE: $(NODE_STAMP)
+	mkdir -p $(MARKET_VENDOR)
+	cp node_modules/uplot/LICENSE $@
+
+$(MARKET_VENDOR)/%: $(NODE_STAMP)
+	mkdir -p $(MARKET_VENDOR)
 	cp node_modules/uplot/dist/$* $@
 
 # MicroPython libraries for the firmware (umqtt.simple), pinned, from PyPI.
@@ -77,4 +86,4 @@ bench: $(STAMP) $(NODE_STAMP) $(VENDOR_FILES) $(MPY_LIB_STAMP)
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) node_modules $(VENDOR) firmware/lib .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) node_modules $(VENDOR) $(MARKET_VENDOR) firmware/lib .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -12,6 +12,11 @@ public, and show an undisclosed account as "undisclosed". An account's
 holdings are its own: they need a view token signed by its key
 (``crev_market.auth``).
 
+At ``/`` it also serves the participants' page (``static/``): the book in
+words, the trades and receipts; and, with a key imported into the browser's
+memory, holdings, orders, cancels and retirements signed in the page, which
+sends only the signed bytes.
+
 One SQLite connection serves the API and the issuance loop of
 ``crev market run``; ``lock`` serialises them.
 """
@@ -22,11 +27,13 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, Field
 
 from crev import cbor
@@ -47,6 +54,22 @@ YEN = Field(pattern=r"^[0-9]+\.[0-9]{2}$", description="Yen per kg-CO2, exactly,
 ACCOUNT = Field(description='The account id, or "undisclosed" for an account whose name is not disclosed')
 
 T = TypeVar("T")
+
+# The participants' page (static/): read-only files, served as they are. It
+# signs in the browser and sends only the signed bytes. uPlot, from npm:
+# `make vendor` copies it into static/vendor (git-ignored); without it the
+# page shows its price and volume as a table.
+STATIC = Path(__file__).resolve().parent / "static"
+PAGE_FILES = {"app.js": "text/javascript", "cose.js": "text/javascript", "style.css": "text/css"}
+VENDOR_FILES = {"uPlot.iife.min.js": "text/javascript", "uPlot.min.css": "text/css"}
+PAGE_HEADERS = {
+    # The page holds an account's key in memory: it runs only its own scripts and talks only to this API.
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
 
 
 # ------------------------------------------------------------------ response models
@@ -536,5 +559,25 @@ def create_app(registry: Registry, lock: "threading.Lock | None" = None) -> Fast
             )
 
         return await run_in_threadpool(locked, act)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"), headers=PAGE_HEADERS)
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str) -> Response:
+        if name not in PAGE_FILES:
+            raise HTTPException(status_code=404, detail="no such file")
+        return Response((STATIC / name).read_bytes(), media_type=PAGE_FILES[name], headers=PAGE_HEADERS)
+
+    @app.get("/static/vendor/{name}", include_in_schema=False)
+    def vendor(name: str) -> Response:
+        if name not in VENDOR_FILES:
+            raise HTTPException(status_code=404, detail="no such file")
+        try:
+            body = (STATIC / "vendor" / name).read_bytes()
+        except FileNotFoundError:
+            raise HTTPException(status_code=404, detail="%s is not installed (run `make vendor`)" % name) from None
+        return Response(body, media_type=VENDOR_FILES[name], headers=PAGE_HEADERS)
 
     return app
