@@ -82,6 +82,11 @@ try {
     await page.screenshot({ path: rest[0], fullPage: true });
     // A site with a single 30-minute slot: uPlot draws no line, only the points.
     await page.goto(url + "/#/site/" + encodeURIComponent(rest[1]));
+    // A hash change keeps the page: wait until the other site's view, and its charts, have replaced the first.
+    await page.waitForFunction((site) => {
+      const heading = document.querySelector("#view h2, h2");
+      return heading !== null && heading.textContent === "Site " + site;
+    }, rest[1]);
     await page.waitForSelector("#chart-energy .u-wrap canvas");
     out.one_slot_power = await uplotChart("chart-power");
     out.one_slot_energy = await uplotChart("chart-energy");
