@@ -238,7 +238,9 @@ def replay_market(db_path: Path) -> MarketReplay:
             issuances[idx] = issuance
             for index, lot in enumerate(issuance.lots):
                 if lot[3]:
-                    holdings.add(issuance.owner, lot_id(idx, index), issuance.place, lot[0], issuance.slot, lot[3])
+                    holdings.add(
+                        issuance.owner, lot_id(idx, index), issuance.place, lot[0], issuance.slot, lot[3], issuance.site
+                    )
         elif leaf_type == LEAF_RETIREMENT:
             retirement = Retirement.parse(data, None)
             for issuance_leaf, index, grams in retirement.lots:
@@ -250,6 +252,7 @@ def replay_market(db_path: Path) -> MarketReplay:
                     source.lots[index][0],
                     source.slot,
                     -grams,
+                    source.site,
                 )
         elif leaf_type == LEAF_TRADE:
             trade_leaves[idx] = TradeLeaf.parse(data, LEDGER_KEY.public_key)
@@ -257,6 +260,9 @@ def replay_market(db_path: Path) -> MarketReplay:
             order = Order.parse(data, None)
             orders[idx] = order
             now_s = received_ms // 1000
+            if order.by_controller:  # SPEC §9: what the owner holds of the site's lots of its slot, now
+                held = holdings.lots(order.account, order.place, order.type)
+                order.grams = sum(lot[2] for lot in held if lot[3] == order.site and lot[1] == order.slot)
             if order.side == SIDE_CANCEL:
                 engine.cancel(idx, now_s, Cancel(order.account, order.cancels))
                 continue
@@ -270,6 +276,7 @@ def replay_market(db_path: Path) -> MarketReplay:
                     order.price,
                     order.expires,
                     disclosed[order.account],
+                    order.site,
                 )
             else:
                 spec = Buy(

@@ -63,6 +63,7 @@ class RefLot:
     type: str
     slot: int
     seq: int
+    site: str
 
 
 @dataclass
@@ -74,15 +75,17 @@ class Reference:
     held: dict[tuple[str, str], int] = field(default_factory=dict)
     now: int | None = None
 
-    def issue(self, account: str, lot_id: str, place: str, type_path: str, slot: int, grams: int) -> None:
-        self.lots.append(RefLot(lot_id, place, type_path, slot, len(self.lots)))
+    def issue(self, account: str, lot_id: str, place: str, type_path: str, slot: int, grams: int, site: str) -> None:
+        self.lots.append(RefLot(lot_id, place, type_path, slot, len(self.lots), site))
         self.held[account, lot_id] = grams
 
-    def window_lots(self, seller: str, place: str, type_path: str, buy: Buy) -> list[RefLot]:
-        """The seller's lots of this place and type inside the buy's window, oldest slot first."""
+    def window_lots(self, sell: Sell, buy: Buy) -> list[RefLot]:
+        """The sell's lots (its seller's, of its place, type and site) inside the buy's window, oldest slot first."""
         chosen = []
         for lot in sorted(self.lots, key=lambda lot: (lot.slot, lot.seq)):
-            if lot.place != place or lot.type != type_path or self.held.get((seller, lot.lot_id), 0) == 0:
+            if lot.place != sell.place or lot.type != sell.type or self.held.get((sell.account, lot.lot_id), 0) == 0:
+                continue
+            if sell.site and lot.site != sell.site:
                 continue
             if buy.slot_from_s is not None and lot.slot < buy.slot_from_s:
                 continue
@@ -93,7 +96,7 @@ class Reference:
 
     def available(self, sell: Sell, buy: Buy) -> int:
         return sum(
-            self.held[sell.account, lot.lot_id] for lot in self.window_lots(sell.account, sell.place, sell.type, buy)
+            self.held[sell.account, lot.lot_id] for lot in self.window_lots(sell, buy)
         )
 
     @staticmethod
@@ -156,7 +159,7 @@ class Reference:
             assert isinstance(buy, Buy) and isinstance(sell, Sell)
             price = other.spec.min_price if isinstance(other.spec, Sell) else other.spec.max_price
             taken, want = [], grams
-            for lot in self.window_lots(sell.account, sell.place, sell.type, buy):
+            for lot in self.window_lots(sell, buy):
                 part = min(want, self.held[sell.account, lot.lot_id])
                 self.held[sell.account, lot.lot_id] -= part
                 self.held[buy.account, lot.lot_id] = self.held.get((buy.account, lot.lot_id), 0) + part
@@ -223,6 +226,11 @@ class Issue:
     type: str
     slot: int
     grams: int
+    site: str
+
+
+SITES = ["site-one", "site-two"]
+SELL_SITES = ["", "", "site-one", "site-two"]
 
 
 class Code:
@@ -267,8 +275,9 @@ def decode(value: int, now: int, arrivals: list[int], issued: list[Issue]) -> Is
             lot = issued[code.pick(len(issued))]
             account, place, type_path = lot.account, lot.place, lot.type
         if kind == "issue":
-            return Issue(account, place, type_path, BASE + code.pick(6) * SLOT_S, quantity)
-        return Sell(account, place, type_path, quantity, price, expires_s, account not in UNDISCLOSED)
+            return Issue(account, place, type_path, BASE + code.pick(6) * SLOT_S, quantity, SITES[code.pick(2)])
+        site = SELL_SITES[code.pick(len(SELL_SITES))]
+        return Sell(account, place, type_path, quantity, price, expires_s, account not in UNDISCLOSED, site)
     if kind == "buy":
         sellers = code.among(ACCOUNTS, 2) if code.pick(4) == 0 else frozenset()
         places = code.among(COND_PLACES, 3) if code.pick(3) == 0 else frozenset()
@@ -307,8 +316,8 @@ def check_against_reference(sequence: list[int]) -> None:
         if isinstance(event, Issue):
             issued.append(event)
             lot_id = "%d.0" % arrival
-            holdings.add(event.account, lot_id, event.place, event.type, event.slot, event.grams)
-            reference.issue(event.account, lot_id, event.place, event.type, event.slot, event.grams)
+            holdings.add(event.account, lot_id, event.place, event.type, event.slot, event.grams, event.site)
+            reference.issue(event.account, lot_id, event.place, event.type, event.slot, event.grams, event.site)
             log.append((arrival, now, event))
             arrival += 1
             continue
@@ -335,7 +344,7 @@ def replay(
 ) -> Iterator[tuple[object, ...]]:
     for arrival, now, event in log:
         if isinstance(event, Issue):
-            holdings.add(event.account, "%d.0" % arrival, event.place, event.type, event.slot, event.grams)
+            holdings.add(event.account, "%d.0" % arrival, event.place, event.type, event.slot, event.grams, event.site)
             continue
         yield run_engine(engine, holdings, arrival, now, event)
 
@@ -383,10 +392,10 @@ class Market:
         self.arrival = 0
         self.now = 1_000
 
-    def issue(self, account: str, place: str, type_path: str, slot: int, grams: int) -> str:
+    def issue(self, account: str, place: str, type_path: str, slot: int, grams: int, site: str = "") -> str:
         self.arrival += 1
         lot_id = "%d.0" % self.arrival
-        self.holdings.add(account, lot_id, place, type_path, slot, grams)
+        self.holdings.add(account, lot_id, place, type_path, slot, grams, site)
         return lot_id
 
     def place(self, order: Buy | Sell, at: int | None = None) -> Placed:
@@ -412,6 +421,7 @@ def sell(account: str = "seller-a", grams: int = 100, price: int = 300, **kw: ob
         price,
         kw.get("expires_s"),  # type: ignore[arg-type]
         bool(kw.get("disclosed", True)),
+        str(kw.get("site", "")),
     )
 
 
@@ -563,6 +573,35 @@ def test_a_sell_never_offers_more_than_its_seller_holds() -> None:
     assert market.holdings.total("seller-a") == 0
 
 
+def test_a_sell_with_a_site_takes_only_that_sites_lots() -> None:
+    """SPEC §9, the controller as bidder: a site's sell never takes the owner's lots of another site."""
+    market = Market()
+    other = market.issue("owner-a", "Japan/Tokyo/Nerima", "solar", SLOT0, 70, "roof-west")
+    own = market.issue("owner-a", "Japan/Tokyo/Nerima", "solar", SLOT1, 30, "roof-east")
+    controller = market.place(sell("owner-a", grams=100, price=100, site="roof-east")).order
+    buy = market.place(Buy("buyer-x", 30, 200))
+    assert pairs(buy) == [(buy.order, controller, 30, 100)]
+    assert buy.trades[0].lots == ((own, 30),)
+    # The cheaper controller's sell still rests, but its site holds nothing now: the owner's
+    # own sell (no site) gives the other site's lots.
+    owner = market.place(sell("owner-a", grams=100, price=150)).order
+    incoming = market.place(Buy("buyer-y", 200, 200))
+    assert pairs(incoming) == [(incoming.order, owner, 70, 150)]
+    assert incoming.trades[0].lots == ((other, 70),)
+    assert market.holdings.total("owner-a") == 0
+    assert (controller, "sell", 70) in market.book()
+
+
+def test_sells_with_and_without_a_site_share_the_sellers_lots_in_one_event() -> None:
+    market = Market()
+    market.issue("owner-a", "Japan/Tokyo/Nerima", "solar", SLOT0, 40, "roof-east")
+    by_site = market.place(sell("owner-a", grams=40, price=100, site="roof-east")).order
+    by_owner = market.place(sell("owner-a", grams=40, price=110)).order
+    incoming = market.place(Buy("buyer-x", 80, 200))
+    assert pairs(incoming) == [(incoming.order, by_site, 40, 100)]
+    assert market.book() == [(by_owner, "sell", 40), (incoming.order, "buy", 40)]
+
+
 def test_slot_window_takes_only_lots_inside_it_oldest_first() -> None:
     """A window (from, to) takes the lots whose whole slot (S, S+1800] lies inside it, oldest slot first."""
     market = Market()
@@ -637,8 +676,8 @@ def test_engine_misuse_is_not_a_refusal() -> None:
     assert not isinstance(out_of_order.value, Refused)
 
     class Shuffled:
-        def lots(self, account: str, place: str, type_path: str) -> list[tuple[str, int, int]]:
-            return [("9.0", SLOT1, 5), ("8.0", SLOT0, 5)]
+        def lots(self, account: str, place: str, type_path: str) -> list[tuple[str, int, int, str]]:
+            return [("9.0", SLOT1, 5, ""), ("8.0", SLOT0, 5, "")]
 
     with pytest.raises(EngineMisuse) as bad:
         market.engine.order(market.arrival + 1, 2_000, Buy("buyer-x", 1, 100), Shuffled())

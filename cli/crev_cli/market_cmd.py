@@ -18,6 +18,8 @@ def order(args: argparse.Namespace) -> int:
         raise UsageError("say --sell or --buy")
     if args.sell and (args.seller or args.slot_from or args.slot_to):
         raise UsageError("--seller, --slot-from and --slot-to are conditions of a buy order")
+    if args.buy and args.site:
+        raise UsageError("--site belongs to a sell order; a buy names places with --place")
     slot_from = parse_time(args.slot_from, "--slot-from") if args.slot_from else None
     slot_to = parse_time(args.slot_to, "--slot-to") if args.slot_to else None
     expires = parse_time(args.expires, "--expires") if args.expires else None
@@ -36,6 +38,7 @@ def order(args: argparse.Namespace) -> int:
             slot_to,
             expires,
             args.json,
+            args.site,
         )
     )
 
@@ -78,6 +81,7 @@ def add_commands(commands: Any, parser_class: type[argparse.ArgumentParser]) -> 
     place.add_argument("--place", action="append", metavar="PATH", help="sell: the place; buy: a place (repeat)")
     place.add_argument("--type", action="append", metavar="PATH", help="sell: the type; buy: a type (repeat)")
     place.add_argument("--seller", action="append", metavar="ACCOUNT", help="buy: only from this seller (repeat)")
+    place.add_argument("--site", metavar="SITE", help="sell: only lots of this site of yours")
     place.add_argument("--slot-from", metavar="T", help="buy: only lots of slots from T on")
     place.add_argument("--slot-to", metavar="T", help="buy: only lots of slots ending by T")
     place.add_argument("--kg", required=True, metavar="Q", help="kg-CO2, up to 3 decimals")

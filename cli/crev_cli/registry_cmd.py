@@ -142,7 +142,9 @@ def add_commands(commands: Any, parser_class: type[argparse.ArgumentParser]) -> 
         command.add_argument("--factor", metavar="G_PER_KWH", help="emission factor (default: [emission])")
         command.add_argument("--factor-label", metavar="TEXT", help="where the factor comes from")
         command.add_argument(
-            "--controller-sells-at", metavar="YEN", help="let the site's controller sell at or above this yen/kg"
+            "--controller-sells-at",
+            metavar="YEN",
+            help="let the site's controller sell at or above this yen/kg (in a change, `off` withdraws it)",
         )
         command.set_defaults(handler=handler)
 

@@ -4,7 +4,11 @@
                       4: price, 13: time, 14: nonce, and for a sell 5: place,
                       6: type; for a buy, each optional, 7: [seller...],
                       8: [place...], 9: [type...], 10: slot_from, 11: slot_to;
-                      12: expires (optional)}                   the account's key
+                      12: expires (optional); for a sell, optional,
+                      16: site}                                 the account's key
+            controller sell  {0: 1, 1: 1, 2: the site's owner, 4: price,
+                      5: place, 6: type, 13: time, 14: nonce, 16: site,
+                      17: slot, 12: expires (optional)}         the device's key
             cancel   {0: 1, 1: 3, 2: account, 13: time, 14: nonce,
                       15: the order's id (its leaf index)}      the account's key
     type 8  trade    {0: 1, 1: buy order, 2: sell order, 3: grams, 4: price,
@@ -14,6 +18,13 @@
 Prices are integers in 1/100 yen per kg-CO2 (``--price`` with up to two
 decimals); a trade's amount is grams × price, exact, in 1/100,000 yen. An
 order's id is its leaf index, so the ledger's order is the order of arrival.
+
+A sell with a site (key 16) takes only lots issued at that site. A
+controller's sell (SPEC §9, the controller as bidder) is signed by a device
+of the site, with the owner's account in key 2. It names no grams: it offers
+what the owner holds, at the moment it reaches the ledger, of the site's
+lots of its slot (key 17), its place and its type; a replay computes that
+the same way. ``controller_problem`` holds its rules.
 """
 
 from crev.reading import valid_device_id
@@ -21,6 +32,7 @@ from crev.registry_format import (
     FORMAT_VERSION,
     MAX_GRAMS,
     RegistryFormatError,
+    SiteEvent,
     _need,
     _uint,
     path_problem,
@@ -46,6 +58,7 @@ class Order:
     """A signed sell, buy or cancel; ``kid`` names the key that signed it."""
 
     def __init__(self, fields: dict, kid: bytes) -> None:
+        self._fields = fields
         self.side = fields[1]
         self.account = fields[2]
         self.time_s = fields[13]
@@ -61,7 +74,13 @@ class Order:
         self.slot_to = fields.get(11)
         self.expires = fields.get(12)
         self.cancels = fields.get(15, -1)  # type: int
+        self.site = fields.get(16, "")  # type: str
+        self.slot = fields.get(17)  # type: int | None  # a controller's sell: the slot whose lots it sells
         self.kid = kid
+
+    @property
+    def by_controller(self) -> bool:
+        return self.slot is not None
 
     @classmethod
     def to_map(
@@ -81,17 +100,24 @@ class Order:
         slot_to: "int | None" = None,
         expires: "int | None" = None,
         cancels: "int | None" = None,
+        site: "str | None" = None,
+        slot: "int | None" = None,
     ) -> dict:
-        """The map an account signs; absent options are left out, so each order has one form."""
+        """The map an account (or, with ``slot``, a controller) signs; absent options are left out."""
         fields = {0: FORMAT_VERSION, 1: side, 2: account, 13: time_s, 14: nonce}  # type: dict[int, object]
         if side == SIDE_CANCEL:
             fields[15] = cancels
             return fields
-        fields[3] = grams
+        if slot is None:
+            fields[3] = grams
         fields[4] = price
         if side == SIDE_SELL:
             fields[5] = place
             fields[6] = type_path
+            if site is not None:
+                fields[16] = site
+            if slot is not None:
+                fields[17] = slot
         else:
             for key, values in ((7, sellers), (8, places), (9, types)):
                 if values:
@@ -111,8 +137,10 @@ class Order:
         side = fields.get(1)
         if side == SIDE_CANCEL:
             _need(fields, (0, 1, 2, 13, 14, 15), (), "cancel")
+        elif side == SIDE_SELL and 17 in fields:
+            _need(fields, (0, 1, 2, 4, 5, 6, 13, 14, 16, 17), (12,), "controller's sell order")
         elif side == SIDE_SELL:
-            _need(fields, (0, 1, 2, 3, 4, 5, 6, 13, 14), (12,), "sell order")
+            _need(fields, (0, 1, 2, 3, 4, 5, 6, 13, 14), (12, 16), "sell order")
         elif side == SIDE_BUY:
             _need(fields, (0, 1, 2, 3, 4, 13, 14), (7, 8, 9, 10, 11, 12), "buy order")
             for key in (7, 8, 9):
@@ -133,13 +161,19 @@ class Order:
             return "time is an unsigned integer and nonce 16 bytes"
         if self.side == SIDE_CANCEL:
             return None if _uint(self.cancels) else "a cancel names the order's id"
-        if not _uint(self.grams) or not 0 < self.grams <= MAX_GRAMS:
+        if self.by_controller:
+            slot = self.slot
+            if not isinstance(slot, int) or not _uint(slot) or slot % 1800:
+                return "a controller's sell names the start of a 30-minute slot"
+        elif not _uint(self.grams) or not 0 < self.grams <= MAX_GRAMS:
             return "grams must be a positive whole number"
         if not _uint(self.price) or not 0 < self.price <= MAX_PRICE:
             return "the price must be positive (in 1/100 yen per kg)"
         if self.expires is not None and not _uint(self.expires):
             return "expires must be an unsigned integer"
         if self.side == SIDE_SELL:
+            if 16 in self._fields and not valid_device_id(self.site):
+                return "site must be a site id"
             problem = path_problem(self.place) or path_problem(self.type)
             return None if problem is None else "place and type: " + problem
         if not _ids(self.sellers) or not _paths(self.places) or not _paths(self.types):
@@ -220,3 +254,27 @@ class Trade:
         if total != self.grams:
             return "the lots add up to %d g, not the %d g traded" % (total, self.grams)
         return None
+
+
+def controller_problem(order: Order, site: "SiteEvent | None", dev: str) -> "str | None":
+    """Why device ``dev`` may not place this controller's sell under ``site``; None if it may.
+
+    The owner allows it by setting a floor price on the site (SPEC §9); the
+    device must be one of the site's, and the order must be the owner's, of
+    the site's place, at or above the floor.
+    """
+    if order.side != SIDE_SELL or not order.by_controller:
+        return "a device signs only controller's sell orders (with a slot and no grams)"
+    if site is None:
+        return "site %s is not registered" % order.site
+    if dev not in site.devices:
+        return "device %s is not a device of site %s" % (dev, order.site)
+    if site.floor is None:
+        return "the owner of site %s does not let its controller sell" % order.site
+    if order.account != site.owner:
+        return "site %s belongs to %s, not %s" % (order.site, site.owner, order.account)
+    if order.place != site.place:
+        return "site %s is at %s, not %s" % (order.site, site.place, order.place)
+    if order.price < site.floor:
+        return "the price %d is below the site's floor of %d (1/100 yen per kg)" % (order.price, site.floor)
+    return None

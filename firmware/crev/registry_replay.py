@@ -10,7 +10,13 @@ ReplayError at the first leaf that breaks a rule, naming the leaf:
   reading already issued, or a slot not yet closed; whose lots (self per
   type, carry in, grams, carry out) do not follow from its readings;
 - a retirement not signed by its account's key, replayed, or taking more
-  grams from a lot than the account holds.
+  grams from a lot than the account holds;
+- an order not signed by its account's key, or a controller's sell not
+  signed by an enrolled device of its site under the site's rules; a trade
+  not backed by its two orders, or moving lots the seller does not hold.
+
+Key events (``on_key_event``) tell it which device keys exist, for the
+controllers' sells.
 
 In a partial replay the state before the bundle is unknown, so the carry
 chain, the supplement count and the slot's closure are taken as stated;
@@ -21,7 +27,8 @@ everything else is checked the same way. The caller looks readings up:
 import hashlib
 
 from crev.keys import key_id
-from crev.market_format import SIDE_BUY, SIDE_CANCEL, SIDE_SELL, Order, Trade
+from crev.ledger_format import ACTION_ENROL, LedgerFormatError, parse_key_event
+from crev.market_format import SIDE_BUY, SIDE_CANCEL, SIDE_SELL, Order, Trade, controller_problem
 from crev.registry_format import (
     ACCOUNT_CLOSE,
     ACCOUNT_KEY_CHANGE,
@@ -77,6 +84,7 @@ class RegistryReplay:
         self.supplements = {}  # type: dict[tuple, int]
         self.issued = bytearray()  # one bit per leaf: a reading already issued
         self.issuances = {}  # type: dict[int, Issuance]
+        self.by_site_slot = {}  # type: dict[tuple, list]
         # (issuance leaf, lot index, account) -> grams held
         self.balances = {}  # type: dict[tuple, int]
         # (issuance leaf, lot index) -> grams retired
@@ -93,6 +101,8 @@ class RegistryReplay:
         self._pending = {}  # type: dict[str, list]
         self._sealed_t1 = {}  # type: dict[str, int]
         self.issued_grams = 0
+        # kid -> (dev, public key, revoked at unix s or None), from the ledger's key events
+        self.device_keys = {}  # type: dict[bytes, list]
 
     # ------------------------------------------------------------ readings and blocks
 
@@ -114,6 +124,18 @@ class RegistryReplay:
                 self._pending[dev] = keep
             else:
                 del self._pending[dev]
+
+    def on_key_event(self, leaf: int, data: bytes) -> None:
+        """A key event leaf (type 2): enrolment or revocation of a device key."""
+        try:
+            action, dev, pubkey, when = parse_key_event(data, self.ledger_key)
+        except LedgerFormatError as err:
+            raise ReplayError(leaf, "key event", str(err), SIGNATURE)
+        kid = key_id(pubkey)
+        if action == ACTION_ENROL:
+            self.device_keys[kid] = [dev, pubkey, None]
+        elif kid in self.device_keys:
+            self.device_keys[kid][2] = when
 
     def _was_issued(self, leaf: int) -> bool:
         byte = leaf >> 3
@@ -239,6 +261,7 @@ class RegistryReplay:
             self.issued_grams += lot[3]
         self.supplements[key] = issuance.supplement + 1
         self.issuances[leaf] = issuance
+        self.by_site_slot.setdefault((issuance.site, issuance.slot), []).append(leaf)
 
     def _retirement(self, leaf: int, data: bytes) -> None:
         unsigned = Retirement.parse(data, None)
@@ -272,8 +295,17 @@ class RegistryReplay:
 
     def _order(self, leaf: int, data: bytes) -> None:
         unsigned = Order.parse(data, None)
-        event = self._signed_by_account(unsigned.account, unsigned.kid, "the order")
-        order = Order.parse(data, event.pubkey)
+        if unsigned.by_controller:
+            order = self._controller_order(data, unsigned)
+        else:
+            event = self._signed_by_account(unsigned.account, unsigned.kid, "the order")
+            order = Order.parse(data, event.pubkey)
+            if order.site:
+                site = self.sites.get(order.site)
+                if site is None and not self.partial:
+                    raise _Broken("it sells lots of site %s, which is not registered" % order.site)
+                if site is not None and site.owner != order.account:
+                    raise _Broken("it sells lots of site %s, which %s does not own" % (order.site, order.account))
         digest = hashlib.sha256(data).digest()
         if digest in self.statement_hashes:
             raise _Broken("the same signed order is recorded twice")
@@ -292,6 +324,41 @@ class RegistryReplay:
         self.orders[leaf] = order
         self.order_left[leaf] = order.grams
 
+    def _controller_order(self, data: bytes, unsigned: Order) -> Order:
+        """A device's sell: its key, its site's rules, and its grams, computed as the market does."""
+        known = self.device_keys.get(unsigned.kid)
+        if known is None:
+            raise _Broken("a controller's sell signed by key %s, which no device has" % unsigned.kid.hex(), SIGNATURE)
+        dev, pubkey, revoked = known
+        order = Order.parse(data, pubkey)
+        if revoked is not None and order.time_s >= revoked:
+            raise _Broken("a controller's sell signed by %s's key after it was revoked" % dev, SIGNATURE)
+        site = self.sites.get(order.site)
+        if site is None and self.partial:
+            order.grams = 0  # the site is outside the bundle; the trades say what it sold
+            return order
+        problem = controller_problem(order, site, dev)
+        if problem:
+            raise _Broken(problem)
+        order.grams = self.controller_grams(order)
+        if not order.grams and not self.partial:
+            raise _Broken(
+                "it sells slot %s of site %s, of which %s holds nothing" % (order.slot, order.site, order.account)
+            )
+        return order
+
+    def controller_grams(self, order: Order) -> int:
+        """SPEC §9: a controller's sell offers what the owner holds of its site's lots of its slot, place and type."""
+        total = 0
+        for leaf in self.by_site_slot.get((order.site, order.slot), ()):
+            issuance = self.issuances[leaf]
+            if issuance.place != order.place:
+                continue
+            for index, lot in enumerate(issuance.lots):
+                if lot[0] == order.type:
+                    total += self.balances.get((leaf, index, order.account), 0)
+        return total
+
     def _trade(self, leaf: int, trade: Trade) -> None:
         buy, sell = self.orders.get(trade.buy), self.orders.get(trade.sell)
         if buy is None or sell is None or buy.side != SIDE_BUY or sell.side != SIDE_SELL:
@@ -299,6 +366,8 @@ class RegistryReplay:
         if (trade.buyer, trade.seller) != (buy.account, sell.account) or buy.account == sell.account:
             raise _Broken("its buyer and seller are not its orders' two different accounts")
         for order_leaf, order in ((trade.buy, buy), (trade.sell, sell)):
+            if self.partial and order.by_controller and not order.grams:
+                continue  # its grams came from holdings outside the bundle
             if self.order_left[order_leaf] < trade.grams:
                 raise _Broken("order %d has %d g open, not %d" % (order_leaf, self.order_left[order_leaf], trade.grams))
             if order.expires is not None and trade.time_s >= order.expires:
@@ -322,6 +391,11 @@ class RegistryReplay:
             lot_type = issuance.lots[index][0]
             if issuance.place != sell.place or lot_type != sell.type:
                 raise _Broken("lot %d.%d is not of the sell order's place and type" % (issuance_leaf, index))
+            if sell.site and issuance.site != sell.site:
+                raise _Broken(
+                    "lot %d.%d is not of site %s, the only site the sell order offers"
+                    % (issuance_leaf, index, sell.site)
+                )
             if (buy.slot_from is not None and issuance.slot < buy.slot_from) or (
                 buy.slot_to is not None and issuance.slot + 1800 > buy.slot_to
             ):

@@ -250,6 +250,10 @@ class TraceChecks:
             problem = self.keys.add_event(data, leaf)
             if problem is not None:
                 return failure(SIGNATURE, "entry", position, "key event: " + problem, leaf)
+            try:
+                self.replay.on_key_event(leaf, data)  # the device keys behind controllers' sells
+            except ReplayError as err:
+                return failure(SIGNATURE, "entry", position, err.detail, leaf)
             return None
         self.entries.append((position, leaf, leaf_type, data))
         return None

@@ -24,6 +24,12 @@ class IngestMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=r,
         )
+        self.orders = Counter(
+            "crev_ingest_orders_total",
+            "Controllers' sell orders received: accepted, duplicate or quarantined",
+            ["outcome"],
+            registry=r,
+        )
         self.height = Gauge("crev_ingest_block_height", "Height of the last sealed block", registry=r)
         self.open_gaps = Gauge("crev_ingest_open_gaps", "Seq ranges still missing, over all devices", registry=r)
 

@@ -13,7 +13,7 @@ from typing import Any
 from crev import cbor
 from crev.cose import Sign1
 from crev.errors import CrevError
-from crev.ledger_format import LEAF_READING
+from crev.ledger_format import LEAF_KEY_EVENT, LEAF_READING
 from crev.market_format import SIDE_CANCEL
 from crev.reading import K_DEV, K_T1, Reading
 from crev.registry_format import LEAF_ACCOUNT, REGISTRY_LEAVES, generation_entries
@@ -54,6 +54,13 @@ def replay_registry(store: Store, ledger_key: bytes) -> dict[str, int]:
         if leaf_type == LEAF_READING:
             dev, t1 = _dev_t1(bytes(data))
             replay.on_reading(idx, dev, t1)
+        elif leaf_type == LEAF_KEY_EVENT:
+            decoded = cbor.loads(bytes(data))
+            assert isinstance(decoded, list)
+            try:
+                replay.on_key_event(idx, bytes(decoded[2]))
+            except ReplayError as err:
+                raise LedgerError("registry: %s" % err) from err
         elif leaf_type in REGISTRY_LEAVES:
             decoded = cbor.loads(bytes(data))
             assert isinstance(decoded, list)

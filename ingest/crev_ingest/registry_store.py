@@ -123,6 +123,21 @@ CREATE TABLE IF NOT EXISTS issue_cursors (
     dev TEXT PRIMARY KEY,
     next_leaf INTEGER NOT NULL
 );
+-- Controllers' sell orders (SPEC §9) as ingest received them over MQTT, verified as
+-- the device's, waiting for the market's sequencer: it places them in this order,
+-- once their slot is issued, and records here what became of each.
+CREATE TABLE IF NOT EXISTS order_inbox (
+    id INTEGER PRIMARY KEY,
+    received_ms INTEGER NOT NULL,
+    dev TEXT NOT NULL,
+    data BLOB NOT NULL,
+    statement_hash BLOB NOT NULL UNIQUE,
+    state TEXT NOT NULL DEFAULT 'waiting' CHECK (state IN ('waiting', 'placed', 'refused')),
+    order_leaf INTEGER,
+    reason TEXT,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS order_inbox_waiting ON order_inbox (state, id);
 CREATE TABLE IF NOT EXISTS issued_ahead (
     dev TEXT NOT NULL,
     reading_leaf INTEGER NOT NULL,
@@ -504,3 +519,42 @@ class RegistryRows:
             "UNION ALL SELECT max(leaf_idx) FROM trades UNION ALL SELECT max(leaf_idx) FROM retirements)"
         ).fetchone()
         return -1 if row[0] is None else int(row[0])
+
+    def site_slot_issued(self, site: str, slot: int) -> bool:
+        row = self.db.execute("SELECT 1 FROM issuances WHERE site = ? AND slot = ? LIMIT 1", (site, slot)).fetchone()
+        return row is not None
+
+    # ------------------------------------------------------------ controllers' orders (SPEC §9)
+
+    def add_inbox_order(self, received_ms: int, dev: str, data: bytes, statement_hash: bytes) -> bool:
+        """Keep a controller's verified order for the market; False if these signed bytes are here already."""
+        cursor = self.db.execute(
+            "INSERT INTO order_inbox (received_ms, dev, data, statement_hash) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (statement_hash) DO NOTHING",
+            (received_ms, dev, data, statement_hash),
+        )
+        return cursor.rowcount == 1
+
+    def waiting_inbox_orders(self, limit: int = 1000) -> list[tuple[int, int, str, bytes]]:
+        """(id, received_ms, dev, data) of the controllers' orders still waiting, in order of arrival."""
+        rows = self.db.execute(
+            "SELECT id, received_ms, dev, data FROM order_inbox WHERE state = 'waiting' ORDER BY id LIMIT ?", (limit,)
+        )
+        return [(int(r[0]), int(r[1]), str(r[2]), bytes(r[3])) for r in rows]
+
+    def settle_inbox_order(
+        self, inbox_id: int, state: str, order_leaf: int | None, reason: str | None, detail: str | None
+    ) -> None:
+        self.db.execute(
+            "UPDATE order_inbox SET state = ?, order_leaf = ?, reason = ?, detail = ? "
+            "WHERE id = ? AND state = 'waiting'",
+            (state, order_leaf, reason, detail, inbox_id),
+        )
+
+    def inbox_orders(self) -> list[dict[str, Any]]:
+        """Every controller's order received, with what became of it, newest first."""
+        rows = self.db.execute(
+            "SELECT id, received_ms, dev, state, order_leaf, reason, detail FROM order_inbox ORDER BY id DESC"
+        )
+        keys = ("id", "received_ms", "dev", "state", "order", "reason", "detail")
+        return [dict(zip(keys, row, strict=True)) for row in rows]

@@ -28,12 +28,16 @@ from crev_ingest.influx import InfluxWriter, reading_point
 from crev_ingest.keyfile import load_key
 from crev_ingest.ledger import Ledger
 from crev_ingest.metrics import IngestMetrics
+from crev_ingest.orders import is_order_topic, store_order
 from crev_ingest.store import Store
 from crev_ingest.validate import Ingestor, Rejected
 
 log = logging.getLogger("crev.ingest")
 SHARED_TOPIC = "$share/crev-ingest/crev/v1/+/reading"
 PLAIN_TOPIC = "crev/v1/+/reading"
+# Controllers' sell orders (SPEC §9), shared like the readings: whichever worker gets one keeps it.
+SHARED_ORDER_TOPIC = "$share/crev-ingest/crev/v1/+/order"
+PLAIN_ORDER_TOPIC = "crev/v1/+/order"
 # Retained online/offline (the gateways' last will): every worker keeps it, for the dashboard.
 STATUS_TOPIC = "crev/v1/+/status"
 
@@ -51,6 +55,7 @@ class IngestService:
         self.metrics = IngestMetrics()
         self.client_id = client_id or config.client_id or "crev-ingest-%s" % socket.gethostname()
         self.topic = SHARED_TOPIC if config.mqtt_v5 else PLAIN_TOPIC
+        self.order_topic = SHARED_ORDER_TOPIC if config.mqtt_v5 else PLAIN_ORDER_TOPIC
         if config.mqtt_v5:
             client = mqtt.Client(
                 CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5, manual_ack=True
@@ -84,8 +89,8 @@ class IngestService:
         if reason.is_failure:
             log.error("broker refused the connection: %s", reason)
             return
-        client.subscribe([(self.topic, 1), (STATUS_TOPIC, 1)])
-        log.info("connected; subscribed to %s and %s", self.topic, STATUS_TOPIC)
+        client.subscribe([(self.topic, 1), (self.order_topic, 1), (STATUS_TOPIC, 1)])
+        log.info("connected; subscribed to %s, %s and %s", self.topic, self.order_topic, STATUS_TOPIC)
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         self.inbox.put(message)
@@ -120,6 +125,12 @@ class IngestService:
             for message in statuses:
                 self.client.ack(message.mid, message.qos)
             batch = [m for m in batch if not m.topic.endswith("/status")]
+            if not batch:
+                return
+        orders = [m for m in batch if is_order_topic(m.topic)]
+        if orders:
+            self._store_orders(orders)
+            batch = [m for m in batch if not is_order_topic(m.topic)]
             if not batch:
                 return
         started = time.monotonic()
@@ -178,6 +189,20 @@ class IngestService:
         if self.influx is not None:
             points = [reading_point(r, self.config.site_of(r.dev), self.config.factor_for(r.dev)) for r in accepted]
             self.influx.write([p for p in points if p is not None])
+
+    def _store_orders(self, orders: list[mqtt.MQTTMessage]) -> None:
+        with self.store.transaction():
+            for message in orders:
+                outcome = store_order(self.store, message.topic, bytes(message.payload), int(time.time() * 1000))
+                self.metrics.orders.labels(outcome).inc()
+                if outcome == "quarantined":
+                    log.warning(
+                        "quarantined an order from %s",
+                        message.topic,
+                        extra={"fields": {"event": "quarantine", "topic": message.topic}},
+                    )
+        for message in orders:  # only now, after the durable commit
+            self.client.ack(message.mid, message.qos)
 
     def _count(self, status: str, reason: str | None) -> None:
         if status == "accepted":

@@ -274,8 +274,8 @@ async def _signed_body(request: Request) -> bytes:
 # ------------------------------------------------------------------ the application
 
 
-def create_app(registry: Registry, lock: "threading.Lock | None" = None) -> FastAPI:
-    market = Market(registry)
+def create_app(registry: Registry, lock: "threading.Lock | None" = None, market: Market | None = None) -> FastAPI:
+    market = market or Market(registry)
     store = registry.store
     guard = lock or threading.Lock()
     app = FastAPI(

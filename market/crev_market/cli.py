@@ -98,9 +98,14 @@ def _factor(text: str | None) -> int | None:
     return factor_mg
 
 
+NO_FLOOR = 0  # `--controller-sells-at off` in a site change: the controller may no longer sell
+
+
 def _floor(text: str | None) -> int | None:
     if text is None:
         return None
+    if text == "off":
+        return NO_FLOOR
     try:
         return parse_decimal(text, 2, "--controller-sells-at")
     except ValueError as err:
@@ -300,6 +305,7 @@ def order(
     slot_to: int | None,
     expires: int | None,
     as_json: bool,
+    site: str | None = None,
 ) -> int:
     try:
         grams = parse_kg(kg)
@@ -316,8 +322,9 @@ def order(
         if len(place) != 1 or len(type_paths) != 1 or sellers or slot_from is not None or slot_to is not None:
             raise Refused("a sell order names one --place and one --type, and no buy conditions")
         fields = Order.to_map(
-            SIDE_SELL, account, now_s, new_nonce(), grams, hundredths, place[0], type_paths[0], expires=expires
-        )
+            SIDE_SELL, account, now_s, new_nonce(), grams, hundredths, place[0], type_paths[0], expires=expires,
+            site=site,
+        )  # fmt: skip
     else:
         fields = Order.to_map(
             SIDE_BUY, account, now_s, new_nonce(), grams, hundredths, sellers=sellers, places=place,

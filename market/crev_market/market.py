@@ -12,12 +12,14 @@ key, with the lots they move) and a sealed block commit together.
 import hashlib
 import os
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from crev import cbor
 from crev.cose import sign1
-from crev.keys import SigningKey
-from crev.market_format import SIDE_BUY, SIDE_CANCEL, SIDE_SELL, Order
+from crev.keys import SigningKey, key_id
+from crev.ledger_format import ACTION_ENROL
+from crev.market_format import SIDE_BUY, SIDE_CANCEL, SIDE_SELL, Order, controller_problem
 from crev.market_format import Trade as TradeLeaf
 from crev.registry_format import (
     LEAF_ISSUANCE,
@@ -120,15 +122,26 @@ class Market:
                 issuance = Issuance.parse(data, None)
                 for index, lot in enumerate(issuance.lots):
                     if lot[3]:
-                        holdings.add(issuance.owner, lot_id(idx, index), issuance.place, lot[0], issuance.slot, lot[3])
+                        holdings.add(
+                            issuance.owner,
+                            lot_id(idx, index),
+                            issuance.place,
+                            lot[0],
+                            issuance.slot,
+                            lot[3],
+                            issuance.site,
+                        )
             elif leaf_type == LEAF_RETIREMENT:
                 retirement = Retirement.parse(data, None)
                 for issuance_leaf, index, grams in retirement.lots:
-                    meta = self._lot_meta(issuance_leaf, index)
-                    holdings.add(retirement.account, lot_id(issuance_leaf, index), *meta, -grams)
+                    place, type_path, slot, site = self._lot_meta(issuance_leaf, index)
+                    holdings.add(retirement.account, lot_id(issuance_leaf, index), place, type_path, slot, -grams, site)
             elif leaf_type == LEAF_ORDER:
+                order = Order.parse(data, None)
+                if order.by_controller:
+                    order.grams = controller_grams(holdings, order)
                 try:
-                    executions = self._replay_order(engine, holdings, idx, received_ms // 1000, Order.parse(data, None))
+                    executions = self._replay_order(engine, holdings, idx, received_ms // 1000, order)
                 except Refused as err:
                     raise MatchingMismatch("leaf %d: the engine refuses this recorded order: %s" % (idx, err)) from err
                 expected.extend(executions)
@@ -143,15 +156,17 @@ class Market:
             self.rebuild()
         return len(self.store.trades())
 
-    def _lot_meta(self, issuance_leaf: int, index: int) -> tuple[str, str, int]:
+    def _lot_meta(self, issuance_leaf: int, index: int) -> tuple[str, str, int, str]:
         issuance = Issuance.parse(_data(self.store.leaf(issuance_leaf)), None)
-        return issuance.place, issuance.lots[index][0], issuance.slot
+        return issuance.place, issuance.lots[index][0], issuance.slot, issuance.site
 
     def _spec(self, order: Order) -> Buy | Sell:
         if order.side == SIDE_SELL:
             account = self.store.account(order.account)
             disclosed = bool(account and account["disclosed"])
-            return Sell(order.account, order.place, order.type, order.grams, order.price, order.expires, disclosed)
+            return Sell(
+                order.account, order.place, order.type, order.grams, order.price, order.expires, disclosed, order.site
+            )
         return Buy(
             order.account,
             order.grams,
@@ -176,16 +191,30 @@ class Market:
 
     # ------------------------------------------------------------ placing orders
 
-    def place(self, signed: bytes, now_ms: int) -> Placed:
-        """Check, sequence and match one signed order or cancel; refuse it whole, recording nothing."""
+    def place(self, signed: bytes, now_ms: int, on_placed: Callable[[int], None] | None = None) -> Placed:
+        """Check, sequence and match one signed order or cancel; refuse it whole, recording nothing.
+
+        ``on_placed(order id)`` runs inside the same transaction, so that a
+        caller's own record of the order commits with it, or not at all.
+        """
         try:
             order = Order.parse(signed, None)
         except RegistryFormatError as err:
             raise Refused(err.detail) from err
+        touched = False  # whether the engine may hold what a rollback undoes
         try:
             with self.store.transaction():
                 self.ledger.sync()
-                self.registry.signed_by_account(order.account, order.kid, lambda key: Order.parse(signed, key), "order")
+                if order.by_controller:
+                    self._check_controller(order, signed)
+                else:
+                    self.registry.signed_by_account(
+                        order.account, order.kid, lambda key: Order.parse(signed, key), "order"
+                    )
+                if order.site and not order.by_controller:
+                    found = self.registry.current_site(order.site)
+                    if found is None or found[1].owner != order.account:
+                        raise Refused("%s owns no site %s, so it cannot sell its lots" % (order.account, order.site))
                 statement_hash = hashlib.sha256(signed).digest()
                 if self.store.order_seen(statement_hash):
                     raise Refused("this signed order was placed already; it is never executed twice", "REPLAY")
@@ -205,13 +234,19 @@ class Market:
                             "order %d belongs to %s; only its own account may cancel it"
                             % (order.cancels, resting.account)
                         )
-                if order.side == SIDE_SELL:
-                    held = sum(lot[2] for lot in holdings.lots(order.account, order.place, order.type))
+                if order.by_controller:
+                    order.grams = controller_grams(holdings, order)
+                    if not order.grams:
+                        raise self._nothing_to_sell(order)
+                elif order.side == SIDE_SELL:
+                    lots = holdings.lots(order.account, order.place, order.type)
+                    held = sum(lot[2] for lot in lots if not order.site or lot[3] == order.site)
                     if held < order.grams:
                         raise Refused(
                             "%s holds %s kg of %s %s, less than the %s kg offered"
                             % (order.account, format_kg(held), order.place, order.type, format_kg(order.grams))
                         )
+                touched = True
                 idx = self.ledger.append(LEAF_ORDER, now_ms, signed)
                 executions = self._replay_order(engine, holdings, idx, now_s, order)
                 self.store.add_order(
@@ -225,13 +260,45 @@ class Market:
                     statement_hash,
                 )
                 trades = [(self._record_trade(execution, now_ms), execution) for execution in executions]
+                if on_placed is not None:
+                    on_placed(idx)
                 self.ledger.seal(now_ms)
         except BaseException:
-            self._state = None  # the engine may hold what was rolled back
+            if touched:
+                self._state = None
             raise
         self._state = (self.store.last_market_leaf(), engine, holdings)
         resting_after = engine.resting(idx) if order.side != SIDE_CANCEL else None
         return Placed(idx, trades, resting_after.grams_left if resting_after is not None else 0)
+
+    def _check_controller(self, order: Order, signed: bytes) -> None:
+        """A controller's sell: an enrolled device key of the site, and the site's rules (SPEC §9)."""
+        events = self.store.key_events_for_kid(order.kid)
+        if not events:
+            raise Refused("the order is signed by key %s, which is no device's" % order.kid.hex(), "NOT_SIGNED")
+        action, dev, pubkey, when = events[-1]
+        if action != ACTION_ENROL and order.time_s >= when:
+            raise Refused("device %s's key was revoked before this order" % dev, "NOT_SIGNED")
+        if key_id(pubkey) != order.kid:
+            raise Refused("the order's key id does not match device %s's key" % dev, "NOT_SIGNED")
+        try:
+            Order.parse(signed, pubkey)
+        except RegistryFormatError as err:
+            raise Refused("the order is not signed by device %s's key" % dev, "NOT_SIGNED") from err
+        found = self.registry.current_site(order.site)
+        problem = controller_problem(order, None if found is None else found[1], dev)
+        if problem:
+            raise Refused(problem, "NOT_ALLOWED")
+
+    def _nothing_to_sell(self, order: Order) -> Refused:
+        assert order.slot is not None
+        if self.store.site_slot_issued(order.site, order.slot):
+            return Refused(
+                "%s holds nothing of site %s's %s lots of slot %d"
+                % (order.account, order.site, order.type, order.slot),
+                "NOTHING_TO_SELL",
+            )
+        return Refused("slot %d of site %s is not issued yet" % (order.slot, order.site), "NOT_ISSUED_YET")
 
     def _record_trade(self, execution: Execution, now_ms: int) -> int:
         lots = [[*parse_lot_id(lot), grams] for lot, grams in execution.lots]
@@ -267,6 +334,12 @@ class Market:
             self.ledger.sync()
             engine, _holdings = self.current()
         return [(e.order, e.side, e.account, e.grams_left, e.price) for e in engine.book()]
+
+
+def controller_grams(holdings: MemoryHoldings, order: Order) -> int:
+    """SPEC §9: a controller's sell offers what the owner holds of its site's lots of its slot, place and type."""
+    lots = holdings.lots(order.account, order.place, order.type)
+    return sum(lot[2] for lot in lots if lot[3] == order.site and lot[1] == order.slot)
 
 
 __all__ = ["SIDE_BUY", "SIDE_CANCEL", "SIDE_SELL", "Market", "Placed", "new_nonce", "sign_order"]

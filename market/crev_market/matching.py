@@ -16,7 +16,8 @@ Units:
 
 Holdings. The engine keeps no holdings. Each order event reads the
 seller's lots through a ``Holdings`` object, which is read-only to the
-engine and returns ``lots(account, place, type)`` oldest slot first. During
+engine and returns ``lots(account, place, type)`` oldest slot first, each
+lot with the site it was issued at (a sell with a site takes only those). During
 the event the engine subtracts what its own trades have already taken, and
 every ``Trade`` carries the lots and grams it took (oldest slot first) so
 that settlement can move them. **The caller applies each event's trades to
@@ -113,11 +114,11 @@ COMPACT_MIN = 1024  # dead heap entries tolerated before a rebuild is considered
 BUY = "buy"
 SELL = "sell"
 
-Lot = tuple[str, int, int]
-"""``(lot id "ISSUANCE.INDEX", slot start S in unix seconds, grams held)``."""
+Lot = tuple[str, int, int, str]
+"""``(lot id "ISSUANCE.INDEX", slot start S in unix seconds, grams held, site)``."""
 
 _Segments = tuple[str, ...]
-_SellKey = tuple[str, bool, str, str]  # seller, disclosed, place, type
+_SellKey = tuple[str, bool, str, str, str]  # seller, disclosed, place, type, site ("" any)
 _Window = tuple[int | None, int | None]
 _Anchor = tuple[str, _Segments, _Segments]
 _Conditions = tuple[frozenset[str], tuple[_Segments, ...], tuple[_Segments, ...]]
@@ -157,7 +158,8 @@ class Sell:
     """A sell order: up to ``grams`` of the seller's lots of one place and one type (exact paths).
 
     ``disclosed`` is the seller account's disclosure (SPEC §8). The caller
-    copies it from the account when the order arrives.
+    copies it from the account when the order arrives. ``site``, when set,
+    restricts the sell to lots issued at that site.
     """
 
     account: str
@@ -167,6 +169,7 @@ class Sell:
     min_price: int  # 1/100 yen per kg
     expires_s: int | None = None
     disclosed: bool = True
+    site: str = ""  # only lots of this site (a controller's sell, SPEC §9); "" takes any of the seller's
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,20 +306,22 @@ class MemoryHoldings:
     """
 
     def __init__(self) -> None:
-        self._meta: dict[str, tuple[str, str, int, int]] = {}  # lot id: place, type, slot, sequence
+        self._meta: dict[str, tuple[str, str, int, int, str]] = {}  # lot id: place, type, slot, sequence, site
         self._held: dict[tuple[str, str, str], dict[str, int]] = {}
         self._sorted: dict[tuple[str, str, str], list[Lot]] = {}
 
-    def add(self, account: str, lot_id: str, place: str, type_path: str, slot_s: int, grams: int) -> None:
+    def add(
+        self, account: str, lot_id: str, place: str, type_path: str, slot_s: int, grams: int, site: str = ""
+    ) -> None:
         meta = self._meta.get(lot_id)
         if meta is None:
-            meta = self._meta[lot_id] = (place, type_path, slot_s, len(self._meta))
-        elif meta[:3] != (place, type_path, slot_s):
-            raise ValueError("lot %s was added before with another place, type or slot" % lot_id)
+            meta = self._meta[lot_id] = (place, type_path, slot_s, len(self._meta), site)
+        elif (meta[0], meta[1], meta[2], meta[4]) != (place, type_path, slot_s, site):
+            raise ValueError("lot %s was added before with another place, type, slot or site" % lot_id)
         self._move(account, lot_id, grams)
 
     def _move(self, account: str, lot_id: str, grams: int) -> None:
-        place, type_path, _slot, _seq = self._meta[lot_id]
+        place, type_path = self._meta[lot_id][:2]
         key = (account, place, type_path)
         held = self._held.setdefault(key, {})
         now = held.get(lot_id, 0) + grams
@@ -334,7 +339,8 @@ class MemoryHoldings:
         if cached is None:
             held = self._held.get(key, {})
             order = sorted(held, key=lambda lot_id: (self._meta[lot_id][2], self._meta[lot_id][3]))
-            cached = self._sorted[key] = [(lot_id, self._meta[lot_id][2], held[lot_id]) for lot_id in order]
+            meta = self._meta
+            cached = self._sorted[key] = [(lot_id, meta[lot_id][2], held[lot_id], meta[lot_id][4]) for lot_id in order]
         return cached
 
     def settle(self, trades: Iterable[Trade]) -> None:
@@ -359,52 +365,59 @@ class _Taking:
 
     def __init__(self, holdings: Holdings) -> None:
         self._holdings = holdings
-        self._lots: dict[_SellKey, tuple[list[str], list[int], list[int]]] = {}
+        # One list per (seller, place, type), shared by sells with and without a site, so
+        # that what one of them takes in this event is gone for the other.
+        self._lots: dict[tuple[str, str, str], tuple[list[str], list[int], list[int], list[str]]] = {}
 
-    def _get(self, key: _SellKey) -> tuple[list[str], list[int], list[int]]:
-        found = self._lots.get(key)
+    def _get(self, key: _SellKey) -> tuple[list[str], list[int], list[int], list[str]]:
+        base = (key[0], key[2], key[3])
+        found = self._lots.get(base)
         if found is None:
             ids: list[str] = []
             slots: list[int] = []
             grams: list[int] = []
+            sites: list[str] = []
             last = -1
-            for lot in self._holdings.lots(key[0], key[2], key[3]):
-                if type(lot) is not tuple or len(lot) != 3:
-                    raise EngineMisuse("HOLDINGS", "a lot is (lot id, slot, grams), not %r" % (lot,))
-                lot_id, slot, held = lot
+            for lot in self._holdings.lots(*base):
+                if type(lot) is not tuple or len(lot) != 4:
+                    raise EngineMisuse("HOLDINGS", "a lot is (lot id, slot, grams, site), not %r" % (lot,))
+                lot_id, slot, held, site = lot
                 # type() is: a bool is not a slot or a quantity.
-                if type(lot_id) is not str or type(slot) is not int or type(held) is not int:
-                    raise EngineMisuse("HOLDINGS", "a lot is (lot id, slot, grams), not %r" % (lot,))
+                if type(lot_id) is not str or type(slot) is not int or type(held) is not int or type(site) is not str:
+                    raise EngineMisuse("HOLDINGS", "a lot is (lot id, slot, grams, site), not %r" % (lot,))
                 if held <= 0 or slot < last:
                     raise EngineMisuse("HOLDINGS", "lots come oldest slot first with grams > 0, not %r" % (lot,))
                 last = slot
                 ids.append(lot_id)
                 slots.append(slot)
                 grams.append(held)
-            found = self._lots[key] = (ids, slots, grams)
+                sites.append(site)
+            found = self._lots[base] = (ids, slots, grams, sites)
         return found
 
     def available(self, key: _SellKey, window: _Window | None) -> int:
-        _ids, slots, grams = self._get(key)
-        if window is None:
+        _ids, slots, grams, sites = self._get(key)
+        site = key[4]
+        if window is None and not site:
             return sum(grams)
-        low, high = window
+        low, high = window if window is not None else (None, None)
         total = 0
         for i, slot in enumerate(slots):
             if high is not None and slot + SLOT_S > high:
                 break  # oldest first: every later lot is later still
-            if low is None or slot >= low:
+            if (low is None or slot >= low) and (not site or sites[i] == site):
                 total += grams[i]
         return total
 
     def take(self, key: _SellKey, window: _Window | None, wanted: int) -> tuple[tuple[str, int], ...]:
         """Take ``wanted`` grams, oldest slot first, from lots inside ``window``; the caller checked they are there."""
-        ids, slots, grams = self._get(key)
+        ids, slots, grams, sites = self._get(key)
+        site = key[4]
         taken = []
         for i, slot in enumerate(slots):
             if not wanted:
                 break
-            if not grams[i] or (window is not None and not _in_window(slot, window)):
+            if not grams[i] or (window is not None and not _in_window(slot, window)) or (site and sites[i] != site):
                 continue
             part = min(wanted, grams[i])
             grams[i] -= part
@@ -447,7 +460,7 @@ class _Resting:
         self.expires_s = spec.expires_s
         self.left = left
         self.live = True
-        self.key: _SellKey = ("", True, "", "")
+        self.key: _SellKey = ("", True, "", "", "")
         self.conds: _Conditions = (frozenset(), (), ())
         self.window: _Window | None = None
         self.anchors: list[_Anchor] = []
@@ -546,6 +559,8 @@ def _sell_problem(sell: Sell) -> str | None:
             return "%s: %s" % (what, problem)
     if sell.disclosed is not True and sell.disclosed is not False:
         return "disclosed must be true or false"
+    if sell.site != "" and not valid_device_id(sell.site):
+        return "site must be a site id or empty"
     return None
 
 
@@ -638,7 +653,7 @@ class MatchingEngine:
             self._prepare_buy(incoming, order)
             trades = self._match_buy(incoming, taking)
         else:
-            incoming.key = (order.account, order.disclosed, order.place, order.type)
+            incoming.key = (order.account, order.disclosed, order.place, order.type, order.site)
             trades = self._match_sell(incoming, order, taking)
         if incoming.left:
             self._rest(incoming)

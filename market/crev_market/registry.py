@@ -143,7 +143,7 @@ class Registry:
         now_ms: int,
     ) -> int:
         return self._site_event(
-            SITE_REGISTER, site, owner, place, devices, types, factor_mg, factor_label, floor, now_ms
+            SITE_REGISTER, site, owner, place, devices, types, factor_mg, factor_label, floor or None, now_ms
         )
 
     def change_site(
@@ -174,7 +174,7 @@ class Registry:
             merged_types,
             current.factor_mg if factor_mg is None else factor_mg,
             factor_label or (current.factor_label if factor_mg is None else None),
-            current.floor if floor is None else floor,
+            current.floor if floor is None else (floor or None),  # 0: no floor, the controller may not sell
             now_ms,
         )
 

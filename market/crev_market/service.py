@@ -4,7 +4,8 @@ One process, two threads on one store connection:
 
 - the main thread issues every closed slot every ``[ledger] block_interval_s``
   seconds (``Registry.issue``), so C-REV appears as ingest seals the blocks
-  that close its slots, and logs what it issued;
+  that close its slots, and logs what it issued; then it places the
+  controllers' sell orders ingest received (``crev_market.controllers``);
 - uvicorn serves the API (``crev_market.api``) on ``[market] listen`` from
   its own thread. Matching happens as each signed order arrives.
 
@@ -30,6 +31,8 @@ from crev_ingest.keyfile import load_key
 from crev_ingest.ledger import Ledger
 from crev_ingest.store import Store
 from crev_market import Refused
+from crev_market.controllers import take_controller_orders
+from crev_market.market import Market
 from crev_market.registry import Registry
 
 if TYPE_CHECKING:
@@ -69,6 +72,7 @@ class MarketService:
         ledger = Ledger(self.store, key, config.origin, config.block_interval_s, config.block_max_leaves)
         factor_mg = round(config.default_g_per_kwh * 1000)
         self.registry = Registry(self.store, ledger, factor_mg, config.default_factor_label)
+        self.market = Market(self.registry)
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.server: uvicorn.Server | None = None
@@ -85,13 +89,15 @@ class MarketService:
             )
         for dev in sorted(set(summary.held)):
             log.warning("held: %s has a reading whose meter type does not fit its site; fix the site's --type", dev)
+        with self.lock:
+            take_controller_orders(self.market, int(time.time() * 1000))
 
     def start_api(self) -> threading.Thread:
         import uvicorn
 
         from crev_market.api import create_app
 
-        app = create_app(self.registry, self.lock)
+        app = create_app(self.registry, self.lock, self.market)
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
         thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, name="market-api")
         thread.start()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from crev import cbor, merkle, trace
 from crev.keys import key_id
-from crev.market_format import Trade
+from crev.market_format import Order, Trade
 from crev.registry_format import LEAF_TRADE, Issuance, Retirement
 from crev_ingest.export import written_aside
 from crev_ingest.store import Store
@@ -74,6 +74,11 @@ def _export(
             accounts.add(Retirement.parse(move_data, None).account)
     sites = {i.site for i in issuances.values()}
     devices = {i.dev for i in issuances.values()}
+    for order_leaf in orders:
+        order = Order.parse(_data(store.leaf(order_leaf))[2], None)
+        if order.by_controller:  # signed by a device: its key events and its site's rules go along
+            sites.add(order.site)
+            devices.update(dev for _action, dev, _key, _time in store.key_events_for_kid(order.kid))
 
     entry_leaves: set[int] = set(issuance_leaves) | set(moves) | orders | {retirement_id}
     for name in accounts:
