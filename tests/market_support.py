@@ -211,7 +211,7 @@ def _leaf(data: bytes) -> tuple[int, int, bytes]:
     return int(decoded[0]), int(decoded[1]), bytes(decoded[2])
 
 
-def replay_market(db_path: Path) -> MarketReplay:
+def replay_market(db_path: Path, ledger_public_key: bytes = LEDGER_KEY.public_key) -> MarketReplay:
     """Replay the order leaves of the ledger file alone, in ledger order, through a fresh engine."""
     db = sqlite3.connect(str(db_path))
     try:
@@ -219,7 +219,7 @@ def replay_market(db_path: Path) -> MarketReplay:
         last = db.execute("SELECT max(tree_size) FROM blocks").fetchone()[0]
         disclosed: dict[str, bool] = {}
         for (data,) in db.execute("SELECT data FROM leaves WHERE type = ? ORDER BY idx", (LEAF_ACCOUNT,)):
-            event = AccountEvent.parse(_leaf(bytes(data))[2], LEDGER_KEY.public_key)
+            event = AccountEvent.parse(_leaf(bytes(data))[2], ledger_public_key)
             disclosed[event.account] = bool(event.disclosed)
     finally:
         db.close()
@@ -234,7 +234,7 @@ def replay_market(db_path: Path) -> MarketReplay:
         leaf_type, received_ms, data = _leaf(raw)
         leaf_types[idx] = leaf_type
         if leaf_type == LEAF_ISSUANCE:
-            issuance = Issuance.parse(data, LEDGER_KEY.public_key)
+            issuance = Issuance.parse(data, ledger_public_key)
             issuances[idx] = issuance
             for index, lot in enumerate(issuance.lots):
                 if lot[3]:
@@ -255,7 +255,7 @@ def replay_market(db_path: Path) -> MarketReplay:
                     source.site,
                 )
         elif leaf_type == LEAF_TRADE:
-            trade_leaves[idx] = TradeLeaf.parse(data, LEDGER_KEY.public_key)
+            trade_leaves[idx] = TradeLeaf.parse(data, ledger_public_key)
         elif leaf_type == LEAF_ORDER:
             order = Order.parse(data, None)
             orders[idx] = order

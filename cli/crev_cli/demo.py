@@ -57,8 +57,9 @@ SIM_INTERVAL_S = 300
 OWNERS = ("tokyo-home", "osaka-office", "sapporo-wind")
 PLACES = ("Japan/Tokyo/Nerima", "Japan/Osaka/Kita", "Japan/Hokkaido/Sapporo")
 RETIRE_KG = "0.5"
-# Osaka's and Sapporo's owners sell; one buyer wants Osaka's C-REV, the other only Sapporo's seller.
-SELLS = (("osaka-office", 1000, "12.50"), ("sapporo-wind", 1000, "15.00"))  # at most 1 kg, half the holdings
+# Osaka's and Sapporo's owners let their controllers sell each slot's C-REV at a floor price;
+# one buyer wants Osaka's C-REV, the other only Sapporo's seller.
+CONTROLLER_SELLS = {"osaka-office": "12.50", "sapporo-wind": "15.00"}
 BUYERS = (
     ("city-office", "Nerima city office", ("--place", "Japan/Osaka"), "0.8", "20"),
     ("green-fund", "Green Fund K.K.", ("--seller", "sapporo-wind"), "0.6", "18"),
@@ -203,6 +204,13 @@ def write_configs(
         # The accelerated clock makes a site look `speed` times more powerful.
         rating = max(site.pv_peak_w, site.load_avg_w * 4) * speed * 2
         gateway = workdir / ("%s.toml" % site.device)
+        owner, place = OWNERS[SITES.index(site)], PLACES[SITES.index(site)]
+        selling = (
+            '\n[market]\nsell = true\nowner = "%s"\nsite = "%s-site"\nplace = "%s"\ntypes = ["solar"]\nprice = "%s"\n'
+            % (owner, owner, place, CONTROLLER_SELLS[owner])
+            if owner in CONTROLLER_SELLS
+            else ""
+        )
         gateway.write_text(
             '[device]\nid = "%s"\nkey = "%s.key"\ninterval_s = %d\nclock = "synchronised"\n\n'
             "[simulation]\nepoch = %d\nspeed = %g\n\n"
@@ -224,6 +232,7 @@ def write_configs(
                 grid_port,
                 rating,
             )
+            + selling
         )
         sites.append((site, sim, gateway, [pv_port, grid_port]))
     return sites
@@ -335,16 +344,18 @@ def register_sites(workdir: Path) -> None:
             *("registry", "account", "add", "--config", "ingest.toml", "--account", owner),
             *("--name", site.name + " owner", "--pubkey", pubkey),
         )
+        floor = ("--controller-sells-at", CONTROLLER_SELLS[owner]) if owner in CONTROLLER_SELLS else ()
         run_crev(
             workdir,
             *("registry", "site", "add", "--config", "ingest.toml", "--site", owner + "-site"),
-            *("--owner", owner, "--place", place, "--device", site.device),
+            *("--owner", owner, "--place", place, "--device", site.device, *floor),
         )
 
 
 def issue_and_retire(console: Console, workdir: Path) -> int | None:
     """The registry's and market's part: what is left is issued, owners sell, buyers trade, one buyer retires."""
     console.print("crev registry issue: %s" % run_crev(workdir, "registry", "issue", "--config", "ingest.toml").strip())
+    time.sleep(6)  # a pass of `crev market run`: it places the controllers' sells of the slots just issued
     with sqlite3.connect(workdir / "crev.sqlite") as db:
         slots, grams = db.execute(
             "SELECT count(DISTINCT i.leaf_idx), coalesce(sum(l.grams), 0) FROM issuances i "
@@ -384,19 +395,19 @@ def issue_and_retire(console: Console, workdir: Path) -> int | None:
 
 
 def trade(console: Console, workdir: Path) -> None:
-    """Two owners offer C-REV; two buyers bid with conditions, and the market matches them."""
-    for owner, most_g, price in SELLS:
-        place = PLACES[OWNERS.index(owner)]
-        held = json.loads(
-            run_crev(workdir, "registry", "holdings", "--config", "ingest.toml", "--account", owner, "--json")
-        )
-        kg = "%.3f" % (min(most_g, held["grams"] // 2) / 1000)
-        run_crev(
-            workdir,
-            *("market", "order", "--config", "ingest.toml", "--account", owner, "--key", "%s.key" % owner),
-            *("--sell", "--place", place, "--type", "solar", "--kg", kg, "--price", price),
-        )
-        console.print("crev market order: %s sells %s kg-CO2 of %s at %s yen/kg" % (owner, kg, place, price))
+    """Two controllers have offered their sites' C-REV slot by slot; two buyers bid with conditions."""
+    with sqlite3.connect(workdir / "crev.sqlite") as db:
+        for owner in CONTROLLER_SELLS:
+            placed, refused, grams = db.execute(
+                "SELECT count(*) FILTER (WHERE i.state = 'placed'), count(*) FILTER (WHERE i.state = 'refused'), "
+                "coalesce(sum(o.grams), 0) FROM order_inbox i LEFT JOIN orders o ON o.leaf_idx = i.order_leaf "
+                "WHERE i.dev = ?",
+                (SITES[OWNERS.index(owner)].device,),
+            ).fetchone()
+            console.print(
+                "controller of %s: %d sell orders placed (%.3f kg-CO2 at %s yen/kg), %d refused"
+                % (owner, placed, grams / 1000, CONTROLLER_SELLS[owner], refused)
+            )
     for buyer, name, condition, kg, price in BUYERS:
         pubkey = run_crev(workdir, "registry", "keygen", "--out", "%s.key" % buyer).split()[1]
         run_crev(

@@ -11,13 +11,17 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from crev import dgcc
+from crev.market_format import MAX_PRICE
 from crev.reading import valid_device_id
+from crev.registry_format import parse_decimal, path_problem
 from crev_gateway import ConfigError
 from crev_gateway.profiles import available_profiles
 
 ROLES = ("generation", "grid")
 COUNTERS = ("import", "export", "total")
 CLOCK_MODES = ("auto", "synchronised", "unsynchronised")
+MARKET_KEYS = ("sell", "owner", "site", "place", "types", "price", "expires")
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,18 @@ class MqttConfig:
     keepalive_s: int = 30
 
 
+@dataclass(frozen=True)
+class MarketConfig:
+    """[market]: the controller sells the site's new lots (SPEC §9, the controller as bidder)."""
+
+    owner: str  # the site's owner account: the order's account (key 2)
+    site: str
+    place: str
+    types: tuple[str, ...]  # one order per type per slot
+    price: int  # 1/100 yen per kg-CO2
+    expires_s: int | None  # an order lapses this long after it was signed
+
+
 @dataclass
 class GatewayConfig:
     path: Path
@@ -88,6 +104,7 @@ class GatewayConfig:
     # [simulation], for demos only: sign with a clock that starts at epoch and runs speed times faster.
     sim_epoch: int | None = None
     sim_speed: float = 1.0
+    market: MarketConfig | None = None  # None: the controller signs no orders
 
 
 class _Reader:
@@ -287,6 +304,7 @@ def parse(raw: dict[str, Any], path: Path) -> GatewayConfig:
         metrics_listen=_listen(listen, metrics, "listen") if listen else None,
         publish_window=outbox.integer("publish_window", 200, 1, 10000),
         meters=meters,
+        market=_market(_Reader(path, raw.get("market", {}), "[market]"), meters),
         **_simulation(_Reader(path, raw.get("simulation", {}), "[simulation]")),
     )
 
@@ -299,3 +317,92 @@ def _simulation(table: _Reader) -> dict[str, Any]:
         "sim_epoch": table.integer("epoch", 0, 0, 1 << 40),
         "sim_speed": table.number("speed", 1.0, 1.0, 100000.0),
     }
+
+
+def _duration(reader: _Reader, key: str) -> int | None:
+    """A duration such as "7d", "12h", "30m", "90s", or a whole number of seconds."""
+    if key not in reader.table:
+        return None
+    value = reader.table[key]
+    seconds = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        seconds = value
+    elif isinstance(value, str) and len(value) >= 2 and value[-1] in DURATION_UNITS:
+        number = value[:-1]
+        if number and all("0" <= c <= "9" for c in number):
+            seconds = int(number) * DURATION_UNITS[value[-1]]
+    if seconds is None:
+        raise reader.fail(key, 'must be a duration such as "7d", "12h" or "30m", got %r' % (value,))
+    if not 60 <= seconds <= 3650 * 86400:
+        raise reader.fail(key, "must be between 1 minute and 3650 days, got %d s" % seconds)
+    return seconds
+
+
+def _market(reader: _Reader, meters: list[MeterConfig]) -> MarketConfig | None:
+    table = reader.table
+    if not isinstance(table, dict):
+        raise ConfigError("%s: [market] must be a table" % reader.path.name)
+    # A misspelt setting would otherwise be ignored, and the owner would sell on defaults.
+    unknown = sorted(k for k in table if k not in MARKET_KEYS)
+    if unknown:
+        raise reader.fail(unknown[0], "is not a setting (the settings are %s)" % ", ".join(MARKET_KEYS))
+    sell = table.get("sell", False)
+    if not isinstance(sell, bool):
+        raise reader.fail("sell", "must be true or false, without quotes")
+    if not sell:
+        return None
+    owner = reader.text("owner")
+    if not valid_device_id(owner):
+        raise reader.fail("owner", "%r is not an account id: use 3-63 lowercase letters, digits and '-'" % owner)
+    site = reader.text("site")
+    if not valid_device_id(site):
+        raise reader.fail("site", "%r is not a site id: use 3-63 lowercase letters, digits and '-'" % site)
+    place = reader.text("place")
+    problem = path_problem(place)
+    if problem:
+        raise reader.fail("place", "is not a place path such as Japan/Osaka/Suita: %s" % problem)
+    sources: list[str] = []
+    for meter in meters:
+        name = dgcc.SOURCE_NAMES[meter.source]
+        if meter.role == "generation" and name not in sources:
+            sources.append(name)
+    types = table.get("types", sources)
+    if not isinstance(types, list) or not types or not all(isinstance(t, str) for t in types):
+        raise reader.fail("types", 'must be a list of type paths in quotes, such as ["solar"]')
+    for type_path in types:
+        problem = path_problem(type_path)
+        if problem:
+            raise reader.fail(
+                "types", "has %r, which is not a type path such as solar/rooftop: %s" % (type_path, problem)
+            )
+        # A site's type is a path under its meter's source (SPEC §8), so any
+        # other type would never name a lot of this gateway's site.
+        if type_path.split("/")[0] not in sources:
+            raise reader.fail(
+                "types",
+                "has %r, which is not under the source of a generation meter (%s)" % (type_path, ", ".join(sources)),
+            )
+        if types.count(type_path) > 1:
+            raise reader.fail("types", "lists %r twice" % type_path)
+    price_raw = table.get("price")
+    if isinstance(price_raw, int) and not isinstance(price_raw, bool):
+        price_raw = str(price_raw)
+    if not isinstance(price_raw, str):
+        raise reader.fail(
+            "price",
+            'is missing or not in quotes: write yen per kg-CO2 with up to 2 decimals, e.g. price = "30.00"',
+        )
+    try:
+        price = parse_decimal(price_raw, 2, "[market] price")
+    except ValueError as err:
+        raise ConfigError("%s: %s" % (reader.path.name, err)) from None
+    if price > MAX_PRICE:
+        raise reader.fail("price", "%r is beyond any market's prices" % price_raw)
+    return MarketConfig(
+        owner=owner,
+        site=site,
+        place=place,
+        types=tuple(types),
+        price=price,
+        expires_s=_duration(reader, "expires"),
+    )

@@ -35,6 +35,12 @@ class GatewayMetrics:
             "crev_gateway_last_puback_timestamp_seconds", "Last PUBACK from the broker", registry=r
         )
         self.connected = Gauge("crev_gateway_mqtt_connected", "1 while connected to the broker", registry=r)
+        self.orders_signed = Counter(
+            "crev_gateway_orders_signed_total", "Controller's sell orders signed and committed (SPEC §9)", registry=r
+        )
+        self.orders_pending = Gauge(
+            "crev_gateway_orders_pending", "Signed orders not yet acknowledged by the broker", registry=r
+        )
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)

@@ -7,7 +7,10 @@ Per interval, aligned so that t1 % interval_s == 0:
 3. otherwise build the next reading of the chain with the core, sign it,
    and commit it to the outbox (durable) before anything is sent;
 4. hand committed readings to MQTT in seq order, a bounded window at a time;
-   a PUBACK removes a reading from the outbox.
+   a PUBACK removes a reading from the outbox;
+5. with ``[market] sell = true``, close the 30-minute slots this reading
+   ended and commit the controller's sells for them (orders.py), which go
+   to MQTT the same way, in the order they were committed.
 
 If the outbox reaches its bound, new readings are paused, never dropped:
 the meters' counters keep accumulating, so the first reading after the
@@ -30,11 +33,13 @@ from crev_gateway.config import GatewayConfig
 from crev_gateway.keyfile import load_signing_key
 from crev_gateway.meters import MeterReader, MeterSample
 from crev_gateway.metrics import GatewayMetrics
+from crev_gateway.orders import SlotSeller, self_by_source
 from crev_gateway.outbox import Outbox
 from crev_gateway.profiles import load_profile
 
 log = logging.getLogger("crev.gateway")
 FIRMWARE = "crev-gateway/" + __version__
+ORDERS_PER_PASS = 100  # bounds one loop pass after a long outage; the rest follow on the next passes
 
 
 def _fields(**values: object) -> dict[str, object]:
@@ -64,7 +69,8 @@ class Gateway:
             self.readers.append(MeterReader(meter, load_profile(meter.profile), bus))
         self.buses = list(buses.values())
         self.acks: queue.Queue[int] = queue.Queue()
-        self.publisher = ReadingPublisher(config.mqtt, config.device_id, self.acks)
+        self.order_acks: queue.Queue[int] = queue.Queue()
+        self.publisher = ReadingPublisher(config.mqtt, config.device_id, self.acks, self.order_acks)
         self.publisher.on_state_change = lambda up: self.metrics.connected.set(1 if up else 0)
         self.clock = ClockWatch(config.clock)
         self.stop_event = threading.Event()
@@ -74,6 +80,13 @@ class Gateway:
         self.handed_up_to = -1  # highest seq handed to MQTT in this process
         self.in_flight = 0
         self.outbox_paused = False
+        self.orders_handed_up_to = 0  # highest order id handed to MQTT in this process (ids start at 1)
+        self.seller: SlotSeller | None = None
+        if config.market is not None:
+            self.seller = SlotSeller(config.market, self.key, self.outbox, self.now, self.metrics, config.device_id)
+        else:
+            self.outbox.forget_slot_sums()
+        self.metrics.orders_pending.set(self.outbox.order_depth())
 
     # ------------------------------------------------------------ meters
 
@@ -172,7 +185,7 @@ class Gateway:
             self.config.device_id, t1, clk, self.channels(samples), FIRMWARE, flags, t0=t1 - self.config.interval_s
         )
         cose = reading.sign(self.key)
-        self.outbox.commit(reading.seq, t1, cose)
+        self.outbox.commit(reading.seq, t1, cose, None if self.seller is None else self_by_source(reading))
         self.head = self.head.advance(reading, cose)
         self.pending_flags = 0
         self.restarted = False
@@ -188,6 +201,8 @@ class Gateway:
                 self_mwh=reading.energies[3] if reading.energies else None,
             ),
         )
+        if self.seller is not None:
+            self.seller.close_through(t1)
 
     # ------------------------------------------------------------ MQTT
 
@@ -203,6 +218,17 @@ class Gateway:
             self.outbox.acknowledge(acked)
             self.in_flight -= len(acked)
             self.metrics.last_puback.set(time.time())
+        # Order PUBACKs are few: picking them up once per loop is soon enough.
+        orders = []
+        try:
+            while True:
+                orders.append(self.order_acks.get_nowait())
+        except queue.Empty:
+            pass
+        if orders:
+            self.outbox.acknowledge_orders(orders)
+            self.metrics.orders_pending.set(self.outbox.order_depth())
+            self.metrics.last_puback.set(time.time())
 
     def feed_publisher(self) -> None:
         room = self.config.publish_window - self.in_flight
@@ -212,6 +238,12 @@ class Gateway:
             self.publisher.publish(seq, cose)
             self.handed_up_to = seq
             self.in_flight += 1
+
+    def feed_orders(self) -> None:
+        """Hand committed orders to MQTT once each, oldest first; paho keeps them until their PUBACK."""
+        for order_id, cose in self.outbox.orders_after(self.orders_handed_up_to, ORDERS_PER_PASS):
+            self.publisher.publish_order(order_id, cose)
+            self.orders_handed_up_to = order_id
 
     # ------------------------------------------------------------ loop
 
@@ -239,6 +271,10 @@ class Gateway:
             extra=_fields(event="start", device=self.config.device_id, next_seq=self.head.next_seq),
         )
         self._started = time.monotonic()
+        if self.seller is not None and self.head.last_t1 is not None:
+            # A crash between a reading's commit and its slot's closure left that slot open: close it
+            # now, not at the next reading, which is long in coming while the meters are down.
+            self.seller.close_through(self.head.last_t1)
         boundary = self.next_boundary(self.now())
         with ThreadPoolExecutor(max_workers=max(1, len(self.buses)), thread_name_prefix="bus") as pool:
             try:
@@ -249,6 +285,7 @@ class Gateway:
                         self.run_interval(boundary, pool)
                         boundary = self.next_boundary(self.now())
                     self.feed_publisher()
+                    self.feed_orders()
                     self.process_acks(min(0.2, (boundary - self.now()) / self.config.sim_speed))
             finally:
                 self.publisher.stop()

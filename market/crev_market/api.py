@@ -218,7 +218,7 @@ def _leaf_data(leaf: bytes) -> bytes:
 
 def refusal_status(refusal: Refused) -> int:
     """The HTTP status of a refusal: 403 a wrong key, 409 a replay, else 400."""
-    return {"NOT_SIGNED": 403, "REPLAY": 409}.get(refusal.reason, 400)
+    return {"NOT_SIGNED": 403, "NOT_ALLOWED": 403, "REPLAY": 409}.get(refusal.reason, 400)
 
 
 def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:

@@ -1,10 +1,13 @@
-"""The only place that touches paho-mqtt: QoS 1 readings and a retained status.
+"""The only place that touches paho-mqtt: QoS 1 readings and orders, a retained status.
 
 paho keeps every QoS 1 message it was given until the PUBACK and re-sends
 it (in order, with DUP) after a reconnect, so within one process each
 reading is handed to paho exactly once; after a restart the outbox hands
 over whatever was never acknowledged. PUBACKs are passed to the service
-through a queue, so only the service thread touches the outbox.
+through queues, so only the service thread touches the outbox: a reading's
+PUBACK goes to ``acks`` as its seq, an order's to ``order_acks`` as its
+outbox id. Each mid remembers which queue it belongs to, so the two id
+spaces never mix.
 """
 
 import logging
@@ -22,7 +25,6 @@ from crev_gateway import ConfigError
 from crev_gateway.config import MqttConfig
 
 log = logging.getLogger("crev.gateway.mqtt")
-STATUS_MID = -1
 
 
 def reading_topic(device_id: str) -> str:
@@ -33,17 +35,28 @@ def status_topic(device_id: str) -> str:
     return "crev/v1/%s/status" % device_id
 
 
+def order_topic(device_id: str) -> str:
+    return "crev/v1/%s/order" % device_id
+
+
 class ReadingPublisher:
-    def __init__(self, config: MqttConfig, device_id: str, acks: "queue.Queue[int]") -> None:
+    def __init__(
+        self,
+        config: MqttConfig,
+        device_id: str,
+        acks: "queue.Queue[int]",
+        order_acks: "queue.Queue[int] | None" = None,
+    ) -> None:
         self.config = config
         self.device_id = device_id
         self.acks = acks
+        self.order_acks = order_acks
         self.connected = threading.Event()
         self.on_state_change: Callable[[bool], None] | None = None
-        # mid -> seq (STATUS_MID for status messages). paho calls on_publish
-        # while holding its own lock, so ours is never held across a paho
-        # call, and a PUBACK may arrive before publish() has recorded its mid.
-        self._seq_by_mid: dict[int, int] = {}
+        # mid -> (the queue its PUBACK goes to, the id put there). paho calls
+        # on_publish while holding its own lock, so ours is never held across
+        # a paho call, and a PUBACK may arrive before publish() has recorded its mid.
+        self._by_mid: dict[int, tuple[queue.Queue[int] | None, int]] = {}
         self._acked_early: set[int] = set()
         self._lock = threading.Lock()
         client = mqtt.Client(
@@ -73,20 +86,21 @@ class ReadingPublisher:
         self.client.connect_async(self.config.host, self.config.port, keepalive=self.config.keepalive_s)
         self.client.loop_start()
 
-    def _track(self, mid: int, seq: int) -> None:
+    def _track(self, mid: int, target: "queue.Queue[int] | None", ident: int) -> None:
+        """Remember where a message's PUBACK goes; None for status messages, whose PUBACK nobody waits for."""
         with self._lock:
             if mid in self._acked_early:
                 self._acked_early.discard(mid)
                 acked = True
             else:
-                self._seq_by_mid[mid] = seq
+                self._by_mid[mid] = (target, ident)
                 acked = False
-        if acked and seq != STATUS_MID:
-            self.acks.put(seq)
+        if acked and target is not None:
+            target.put(ident)
 
     def _publish_status(self, client: mqtt.Client, status: bytes) -> mqtt.MQTTMessageInfo:
         info = client.publish(status_topic(self.device_id), status, qos=1, retain=True)
-        self._track(info.mid, STATUS_MID)
+        self._track(info.mid, None, 0)
         return info
 
     def stop(self) -> None:
@@ -97,7 +111,14 @@ class ReadingPublisher:
 
     def publish(self, seq: int, cose: bytes) -> None:
         info = self.client.publish(reading_topic(self.device_id), cose, qos=1)
-        self._track(info.mid, seq)
+        self._track(info.mid, self.acks, seq)
+
+    def publish_order(self, order_id: int, cose: bytes) -> None:
+        """A controller's sell (SPEC §9); its PUBACK comes back on ``order_acks`` as ``order_id``."""
+        if self.order_acks is None:
+            raise RuntimeError("this publisher was made without a queue for order PUBACKs")
+        info = self.client.publish(order_topic(self.device_id), cose, qos=1)
+        self._track(info.mid, self.order_acks, order_id)
 
     def _on_connect(
         self, client: mqtt.Client, userdata: object, flags: object, reason: ReasonCode, properties: object
@@ -124,11 +145,11 @@ class ReadingPublisher:
         self, client: mqtt.Client, userdata: object, mid: int, reason: ReasonCode, properties: object
     ) -> None:
         with self._lock:
-            seq = self._seq_by_mid.pop(mid, None)
-            if seq is None:
+            tracked = self._by_mid.pop(mid, None)
+            if tracked is None:
                 self._acked_early.add(mid)
-        if seq is not None and seq != STATUS_MID:
-            self.acks.put(seq)
+        if tracked is not None and tracked[0] is not None:
+            tracked[0].put(tracked[1])
 
 
 def _read_secret(path: Path) -> str:
