@@ -12,15 +12,36 @@ from pathlib import Path
 
 import pytest
 from harness import free_port, wait_for
-from ingest_support import LEDGER_KEY
-from market_support import buy_order, make_market, payload, replay_market, sell_order
+from ingest_support import LEDGER_KEY, NOW
+from market_support import SELLER, buy_order, make_market, payload, replay_market, sell_order
 from registry_support import write_ledger_key
-from trace_support import ORIGIN
+from trace_support import BASE, ORIGIN, PLACE, SITE
 
+from crev import cbor
+from crev.keys import SigningKey
+from crev.market_format import SIDE_SELL, Order
 from crev_ingest.ledger import Ledger
+from crev_ingest.orders import store_order
+from crev_ingest.registry_audit import replay_registry
 from crev_ingest.store import Store
-from crev_market.market import Market
+from crev_market.market import Market, new_nonce, sign_order
 from crev_market.registry import Registry
+
+
+def _spawn(directory: Path) -> subprocess.Popen[str]:
+    crev = Path(sys.executable).parent / "crev"
+    return subprocess.Popen(
+        [str(crev), "market", "run", "--config", str(directory / "ingest.toml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=directory,
+    )
+
+
+def _placed(store: Store) -> int:
+    with store.transaction():
+        return int(store.db.execute("SELECT count(*) FROM order_inbox WHERE state = 'placed'").fetchone()[0])
 
 
 def _start(directory: Path, port: int) -> subprocess.Popen[str]:
@@ -118,3 +139,73 @@ def test_sigkill_of_the_market_service_loses_no_order_and_duplicates_no_trade(tm
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_sigkill_while_placing_controllers_orders_places_each_once(tmp_path: Path) -> None:
+    """The inbox row of a controller's order settles in the order's own transaction: never placed twice."""
+    made = make_market(tmp_path)
+    made.traced.registry.change_site(SITE, None, None, [], {}, None, None, 2000, made.ms)
+    store = made.traced.ingest.store
+    write_ledger_key(tmp_path / "ledger.key")
+    port = free_port()
+    (tmp_path / "ingest.toml").write_text(
+        '[storage]\npath = "crev.sqlite"\n\n[ledger]\nkey = "ledger.key"\norigin = "%s"\nblock_interval_s = 0.05\n\n'
+        '[market]\nlisten = "127.0.0.1:%d"\n' % (ORIGIN, port)
+    )
+    rng = random.Random(11)
+    devices = [("dgc-a-0000", SigningKey(bytes([3]) * 32)), ("dgc-a-0001", SigningKey(bytes([4]) * 32))]
+    sent = 0
+    cut: list[int] = []  # orders still waiting after each kill
+    for _round in range(4):
+        with store.transaction():
+            for _ in range(150):
+                dev, key = devices[sent % 2]
+                fields = Order.to_map(
+                    SIDE_SELL,
+                    SELLER,
+                    NOW,
+                    new_nonce(),
+                    0,
+                    2500,
+                    PLACE,
+                    "solar",
+                    site=SITE,
+                    slot=BASE + 1800 * (sent % 3),
+                )
+                store_order(store, "crev/v1/%s/order" % dev, sign_order(fields, key), made.ms)
+                sent += 1
+        placed_before = _placed(store)
+        process = _spawn(tmp_path)
+        wait_for(
+            lambda before=placed_before, p=process: _placed(store) > before or p.poll() is not None,  # type: ignore[misc]
+            30,
+            "placing to begin",
+        )
+        time.sleep(rng.random() * 0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        cut.append(len(store.waiting_inbox_orders()))
+    # Some kills fell while the service was still placing (the rest after it had placed all).
+    assert any(waiting > 0 for waiting in cut), cut
+    process = _start(tmp_path, port)  # a last clean run takes whatever is left
+    wait_for(lambda: not store.waiting_inbox_orders(), 30, "the inbox to empty")
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+    rows = store.inbox_orders()
+    assert len(rows) == sent and {row["state"] for row in rows} == {"placed"}, rows
+    replay = replay_market(tmp_path / "crev.sqlite")
+    controller = sorted(leaf for leaf, order in replay.orders.items() if order.by_controller)
+    assert controller == sorted(row["order"] for row in rows), "each inbox order placed exactly once"
+    with store.transaction():
+        for row in rows:
+            signed = store.db.execute("SELECT data FROM order_inbox WHERE id = ?", (row["id"],)).fetchone()[0]
+            assert payload(bytes(signed)) == payload(_order_data(store.leaf(row["order"])))
+    replay_registry(store, LEDGER_KEY.public_key)
+    store.close()
+
+
+def _order_data(leaf: bytes) -> bytes:
+    decoded = cbor.loads(leaf)
+    assert isinstance(decoded, list)
+    return bytes(decoded[2])
