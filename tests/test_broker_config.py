@@ -39,7 +39,7 @@ def client(port: int, user: str, password: str, client_id: str, clean: bool = Tr
 def shipped_settings(kind: str) -> str:
     """The queueing lines of ingest/mosquitto/crev.conf (listeners and paths are per test)."""
     text = (ROOT / "ingest" / "mosquitto" / "crev.conf").read_text()
-    lines = [line for line in text.splitlines() if line.startswith(("max_queued", "allow_anonymous"))]
+    lines = [line for line in text.splitlines() if line.startswith(("max_queued", "max_packet", "allow_anonymous"))]
     return "\n".join(lines) if kind == "crev" else "allow_anonymous true"
 
 
@@ -61,18 +61,36 @@ def test_devices_may_write_only_their_own_topics(tmp_path: Path) -> None:
         received: list[str] = []
         sub = client(port, INGEST_USER, password[INGEST_USER], "acl-ingest")
         sub.on_message = lambda c, u, m: received.append(m.topic)
-        sub.subscribe("crev/v1/+/reading", qos=1)
+        sub.subscribe([("crev/v1/+/reading", 1), ("crev/v1/+/order", 1), ("crev/v1/+/cmd", 1)])
         time.sleep(0.3)
-        dev_a = client(port, a.dev, password[a.dev], "acl-a")
-        wait_for(dev_a.is_connected, 5, "device a to connect")
-        dev_a.publish("crev/v1/%s/reading" % a.dev, b"own", qos=1).wait_for_publish(5)
-        dev_a.publish("crev/v1/%s/reading" % b.dev, b"forged", qos=1).wait_for_publish(5)
+        clients: list[mqtt.Client] = []
+
+        def publish_as_a(topic: str, data: bytes) -> None:
+            """Each on a new connection: mosquitto drops a device that publishes where it may not."""
+            dev_a = client(port, a.dev, password[a.dev], "acl-a-%d" % len(clients))
+            clients.append(dev_a)
+            wait_for(dev_a.is_connected, 5, "device a to connect")
+            info = dev_a.publish(topic, data, qos=1)
+            wait_for(lambda: info.is_published() or not dev_a.is_connected(), 5, "the publish to end")
+
+        publish_as_a("crev/v1/%s/reading" % a.dev, b"own")
+        publish_as_a("crev/v1/%s/order" % a.dev, b"own order")
+        for topic in ("%s/reading" % b.dev, "%s/order" % b.dev, "%s/cmd" % a.dev, "%s/other" % a.dev):
+            publish_as_a("crev/v1/" + topic, b"not allowed")
+        wait_for(lambda: len(received) >= 2, 5, "the device's own messages")
         time.sleep(0.5)
-        assert received == ["crev/v1/%s/reading" % a.dev], "the ACL keeps a device to its own topic"
+        assert sorted(received) == ["crev/v1/%s/order" % a.dev, "crev/v1/%s/reading" % a.dev], (
+            "the ACL keeps a device to its own reading and order topics"
+        )
+        # One device cannot flood the broker with one huge message: it is refused.
+        received.clear()
+        publish_as_a("crev/v1/%s/reading" % a.dev, bytes(20_000))
+        time.sleep(0.5)
+        assert received == [], "a message beyond max_packet_size reaches no one"
         intruder = client(port, a.dev, "wrong password", "acl-x")
         time.sleep(0.5)
         assert not intruder.is_connected()
-        for c in (sub, dev_a, intruder):
+        for c in (sub, intruder, *clients):
             c.loop_stop()
     finally:
         process.send_signal(signal.SIGTERM)

@@ -1,8 +1,10 @@
 """Per-device broker credentials and the ACL, written from the registry.
 
 Every enrolled device (with a key that is not revoked) gets a user named by
-its device id with a random password, and may write only
-``crev/v1/{its id}/#``; ingest's own user may read readings and status.
+its device id with a random password. As SPEC §4 says, it may write only its
+own ``reading``, ``status``, ``order`` and ``ack`` topics, and read only its
+own ``cmd``; ingest's own user may read every device's readings, status and
+controllers' orders.
 Passwords are kept in ``passwords/DEVICE.pass`` (mode 0600), to be copied to
 the gateway's ``password_file``; existing ones are reused, so running the
 helper again after an enrolment changes nothing for the other devices.
@@ -64,9 +66,14 @@ def write_broker_users(store: Store, directory: Path) -> list[str]:
         "user %s" % INGEST_USER,
         "topic read crev/v1/+/reading",
         "topic read crev/v1/+/status",
+        "topic read crev/v1/+/order",
         "",
-        "# Every other user is a device: it may write only below its own id.",
-        "pattern write crev/v1/%u/#",
+        "# Every other user is a device: it writes only its own topics and reads only its own commands.",
+        "pattern write crev/v1/%u/reading",
+        "pattern write crev/v1/%u/status",
+        "pattern write crev/v1/%u/order",
+        "pattern write crev/v1/%u/ack",
+        "pattern read crev/v1/%u/cmd",
         "",
     ]
     (directory / "acl").write_text("\n".join(acl))

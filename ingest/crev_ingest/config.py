@@ -39,6 +39,7 @@ class IngestConfig:
     batch_max: int = 500
     batch_wait_s: float = 0.05
     max_future_s: int = 300
+    max_per_minute: int = 60  # live messages per device and minute before a FLOOD alarm
 
     dashboard_listen: tuple[str, int] | None = None
     dashboard_token_file: Path | None = None
@@ -124,12 +125,21 @@ def parse(raw: dict[str, Any], path: Path) -> IngestConfig:
         site_g_per_kwh={str(k): float(v) for k, v in sites.items()},
         device_sites={str(k): str(v) for k, v in _table(raw, "sites", path).items()},
         max_future_s=int(raw.get("validation", {}).get("max_future_s", 300)),
+        max_per_minute=_per_minute(raw.get("validation", {}).get("max_per_minute", 60), path),
         mqtt_v5=_protocol(mqtt.get("protocol", "5"), path),
         client_id=mqtt.get("client_id"),
         **_influx(_table(raw, "influxdb", path), base, path),
         **_dashboard(_table(raw, "dashboard", path), _table(raw, "metrics", path), base, path),
         **_market(_table(raw, "market", path), path),
     )
+
+
+def _per_minute(value: object, path: Path) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(
+            "%s: [validation] max_per_minute must be a whole number of messages a minute (default 60)" % path.name
+        )
+    return value
 
 
 def _label(value: object, path: Path) -> str:

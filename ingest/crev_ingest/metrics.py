@@ -30,6 +30,15 @@ class IngestMetrics:
             ["outcome"],
             registry=r,
         )
+        self.floods = Counter(
+            "crev_ingest_flood_alarms_total",
+            "Devices alarmed for sending far more than a controller should",
+            registry=r,
+        )
+        self.broker_connected = Gauge("crev_ingest_broker_connected", "1 while connected to the broker", registry=r)
+        self.store_ok = Gauge(
+            "crev_ingest_store_ok", "0 while the store refuses writes (locked, full, failing)", registry=r
+        )
         self.height = Gauge("crev_ingest_block_height", "Height of the last sealed block", registry=r)
         self.open_gaps = Gauge("crev_ingest_open_gaps", "Seq ranges still missing, over all devices", registry=r)
 

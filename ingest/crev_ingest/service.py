@@ -11,10 +11,12 @@ client id, so a restarted worker gets back what it had not acknowledged.
 import logging
 import queue
 import socket
+import sqlite3
 import ssl
 import threading
 import time
 import traceback
+from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -30,7 +32,8 @@ from crev_ingest.ledger import Ledger
 from crev_ingest.metrics import IngestMetrics
 from crev_ingest.orders import is_order_topic, store_order
 from crev_ingest.store import Store
-from crev_ingest.validate import Ingestor, Rejected
+from crev_ingest.validate import Ingestor, Rejected, topic_device
+from crev_ingest.watch import FloodWatch
 
 log = logging.getLogger("crev.ingest")
 SHARED_TOPIC = "$share/crev-ingest/crev/v1/+/reading"
@@ -75,7 +78,11 @@ class IngestService:
         if config.mqtt_tls:
             client.tls_set_context(ssl.create_default_context())
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        self.flood = FloodWatch(config.max_per_minute)
+        self._acked: set[int] = set()  # message ids of the current batch already acknowledged
         self.client = client
         self.influx: InfluxWriter | None = None
         if config.influx_url and config.influx_token_file:
@@ -87,10 +94,34 @@ class IngestService:
         self, client: mqtt.Client, userdata: object, flags: object, reason: ReasonCode, properties: object
     ) -> None:
         if reason.is_failure:
-            log.error("broker refused the connection: %s", reason)
+            log.error(
+                "the broker at %s:%d refused the connection: %s; retrying",
+                self.config.mqtt_host,
+                self.config.mqtt_port,
+                reason,
+            )
             return
+        self.metrics.broker_connected.set(1)
         client.subscribe([(self.topic, 1), (self.order_topic, 1), (STATUS_TOPIC, 1)])
         log.info("connected; subscribed to %s, %s and %s", self.topic, self.order_topic, STATUS_TOPIC)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
+        # paho retries on its own, with a backoff up to 30 s; say so at every attempt.
+        self.metrics.broker_connected.set(0)
+        log.error(
+            "cannot reach the broker at %s:%d; retrying (readings wait in the gateways' outboxes)",
+            self.config.mqtt_host,
+            self.config.mqtt_port,
+        )
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: object, flags: object, reason: ReasonCode, properties: object
+    ) -> None:
+        self.metrics.broker_connected.set(0)
+        if not self.stop_event.is_set():
+            log.warning(
+                "lost the broker at %s:%d (%s); reconnecting", self.config.mqtt_host, self.config.mqtt_port, reason
+            )
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         self.inbox.put(message)
@@ -123,7 +154,7 @@ class IngestService:
             with self.store.transaction():
                 self._note_statuses(statuses)
             for message in statuses:
-                self.client.ack(message.mid, message.qos)
+                self._ack(message)
             batch = [m for m in batch if not m.topic.endswith("/status")]
             if not batch:
                 return
@@ -147,6 +178,7 @@ class IngestService:
             except Exception as err:  # a bug: kept for inspection like any other rejection
                 result = Rejected("INTERNAL_ERROR", "%s: %s" % (type(err).__name__, err))
             checked.append((received_ms, result))
+            self._watch(message.topic, result, received_ms / 1000)
         with self.store.transaction():
             self.ledger.sync()
             for message, (received_ms, result) in zip(batch, checked, strict=True):
@@ -185,10 +217,26 @@ class IngestService:
         self.metrics.height.set(self.ledger.height)
         self.metrics.open_gaps.set(len(self.store.open_gaps()))
         for message in batch:  # only now, after the durable commit
-            self.client.ack(message.mid, message.qos)
+            self._ack(message)
         if self.influx is not None:
             points = [reading_point(r, self.config.site_of(r.dev), self.config.factor_for(r.dev)) for r in accepted]
             self.influx.write([p for p in points if p is not None])
+
+    def _watch(self, topic: str, result: "Reading | Rejected", now_s: float) -> None:
+        dev = topic_device(topic)
+        if dev is None or (isinstance(result, Reading) and not FloodWatch.is_live(result.t1, now_s)):
+            return
+        count = self.flood.note(dev, now_s)
+        if count is None:
+            return
+        detail = "%d live messages in the last minute, more than [validation] max_per_minute = %d" % (
+            count,
+            self.config.max_per_minute,
+        )
+        log.warning("%s floods the broker: %s", dev, detail, extra={"fields": {"event": "flood", "dev": dev}})
+        self.metrics.floods.inc()
+        with self.store.transaction():
+            self.store.alarm(int(now_s * 1000), "FLOOD", dev, detail)
 
     def _store_orders(self, orders: list[mqtt.MQTTMessage]) -> None:
         with self.store.transaction():
@@ -202,7 +250,7 @@ class IngestService:
                         extra={"fields": {"event": "quarantine", "topic": message.topic}},
                     )
         for message in orders:  # only now, after the durable commit
-            self.client.ack(message.mid, message.qos)
+            self._ack(message)
 
     def _count(self, status: str, reason: str | None) -> None:
         if status == "accepted":
@@ -243,10 +291,11 @@ class IngestService:
         try:
             while not self.stop_event.is_set():
                 batch = self._take_batch()
+                self._acked.clear()
                 if batch:
-                    self.process_batch(batch)
+                    self._with_store(lambda batch=batch: self.process_batch(batch))  # type: ignore[misc]
                 else:
-                    self.seal_if_due()
+                    self._with_store(self.seal_if_due)
         finally:
             self.client.disconnect()
             self.client.loop_stop()
@@ -254,6 +303,31 @@ class IngestService:
             self.store.close()
             if self.influx is not None:
                 self.influx.close()
+
+    def _ack(self, message: mqtt.MQTTMessage) -> None:
+        """Acknowledge once, even when a batch is retried after its first part committed."""
+        if message.mid not in self._acked:
+            self._acked.add(message.mid)
+            self.client.ack(message.mid, message.qos)
+
+    def _with_store(self, work: "Callable[[], None]") -> None:
+        """Run ``work`` until the store takes it: a locked, full or failing disk is retried, never dropped.
+
+        Nothing is acknowledged before the commit, so the broker keeps every
+        message of a batch that waits here.
+        """
+        delay = 1.0
+        while True:
+            try:
+                work()
+                self.metrics.store_ok.set(1)
+                return
+            except sqlite3.Error as err:
+                self.metrics.store_ok.set(0)
+                log.error("cannot write the store %s: %s; retrying in %.0f s", self.config.storage_path, err, delay)
+                if self.stop_event.wait(delay):
+                    raise
+                delay = min(delay * 2, 30.0)
 
     def stop(self) -> None:
         self.stop_event.set()
