@@ -68,16 +68,27 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# The portable core against MicroPython's own stubs (its hashlib, its stdlib),
-# staged in one folder because mypy takes them as a custom typeshed.
-typecheck-firmware: $(STAMP)
-	rm -rf $(MPY_STUBS) && mkdir -p $(MPY_STUBS)
-	cd $(SITE) && for record in micropython_webassembly_stubs-*.dist-info/RECORD micropython_stdlib_stubs-*.dist-info/RECORD; do \
-	  cut -d, -f1 $$record | grep '\.pyi$$' | grep -v '^stdlib/' | while read -r stub; do \
-	    mkdir -p "$(CURDIR)/$(MPY_STUBS)/$$(dirname $$stub)" && cp "$$stub" "$(CURDIR)/$(MPY_STUBS)/$$stub"; \
-	  done; done
-	cd firmware && MYPYPATH=$(CURDIR)/$(MPY_STUBS) $(CURDIR)/$(BIN)/mypy --config-file mypy-micropython.ini \
-	  --custom-typeshed-dir $(SITE) -p crev -p dgc
+# MicroPython's own stubs (its hashlib, its stdlib) for mypy, one folder per port: the
+# stub packages put their modules at the top of site-packages, where one port's
+# hashlib.pyi or time.pyi overwrites the other's. So each port's package is installed
+# again, at the version pyproject.toml pinned into the venv, into a folder of its own.
+STUB_VERSION = $$($(BIN)/python -c 'from importlib.metadata import version; print(version("$(1)"))')
+
+$(MPY_STUBS)/%/.installed: $(STAMP)
+	rm -rf $(@D)
+	$(BIN)/python -m pip install --quiet --no-deps --target $(@D) \
+	  "micropython-$*-stubs==$(call STUB_VERSION,micropython-$*-stubs)" \
+	  "micropython-stdlib-stubs==$(call STUB_VERSION,micropython-stdlib-stubs)"
+	touch $@
+
+# The portable core and dgc/ against the WebAssembly port's stubs (the port the tests run them on);
+# the board's code, main.py and dgc/, against the ESP32 port's (machine, network, ntptime).
+MPY_MYPY = cd firmware && MYPYPATH=$(CURDIR)/$(MPY_STUBS)/$(1) $(CURDIR)/$(BIN)/mypy \
+	--config-file mypy-micropython.ini --custom-typeshed-dir $(CURDIR)/$(MPY_STUBS)/$(1)
+
+typecheck-firmware: $(MPY_STUBS)/webassembly/.installed $(MPY_STUBS)/esp32/.installed
+	$(call MPY_MYPY,webassembly) -p crev -p dgc
+	$(call MPY_MYPY,esp32) main.py dgc
 
 pytest: $(STAMP) $(NODE_STAMP) $(VENDOR_FILES) $(MPY_LIB_STAMP)
 	$(BIN)/pytest

@@ -5,6 +5,7 @@
 # serial console for provisioning to read back.
 import json
 import os
+import ssl
 import time
 
 import machine
@@ -15,7 +16,7 @@ from dgc.clock import Clock
 from dgc.keystore import announce, load_or_create
 from dgc.outbox import Files, Outbox
 from dgc.rtu_bus import RtuBus
-from dgc.uplink import Uplink
+from dgc.uplink import from_config as uplink_from_config
 from umqtt.simple import MQTTClient
 
 from crev import ed25519
@@ -54,22 +55,12 @@ def main():
     de_pin = machine.Pin(uart_cfg["de_pin"], machine.Pin.OUT, value=0) if "de_pin" in uart_cfg else None
     bus = RtuBus(uart, de_pin, uart_cfg.get("timeout_ms", 300))
 
-    mqtt = config["mqtt"]
-
-    def client():
-        return MQTTClient(
-            config["device"]["id"],
-            mqtt["host"],
-            mqtt.get("port", 1883),
-            mqtt.get("username"),
-            mqtt.get("password"),
-            keepalive=mqtt.get("keepalive", 60),
-        )
-
     clock = Clock(ntptime.settime)
     clock.synchronise()
     watchdog = machine.WDT(timeout=config["device"].get("watchdog_ms", 60000))
-    app = App(config, bus, Outbox("/outbox", files), key, Uplink(client, config["device"]["id"]), clock, watchdog)
+    # With mqtts:// the broker's certificate is checked against the CA `crev provision` wrote.
+    uplink = uplink_from_config(config, MQTTClient, files.read, ssl, log=print)
+    app = App(config, bus, Outbox("/outbox", files), key, uplink, clock, watchdog)
     last_sync = time.ticks_ms()
     while True:
         app.run(time.sleep_ms, passes=300)  # about a minute

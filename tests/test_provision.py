@@ -4,7 +4,8 @@ The board is the official MicroPython WebAssembly port behind
 tests/micropython/serial_bridge.mjs, which stands in for the USB cable (a TCP
 socket that pyserial opens as socket://). Its RS-485 meters and its random
 number generator are stand-ins (tests/micropython/fake_board.py), because the
-port has neither; the firmware, mpremote and the REPL are real.
+port has neither; the firmware, mpremote and the REPL are real. The firmware
+goes to the board compiled to .mpy, and the commissioning check runs on that.
 """
 
 import json
@@ -15,8 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from harness import ingest_config, run_crev
 from support import ROOT
+from test_gateway_tls import _certificates
 
 DEV = "dgc-mcu-0007"
 BRIDGE = ROOT / "tests" / "micropython" / "serial_bridge.mjs"
@@ -121,8 +125,11 @@ def _provision(site: Path, board: Board, *extra: str) -> "subprocess.CompletedPr
 
 @pytest.mark.slow
 def test_provision_copies_makes_the_key_enrols_and_commissions(site: Path, board: Board) -> None:
+    # Sources left by an older provisioning would shadow the new .mpy (MicroPython imports foo.py first).
+    board.run("import os\nos.mkdir('/lib')\nos.mkdir('/lib/dgc')\nopen('/lib/dgc/meters.py','w').write('1/0')")
     done = _provision(site, board, "--ingest-config", "ingest.toml")
     assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"1/4 copying the firmware and config.json \(\d+ files, compiled to .mpy v6\)", done.stdout)
     pubkey = re.search(r"pubkey ([0-9a-f]{64}) \(created on the board", done.stdout)
     assert pubkey, done.stdout
     assert "enrolled %s" % DEV in done.stdout and "done: %s is provisioned" % DEV in done.stdout
@@ -134,19 +141,37 @@ def test_provision_copies_makes_the_key_enrols_and_commissions(site: Path, board
         rows = db.execute("SELECT dev, pubkey FROM key_events").fetchall()
     assert rows == [(DEV, bytes.fromhex(pubkey.group(1)))]
 
-    # The board has the firmware and its config; its seed was never printed.
+    # The board has the firmware, compiled, and its config; its seed was never printed.
     listing = board.run("import os; print(sorted(os.listdir('/lib/dgc')), sorted(os.listdir('/lib/crev')))")
-    assert "'app.py'" in listing and "'modbus_rtu.py'" in listing and "'evidence.py'" not in listing
+    assert "'app.mpy'" in listing and "'modbus_rtu.mpy'" in listing and "'evidence" not in listing
+    assert ".py'" not in listing, "no module is left as source: %s" % listing
+    assert "'main.py'" in board.run("import os; print(os.listdir('/'))"), "main.py stays source: it is what boots"
     config = json.loads(board.run("print(open('/config.json').read())"))
     assert config["device"]["id"] == DEV and config["uart"]["de_pin"] == 4 and len(config["meters"]) == 2
+    assert "tls" not in config["mqtt"]
     seed = board.run("import binascii; print(binascii.hexlify(open('/device.key','rb').read()).decode())").strip()
     assert len(seed) == 64 and seed not in done.stdout + done.stderr
 
-    # Running it again keeps the key, and the enrolment is already there.
+    # Again, now for a broker behind TLS: the key stays, the enrolment is already there,
+    # and the broker's CA arrives on the board as DER next to a config that asks for TLS.
+    ca, _cert, _key = _certificates(site)
+    (site / "site.toml").write_text(
+        SITE.replace('url = "mqtt://192.0.2.10:1883"', 'url = "mqtts://192.0.2.10:8883"\nca_file = "ca.pem"')
+    )
     again = _provision(site, board, "--ingest-config", "ingest.toml")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "pubkey %s (kept on the board" % pubkey.group(1) in again.stdout
     assert "already enrolled" in again.stdout
+    config = json.loads(board.run("print(open('/config.json').read())"))
+    assert config["mqtt"] == {
+        "host": "192.0.2.10",
+        "port": 8883,
+        "keepalive": config["mqtt"]["keepalive"],
+        "tls": True,
+        "ca_file": "/mqtt_ca.der",
+    }
+    on_board = board.run("import binascii; print(binascii.hexlify(open('/mqtt_ca.der','rb').read()).decode())")
+    assert bytes.fromhex(on_board.strip()) == x509.load_pem_x509_certificate(ca.read_bytes()).public_bytes(Encoding.DER)
 
 
 @pytest.mark.slow

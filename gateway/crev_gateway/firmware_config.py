@@ -5,14 +5,17 @@ gateway-style meter configuration and its profile file into plain JSON: only
 the points a reading needs (the serial number and the energy counters), with
 the meter's word and byte order already applied to each point. One register
 map, two readers: the gateway reads the TOML, the firmware this.
+
+For SunSpec that is the profile's base addresses and, per model kind a
+reading needs, the model ids and the points' offsets: the firmware then
+discovers the device itself, as the gateway does.
 """
 
 from typing import Any
 
 from crev import dgcc
-from crev_gateway import ConfigError
 from crev_gateway.config import MeterConfig
-from crev_gateway.profiles import Profile
+from crev_gateway.profiles import Point, Profile
 
 
 def energy_points(meter: MeterConfig) -> list[str]:
@@ -21,12 +24,55 @@ def energy_points(meter: MeterConfig) -> list[str]:
     return [meter.counter + "_energy"]
 
 
+def _sunspec_point(meter: MeterConfig, point: Point) -> dict[str, Any]:
+    compact: dict[str, Any] = {
+        "offset": point.address,  # into the model, after its ID and L
+        "type": point.type,
+        "word_order": meter.word_order or point.word_order,
+        "byte_order": meter.byte_order or point.byte_order,
+    }
+    if point.unit is not None:
+        compact["unit"] = point.unit
+    if point.scale is not None:
+        compact["scale"] = point.scale
+    if point.type == "string":
+        compact["length"] = point.length
+    return compact
+
+
+def _compact_sunspec(meter: MeterConfig, profile: Profile) -> dict[str, Any]:
+    """The models a reading of this meter uses, as the gateway's MeterReader picks them."""
+    if meter.role == "generation" and meter.counter == "total":
+        needs = {"common": ["serial"], "inverter": ["total_energy"], "inverter_float": ["total_energy"]}
+    else:
+        needs = {"common": ["serial"], "meter": energy_points(meter)}
+    models: dict[str, Any] = {}
+    for model in profile.models:
+        if model.kind not in needs:
+            continue
+        # The gateway also reads "power" with the energies, and checks its scale factor.
+        wanted = [*needs[model.kind], *(["power"] if model.kind != "common" and "power" in model.points else [])]
+        wanted += [scale for scale in (model.points[n].scale for n in wanted) if scale is not None]
+        models[model.kind] = {
+            "ids": list(model.ids),
+            "points": {n: _sunspec_point(meter, model.points[n]) for n in dict.fromkeys(wanted)},
+        }
+    return {"bases": list(profile.bases), "models": models}
+
+
 def compact_meter(meter: MeterConfig, profile: Profile) -> dict[str, Any]:
-    if profile.kind != "fixed":
-        raise ConfigError(
-            "meter %s: profile %s needs SunSpec discovery, which the firmware does not do; "
-            "use a fixed register map (sdm630, sdm120)" % (meter.name, profile.name)
-        )
+    if profile.kind == "sunspec":
+        compact: dict[str, Any] = {
+            "name": meter.name,
+            "unit": meter.unit,
+            "role": meter.role,
+            "source": dgcc.SOURCE_NAMES[meter.source],
+            "counter": meter.counter,
+            "sunspec": _compact_sunspec(meter, profile),
+        }
+        if meter.meter_id:
+            compact["meter_id"] = meter.meter_id
+        return compact
     wanted = ["serial", *energy_points(meter)]
     wanted += [p for p in profile.sum_check if p not in wanted]
     points = {}
@@ -40,7 +86,7 @@ def compact_meter(meter: MeterConfig, profile: Profile) -> dict[str, Any]:
             "word_order": meter.word_order or point.word_order,
             "byte_order": meter.byte_order or point.byte_order,
         }
-    compact: dict[str, Any] = {
+    compact = {
         "name": meter.name,
         "unit": meter.unit,
         "role": meter.role,

@@ -13,7 +13,7 @@ from crev_ingest import ConfigError
 from crev_ingest import config as ingest_config
 from crev_ingest.audit import AuditState, verify_ledger
 from crev_ingest.broker import write_broker_users
-from crev_ingest.export import ExportRequest, ExportSummary, export_bundle
+from crev_ingest.export import ExportSummary, export_configured
 from crev_ingest.keyfile import create_key, load_key
 from crev_ingest.ledger import ACTION_ENROL, ACTION_REVOKE, Ledger
 from crev_ingest.service import IngestService
@@ -181,19 +181,4 @@ def audit_ledger(config_path: Path, state_path: Path | None = None, full: bool =
 
 
 def export(config_path: Path, device: str, from_s: int, to_s: int, out: Path) -> ExportSummary:
-    config = ingest_config.load(config_path)
-    if not config.storage_path.exists():
-        raise ConfigError("no ledger at %s (storage.path in %s)" % (config.storage_path, config_path))
-    if out.is_dir():
-        raise ConfigError("--out %s is a directory; name the bundle file" % out)
-    if not out.parent.is_dir():
-        raise ConfigError("--out: the directory %s does not exist" % out.parent)
-    key = load_key(config.ledger_key_path)
-    store = Store(config.storage_path)
-    try:
-        request = ExportRequest(
-            device, from_s, to_s, out, config.origin, key.public_key, config.factor_for(device), int(time.time() * 1000)
-        )
-        return export_bundle(store, request)
-    finally:
-        store.close()
+    return export_configured(config_path, device, from_s, to_s, out)

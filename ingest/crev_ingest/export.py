@@ -14,6 +14,7 @@ rather than one per block sealed; consistency proofs link them.
 
 import functools
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from typing import BinaryIO
 from crev import cbor, evidence, merkle
 from crev.keys import key_id
 from crev_ingest import ConfigError
+from crev_ingest import config as ingest_config
+from crev_ingest.keyfile import load_key
 from crev_ingest.store import Store
 
 GROUP = 1024
@@ -217,3 +220,23 @@ def _covering(store: Store, leaf_idx: int) -> int:
 
 
 __all__ = ["GROUP", "ExportRequest", "ExportSummary", "export_bundle", "written_aside"]
+
+
+def export_configured(config_path: Path, device: str, from_s: int, to_s: int, out: Path) -> ExportSummary:
+    """One device's bundle from the store and key that ``config_path`` names (the CLI's and the dashboard's)."""
+    config = ingest_config.load(config_path)
+    if not config.storage_path.exists():
+        raise ConfigError("no ledger at %s (storage.path in %s)" % (config.storage_path, config_path))
+    if out.is_dir():
+        raise ConfigError("--out %s is a directory; name the bundle file" % out)
+    if not out.parent.is_dir():
+        raise ConfigError("--out: the directory %s does not exist" % out.parent)
+    key = load_key(config.ledger_key_path)
+    store = Store(config.storage_path)
+    try:
+        request = ExportRequest(
+            device, from_s, to_s, out, config.origin, key.public_key, config.factor_for(device), int(time.time() * 1000)
+        )
+        return export_bundle(store, request)
+    finally:
+        store.close()

@@ -19,6 +19,7 @@ from crev.registry_format import format_kg
 from crev_ingest import IngestError
 from crev_ingest.config import IngestConfig
 from crev_ingest.dashboard.queries import DAY_S, SORTS, Queries
+from crev_ingest.export import export_configured
 
 STATIC = Path(__file__).resolve().parent / "static"
 # uPlot, from npm: `make vendor` copies it into static/vendor (git-ignored).
@@ -286,14 +287,12 @@ def create_app(config: IngestConfig, token: str | None = None) -> FastAPI:
         # name is ours. Anything else is refused before touching the disk.
         if not valid_device_id(device):
             raise HTTPException(status_code=400, detail="not a device id")
-        from crev_ingest.cli import export as export_bundle
-
         if end <= start:
             raise HTTPException(status_code=404, detail="the range is empty: 'to' must be after 'from'")
         directory = tempfile.mkdtemp(prefix="crev-export-")
         out = Path(directory) / ("%s-%d-%d.bundle" % (device, start, end))
         try:
-            export_bundle(config.path, device, start, end, out)
+            export_configured(config.path, device, start, end, out)
         except IngestError as err:
             # Not enrolled, or nothing in the range: there is no such bundle.
             status = 409 if "not sealed" in str(err) else 404
