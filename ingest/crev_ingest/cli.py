@@ -7,6 +7,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from crev import note
 from crev.keys import key_id
 from crev.reading import valid_device_id
 from crev_ingest import ConfigError
@@ -28,6 +29,8 @@ def init(config_path: Path) -> int:
     key = create_key(config.ledger_key_path)
     print("ledger  %s" % config.origin)
     print("pubkey  %s" % key.public_key.hex())
+    if note.valid_key_name(config.origin):  # C2SP verifier key, for witnesses' [[log]] vkey (SPEC §11)
+        print("vkey    %s" % note.VerifierKey(config.origin, 0x01, key.public_key).vkey())
     print("key     %s (mode 0600; auditors need only the public key above)" % config.ledger_key_path)
     return 0
 

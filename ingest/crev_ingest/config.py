@@ -1,5 +1,6 @@
 """The ingest TOML configuration (SPEC §7)."""
 
+import re
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ class IngestConfig:
     batch_wait_s: float = 0.05
     max_future_s: int = 300
     max_per_minute: int = 60  # live messages per device and minute before a FLOOD alarm
+    witnesses: list[Any] = field(default_factory=list)  # crev_ingest.witnessing.WitnessConfig
 
     dashboard_listen: tuple[str, int] | None = None
     dashboard_token_file: Path | None = None
@@ -131,7 +133,34 @@ def parse(raw: dict[str, Any], path: Path) -> IngestConfig:
         **_influx(_table(raw, "influxdb", path), base, path),
         **_dashboard(_table(raw, "dashboard", path), _table(raw, "metrics", path), base, path),
         **_market(_table(raw, "market", path), path),
+        witnesses=_witnesses(raw.get("witness", []), path),
     )
+
+
+def _witnesses(entries: object, path: Path) -> list[Any]:
+    from crev import note
+    from crev_ingest.witnessing import WitnessConfig
+
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError("%s: [[witness]] entries are tables with url and vkey" % path.name)
+    out = []
+    for entry in entries:
+        url, vkey = entry.get("url"), entry.get("vkey")
+        if not isinstance(url, str) or not re.match(r"^https?://[^/\s]+(/\S*)?$", url):
+            raise ConfigError(
+                "%s: [[witness]] url must be the witness's http(s)://host:port, got %r" % (path.name, url)
+            )
+        try:
+            key = note.parse_vkey(vkey) if isinstance(vkey, str) else None
+        except note.NoteError as err:
+            raise ConfigError("%s: [[witness]] vkey %r: %s" % (path.name, vkey, err.detail)) from err
+        if key is None or key.sig_type != 0x04:
+            raise ConfigError(
+                "%s: [[witness]] vkey must be the witness's cosignature/v1 key (`crev witness init` prints it)"
+                % path.name
+            )
+        out.append(WitnessConfig(url, key))
+    return out
 
 
 def _per_minute(value: object, path: Path) -> int:

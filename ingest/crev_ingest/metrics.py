@@ -39,6 +39,13 @@ class IngestMetrics:
         self.store_ok = Gauge(
             "crev_ingest_store_ok", "0 while the store refuses writes (locked, full, failing)", registry=r
         )
+        self.witness_size = Gauge(
+            "crev_ingest_witness_cosigned_size", "The tree size each witness last cosigned", ["witness"], registry=r
+        )
+        self.witness_up = Gauge(
+            "crev_ingest_witness_up", "1 while the witness answers and cosigns, 0 while it is retried", ["witness"],
+            registry=r,
+        )  # fmt: skip
         self.height = Gauge("crev_ingest_block_height", "Height of the last sealed block", registry=r)
         self.open_gaps = Gauge("crev_ingest_open_gaps", "Seq ranges still missing, over all devices", registry=r)
 

@@ -34,6 +34,7 @@ from crev_ingest.orders import is_order_topic, store_order
 from crev_ingest.store import Store
 from crev_ingest.validate import Ingestor, Rejected, topic_device
 from crev_ingest.watch import FloodWatch
+from crev_ingest.witnessing import Witnessing
 
 log = logging.getLogger("crev.ingest")
 SHARED_TOPIC = "$share/crev-ingest/crev/v1/+/reading"
@@ -82,6 +83,7 @@ class IngestService:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self.flood = FloodWatch(config.max_per_minute)
+        self.witnessing = Witnessing(config.storage_path, config.witnesses, self.metrics)
         self._acked: set[int] = set()  # message ids of the current batch already acknowledged
         self.client = client
         self.influx: InfluxWriter | None = None
@@ -288,6 +290,7 @@ class IngestService:
             self.metrics.serve(*self.config.metrics_listen)
         self.metrics.height.set(self.ledger.height)
         log.info("ingest running: ledger size %d, height %d", self.ledger.size, self.ledger.height)
+        self.witnessing.start()
         try:
             while not self.stop_event.is_set():
                 batch = self._take_batch()
@@ -297,6 +300,7 @@ class IngestService:
                 else:
                     self._with_store(self.seal_if_due)
         finally:
+            self.witnessing.stop()
             self.client.disconnect()
             self.client.loop_stop()
             self.seal_pending()

@@ -1,0 +1,109 @@
+"""SPEC §11, the log side: a real `crev ingest run` sends each block to a real `crev witness run`.
+
+Every block gets cosigned; a witness killed with SIGKILL keeps its state and,
+once back, catches up through a consistency proof; while it is down, ingest
+stores and seals on without waiting.
+"""
+
+import sqlite3
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from harness import Mosquitto, Service, free_port, ingest_config, port_open, run_crev, wait_for
+from ingest_support import Device
+from paho.mqtt.enums import CallbackAPIVersion
+
+from crev import note
+from crev.keys import SigningKey
+
+ORIGIN = "crev.test/ledger"
+
+
+def rows(db_path: Path, query: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(db_path, timeout=10) as db:
+        return [tuple(r) for r in db.execute(query)]
+
+
+def publish(broker: Mosquitto, device: Device, count: int) -> None:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="crev-test-witnessing")
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    for _ in range(count):
+        client.publish("crev/v1/%s/reading" % device.dev, device.next(), qos=1).wait_for_publish(5)
+    client.loop_stop()
+    client.disconnect()
+
+
+@pytest.mark.slow
+def test_every_block_is_cosigned_and_a_witness_back_from_sigkill_catches_up(tmp_path: Path, broker: Mosquitto) -> None:
+    config = ingest_config(tmp_path, broker.url, block_interval_s=0.5)
+    initialised = run_crev(tmp_path, "ingest", "init", "--config", str(config))
+    assert initialised.returncode == 0, initialised.stderr
+    printed = dict(line.split(None, 1) for line in initialised.stdout.splitlines())
+    ledger_vkey = note.parse_vkey(printed["vkey"])
+    assert ledger_vkey.name == ORIGIN and ledger_vkey.public_key.hex() == printed["pubkey"]
+
+    witness_dir = tmp_path / "witness"
+    witness_dir.mkdir()
+    port = free_port()
+    witness_toml = witness_dir / "witness.toml"
+    witness_toml.write_text(
+        '[witness]\nname = "witness.test"\nkey = "witness.key"\nlisten = "127.0.0.1:%d"\nstate = "w.sqlite"\n\n'
+        '[[log]]\norigin = "%s"\nvkey = "%s"\n' % (port, ORIGIN, printed["vkey"])
+    )
+    made = run_crev(witness_dir, "witness", "init", "--config", str(witness_toml))
+    assert made.returncode == 0, made.stderr
+    witness_vkey = note.parse_vkey(dict(line.split(None, 1) for line in made.stdout.splitlines())["vkey"])
+    config.write_text(
+        config.read_text() + '\n[[witness]]\nurl = "http://127.0.0.1:%d"\nvkey = "%s"\n' % (port, witness_vkey.vkey())
+    )
+    device = Device("dgc-witnessed-0001", SigningKey(bytes([31]) * 32), t1=(int(time.time()) - 3600) // 60 * 60)
+    enrolled = run_crev(
+        tmp_path, "ingest", "enroll", "--config", str(config), "--device", device.dev,
+        "--pubkey", device.key.public_key.hex(),
+    )  # fmt: skip
+    assert enrolled.returncode == 0, enrolled.stderr
+    db = tmp_path / "crev.sqlite"
+
+    witness = Service("witness", ["witness", "run", "--config", str(witness_toml)], witness_dir)
+    ingest = Service("ingest", ["ingest", "run", "--config", str(config)], tmp_path).start()
+    try:
+        wait_for(lambda: "subscribed" in ingest.log(), 30, "ingest to subscribe")
+        # The witness is not up yet: ingest stores and seals all the same, and says so.
+        publish(broker, device, 20)
+        wait_for(lambda: rows(db, "SELECT count(*) FROM readings")[0][0] == 20, 20, "ingest to store")
+        wait_for(lambda: "witness witness.test: cannot reach" in ingest.log(), 20, "ingest to say the witness is down")
+        witness.start()
+        wait_for(lambda: port_open(port), 30, "the witness to listen")
+        latest = lambda: rows(db, "SELECT max(height), max(tree_size) FROM blocks")[0]  # noqa: E731
+        wait_for(lambda: cosigned_size(db) == latest()[1], 60, "the witness to cosign the newest block")
+
+        # SIGKILL the witness; the ledger grows; back, it catches up from the size it kept.
+        witness.kill()
+        publish(broker, device, 20)
+        wait_for(lambda: rows(db, "SELECT count(*) FROM readings")[0][0] == 40, 20, "ingest to store more")
+        before_restart = cosigned_size(db)
+        wait_for(lambda: latest()[1] > before_restart, 20, "a new block while the witness is down")
+        witness.start()
+        wait_for(lambda: cosigned_size(db) == latest()[1], 60, "the witness to catch up")
+    finally:
+        assert ingest.stop() == 0, ingest.log()
+        witness.stop()
+
+    # Every cosignature kept verifies with the witness's vkey over its block's checkpoint, and the
+    # witness's own state holds the newest size it cosigned.
+    kept = rows(db, "SELECT c.height, c.size, c.line, b.checkpoint FROM cosignatures c JOIN blocks b USING (height)")
+    assert len(kept) >= 2
+    for _height, size, line, checkpoint in kept:
+        opened = note.open_checkpoint(str(checkpoint) + str(line).rstrip("\n") + "\n", [ledger_vkey, witness_vkey])
+        assert opened[0].size == size and len(opened[1].verified) == 2
+    state = rows(witness_dir / "w.sqlite", "SELECT * FROM sqlite_master WHERE type = 'table'")
+    assert state, "the witness kept its state file"
+    assert rows(db, "SELECT witness, size, error FROM witness_state") == [("witness.test", cosigned_size(db), None)]
+
+
+def cosigned_size(db: Path) -> int:
+    found = rows(db, "SELECT max(size) FROM cosignatures")
+    return int(found[0][0] or 0) if found else 0
