@@ -77,20 +77,34 @@ def test_every_block_is_cosigned_and_a_witness_back_from_sigkill_catches_up(tmp_
         wait_for(lambda: "witness witness.test: cannot reach" in ingest.log(), 20, "ingest to say the witness is down")
         witness.start()
         wait_for(lambda: port_open(port), 30, "the witness to listen")
-        latest = lambda: rows(db, "SELECT max(height), max(tree_size) FROM blocks")[0]  # noqa: E731
-        wait_for(lambda: cosigned_size(db) == latest()[1], 60, "the witness to cosign the newest block")
+        wait_for(lambda: cosigned_size(db) == latest_size(db), 60, "the witness to cosign the newest block")
 
         # SIGKILL the witness; the ledger grows; back, it catches up from the size it kept.
         witness.kill()
         publish(broker, device, 20)
         wait_for(lambda: rows(db, "SELECT count(*) FROM readings")[0][0] == 40, 20, "ingest to store more")
         before_restart = cosigned_size(db)
-        wait_for(lambda: latest()[1] > before_restart, 20, "a new block while the witness is down")
+        wait_for(lambda: latest_size(db) > before_restart, 20, "a new block while the witness is down")
         witness.start()
-        wait_for(lambda: cosigned_size(db) == latest()[1], 60, "the witness to catch up")
+        wait_for(lambda: cosigned_size(db) == latest_size(db), 60, "the witness to catch up")
     finally:
         assert ingest.stop() == 0, ingest.log()
         witness.stop()
+
+    # An auditor requires the witness: the bundle's checkpoint carries its cosignature.
+    exported = run_crev(
+        tmp_path, "audit", "export", "--config", str(config), "--device", device.dev,
+        "--from", "0", "--to", str(int(time.time()) + 60), "--out", "w.bundle",
+    )  # fmt: skip
+    assert exported.returncode == 0 and "carries 1 witness cosignatures" in exported.stdout, exported.stdout
+    verify = ["audit", "verify", "w.bundle", "--ledger-key", printed["pubkey"], "--witness", witness_vkey.vkey()]
+    passed = run_crev(tmp_path, *verify, "--quorum", "1")
+    assert passed.returncode == 0 and "witness.test at " in passed.stdout, passed.stdout + passed.stderr
+    other = note.VerifierKey("witness.other", 0x04, SigningKey(bytes([32]) * 32).public_key).vkey()
+    failed = run_crev(tmp_path, *verify, "--witness", other, "--quorum", "2")
+    assert failed.returncode == 1 and "only 1 of the 2 witnesses required" in failed.stdout, failed.stdout
+    bad = run_crev(tmp_path, *verify, "--quorum", "3")
+    assert bad.returncode == 2 and "--quorum must be 1 to the number of --witness keys" in bad.stderr
 
     # Every cosignature kept verifies with the witness's vkey over its block's checkpoint, and the
     # witness's own state holds the newest size it cosigned.
@@ -105,5 +119,12 @@ def test_every_block_is_cosigned_and_a_witness_back_from_sigkill_catches_up(tmp_
 
 
 def cosigned_size(db: Path) -> int:
-    found = rows(db, "SELECT max(size) FROM cosignatures")
-    return int(found[0][0] or 0) if found else 0
+    with sqlite3.connect(db, timeout=10) as conn:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'cosignatures'").fetchone() is None:
+            return 0
+        return int(conn.execute("SELECT coalesce(max(size), 0) FROM cosignatures").fetchone()[0])
+
+
+def latest_size(db: Path) -> int:
+    with sqlite3.connect(db, timeout=10) as conn:
+        return int(conn.execute("SELECT coalesce(max(tree_size), 0) FROM blocks").fetchone()[0])

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from crev import evidence
+from crev import trace as trace_format
 from crev.dgcc import flag_names
 from crev_cli import UsageError, trace_verify
 from crev_cli.bundle_verify import check_lines
@@ -82,6 +83,11 @@ def export(args: argparse.Namespace) -> int:
             summary.bytes,
         )
     )
+    if summary.cosignatures:
+        print(
+            "its checkpoint carries %d witness cosignatures (check them with --witness VKEY --quorum K)"
+            % summary.cosignatures
+        )
     print("verify it offline with: crev audit verify %s --ledger-key <the ledger's public key>" % summary.path)
     return 0
 
@@ -133,26 +139,99 @@ def verify(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from err
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be 1 or more")
+    witnesses = _witness_keys(args.witness or [], args.quorum)
     try:
         handle = open(args.file, "rb")  # noqa: SIM115 - closed by the with below (buffered: it can peek)
     except OSError as err:
         raise UsageError("cannot read %s: %s" % (args.file, err.strerror)) from err
     with handle:
         if trace_verify.is_trace(handle.peek(32)):
-            report = trace_verify.build_trace_report(
-                trace_verify.verify_trace(handle, ledger_key, args.jobs or default_jobs())
-            )
+            traced = trace_verify.verify_trace(handle, ledger_key, args.jobs or default_jobs())
+            report = trace_verify.build_trace_report(traced)
+            checkpoint = traced.meta.get(trace_format.T_CHECKPOINT)
             text = trace_verify.render_trace_text
         else:
             result = verify_bundle(handle, ledger_key, args.allow_gaps, args.jobs or default_jobs())
             report = build_report(result, args.factor)
+            checkpoint = result.meta.get(evidence.M_CHECKPOINT) if result.meta else None
             text = render_text
+    if witnesses is not None:
+        apply_quorum(report, checkpoint, *witnesses)
     if args.json:
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(text(report))
+        rendered = text(report)
+        head, sep, tail = rendered.rpartition("RESULT: ")
+        sys.stdout.write(head + "\n".join(_witness_lines(report)) + sep + tail if sep else rendered)
     return 0 if report["ok"] else 1
+
+
+def _witness_keys(texts: list[str], quorum: int | None) -> tuple[list[Any], int] | None:
+    from crev import note
+
+    if quorum is None and not texts:
+        return None
+    if quorum is None or not texts:
+        raise UsageError("--witness and --quorum go together: the witnesses' vkeys, and how many must have cosigned")
+    keys = []
+    for text in texts:
+        try:
+            key = note.parse_vkey(text)
+        except note.NoteError as err:
+            raise UsageError("--witness %s: %s" % (text, err.detail)) from err
+        if key.sig_type != 0x04:
+            raise UsageError("--witness %s is not a cosignature/v1 key (`crev witness init` prints one)" % text)
+        keys.append(key)
+    if not 1 <= quorum <= len(keys):
+        raise UsageError("--quorum must be 1 to the number of --witness keys (%d)" % len(keys))
+    return keys, quorum
+
+
+def apply_quorum(report: dict[str, Any], checkpoint: object, keys: list[Any], quorum: int) -> None:
+    """SPEC §11: K of the given witnesses cosigned the checkpoint that the bundle's blocks lead to.
+
+    The bundle's checkpoint is its newest block's (check 1 tied it to the
+    blocks and the ledger key); its cosignature lines are the witnesses'.
+    """
+    from crev import note
+
+    cosigned: list[tuple[str, int]] = []
+    if isinstance(checkpoint, str):
+        try:
+            cosigned = note.cosigners(checkpoint, keys)
+        except note.NoteError:
+            cosigned = []
+    report["witnesses"] = {
+        "quorum": quorum,
+        "cosigned": [{"witness": name, "time": iso(when)} for name, when in cosigned],
+        "ok": len(cosigned) >= quorum,
+    }
+    if len(cosigned) >= quorum:
+        return
+    text = "only %d of the %d witnesses required (of %d given) cosigned the bundle's checkpoint" % (
+        len(cosigned),
+        quorum,
+        len(keys),
+    )
+    report["ok"] = False
+    report["result"] = "fail"
+    report["failure_count"] = report.get("failure_count", 0) + 1
+    witness_failure = {"check": "witnesses", "item": "bundle", "position": -1, "detail": text, "text": text}
+    report["failures"] = [*report.get("failures", []), witness_failure]
+    if report.get("failure") is None:
+        report["failure"] = witness_failure
+        report["first_failure"] = witness_failure
+        report["first_failure_text"] = text
+
+
+def _witness_lines(report: dict[str, Any]) -> list[str]:
+    found = report.get("witnesses")
+    if not found:
+        return []
+    lines = ["Witnesses: %d cosigned, %d required" % (len(found["cosigned"]), found["quorum"])]
+    lines.extend("  %s at %s" % (c["witness"], c["time"]) for c in found["cosigned"])
+    return [*lines, ""]
 
 
 def build_report(result: Any, factor_override: float | None) -> dict[str, Any]:

@@ -100,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--allow-gaps", action="store_true", help="report seq gaps without failing on them")
     verify.add_argument("--factor", type=float, metavar="G", help="emission factor in g-CO2/kWh for the CO2 total")
     verify.add_argument("--jobs", type=int, metavar="N", help="worker processes (default: one per CPU, at most 8)")
+    verify.add_argument(
+        "--witness",
+        action="append",
+        metavar="VKEY",
+        help="a witness's verifier key (repeat); with --quorum, require its cosignature on the bundle's checkpoint",
+    )
+    verify.add_argument("--quorum", type=int, metavar="K", help="how many of the --witness keys must have cosigned")
     verify.set_defaults(handler=audit_cmd.verify)
     trace_parser = audit_commands.add_parser(
         "trace",
@@ -159,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     meters = sim_commands.add_parser("meters", help="serve simulated SDM630/SDM120/SunSpec meters over Modbus TCP")
     meters.add_argument("--config", required=True, metavar="FILE", help="the simulator's TOML configuration")
     meters.set_defaults(handler=service_cmds.sim_meters)
+    smart = sim_commands.add_parser(
+        "smartmeter",
+        help="the simulated meters plus a B-route smart meter (ECHONET Lite over UDP and SKSTACK on a pty)",
+    )
+    smart.add_argument("--config", required=True, metavar="FILE", help="the simulator's TOML with a [smartmeter] table")
+    smart.set_defaults(handler=service_cmds.sim_smartmeter)
     return parser
 
 

@@ -561,3 +561,20 @@ def parse_add_checkpoint(body: "bytes | str") -> AddCheckpointRequest:
     if not rest:
         raise NoteError("MALFORMED_REQUEST", "the body ends with a signed checkpoint")
     return AddCheckpointRequest(old_size, proof, rest)
+
+
+def cosigners(data: "bytes | str", witnesses: list) -> list:
+    """``(name, timestamp)`` of each of ``witnesses`` (cosignature/v1 vkeys) whose line in the note verifies.
+
+    A bundle's checkpoint carries the witnesses' cosignature lines after the
+    ledger's own signature. Lines of other keys are ignored; a line that
+    names one of these witnesses and does not verify counts for nothing.
+    """
+    signed = parse_note(data)
+    found = []
+    for key in witnesses:
+        for sig in signed.signatures:
+            if sig.name == key.name and sig.key_id == key.key_id and key.verify(signed.text, sig.signature):
+                found.append((key.name, cosignature_timestamp(sig)))
+                break
+    return found

@@ -27,6 +27,7 @@ from crev_ingest import ConfigError
 from crev_ingest import config as ingest_config
 from crev_ingest.keyfile import load_key
 from crev_ingest.store import Store
+from crev_ingest.witnessing import cosignatures, cosigned_checkpoint
 
 GROUP = 1024
 
@@ -41,6 +42,7 @@ class ExportSummary:
     bytes: int
     first_seq: int
     last_seq: int
+    cosignatures: int = 0  # witnesses' cosignatures on the bundle's checkpoint
 
 
 Row = tuple[int, int, int, bytes]  # seq, leaf_idx, received_ms, cose
@@ -157,7 +159,8 @@ def _export(store: Store, request: ExportRequest) -> ExportSummary:
         evidence.M_TO: request.to_s,
         evidence.M_EXPORTED: request.now_ms,
         evidence.M_FACTOR: round(request.factor_g_per_kwh * 1000),
-        evidence.M_CHECKPOINT: store.checkpoint(max(heights)),
+        # The witnesses' cosignatures ride on the checkpoint, as signature lines after the ledger's.
+        evidence.M_CHECKPOINT: cosigned_checkpoint(store, max(heights)),
     }
     with written_aside(out) as handle:
         handle.write(cbor.encode_head(4, 6) + cbor.dumps(evidence.MAGIC) + cbor.dumps(evidence.VERSION))
@@ -184,6 +187,7 @@ def _export(store: Store, request: ExportRequest) -> ExportSummary:
         out.stat().st_size,
         snapshot.first_seq,
         snapshot.last_seq,
+        len(cosignatures(store, max(heights))),
     )
 
 

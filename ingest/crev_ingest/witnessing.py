@@ -78,10 +78,16 @@ def ensure_schema(store: Store) -> None:
 
 
 def cosignatures(store: Store, height: int) -> list[str]:
-    """The cosignature lines kept for block ``height``."""
-    ensure_schema(store)
+    """The cosignature lines kept for block ``height`` (none on a ledger that never had a witness)."""
+    if store.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'cosignatures'").fetchone() is None:
+        return []
     rows = store.db.execute("SELECT line FROM cosignatures WHERE height = ? ORDER BY witness", (height,))
     return [str(r[0]) for r in rows]
+
+
+def cosigned_checkpoint(store: Store, height: int) -> str:
+    """The block's checkpoint note with every cosignature kept for it, as C2SP notes carry them."""
+    return store.checkpoint(height) + "".join(cosignatures(store, height))
 
 
 def witness_states(store: Store) -> list[dict[str, object]]:

@@ -15,6 +15,7 @@ from crev.market_format import Order, Trade
 from crev.registry_format import LEAF_TRADE, Issuance, Retirement
 from crev_ingest.export import written_aside
 from crev_ingest.store import Store
+from crev_ingest.witnessing import cosigned_checkpoint
 from crev_market import Refused
 
 
@@ -97,7 +98,7 @@ def _export(
         trace.T_LEDGER_KID: key_id(ledger_public_key),
         trace.T_RETIREMENT: retirement_id,
         trace.T_EXPORTED: now_ms,
-        trace.T_CHECKPOINT: store.checkpoint(height),
+        trace.T_CHECKPOINT: cosigned_checkpoint(store, height),
     }
     with written_aside(out) as handle:
         handle.write(cbor.encode_head(4, 6) + cbor.dumps(trace.MAGIC) + cbor.dumps(trace.VERSION))
