@@ -1,7 +1,20 @@
-# Times the firmware's whole path for one reading on MicroPython, and its
-# memory: read two meters over Modbus RTU (a stand-in UART), apply the rules,
-# sign, append to the flash outbox, publish over umqtt.simple (a stand-in
-# socket) and drop the acknowledged record. Prints one JSON line.
+# The firmware's whole path on MicroPython: read two meters over Modbus RTU
+# (a stand-in UART), apply the rules, sign, append to the flash outbox,
+# publish over umqtt.simple (a stand-in socket) and drop the acknowledged
+# record. /bench/params.json picks the mode; each prints JSON lines.
+#
+# "timing": one reading at a time (run_interval, then publish), timed over
+# many readings, and what one reading allocates with the GC off.
+#
+# "heap" (run.mjs --steps): the real loop, App.run, one interval per
+# top-level call, and a gc.collect() between calls (this port collects only
+# there), so the heap in use at the start of each step is the live heap. A
+# step runs with the GC off: what it allocates is everything it allocated,
+# an upper bound of the most it holds at once above that. Phases: steady state, one steady
+# interval again one pass per step (which pass signs, which idle), a broker
+# outage until the outbox ring is full and readings pause, then the first
+# interval after the broker is back one pass per step (the replay), then
+# intervals until the backlog is gone.
 import gc
 import json
 import os
@@ -10,23 +23,19 @@ import sys
 import time
 
 sys.path.append("/bench")
-from fakes import FakeTime, FakeUart, install_socket
-
-install_socket()
-from dgc.app import App
-from dgc.clock import Clock
-from dgc.outbox import Files, Outbox
-from dgc.rtu_bus import RtuBus
-from dgc.uplink import Uplink
-from umqtt.simple import MQTTClient
-
-from crev import ed25519
 
 with open("/bench/params.json") as f:
     PARAMS = json.load(f)
-ed25519.use_base_table(PARAMS["signing_table"])
-ITERATIONS = PARAMS["iterations"]
-CONFIG = {"device": {"id": "dgc-bench-0001", "interval_s": 60}, "meters": PARAMS["meters"]}
+if PARAMS.get("mpy"):
+    # The firmware compiled to .mpy, as `crev provision` writes it, ahead of run.mjs's sources.
+    sys.path.insert(0, "/mpy")
+MODE = PARAMS.get("mode", "timing")
+INTERVAL_S = PARAMS.get("interval_s", 60)
+PASS_MS = 200  # App.run sleeps this long between passes
+PASSES = INTERVAL_S * 1000 // PASS_MS
+DEV = "dgc-bench-0001"
+START = 1790000040  # a minute boundary
+CONFIG = {"device": {"id": DEV, "interval_s": INTERVAL_S}, "meters": PARAMS["meters"]}
 
 
 def image(serial, imported, exported):
@@ -38,51 +47,302 @@ def image(serial, imported, exported):
     return words
 
 
-clock_source = FakeTime(1790000000)
-uart = FakeUart()
-clock = Clock(lambda: None, clock_source)
-clock.synchronise()
-app = App(
-    CONFIG,
-    RtuBus(uart, None, 300, clock_source),
-    Outbox("/bench-outbox", Files(os)),
-    __import__("crev.keys", None, None, ["SigningKey"]).SigningKey(bytes(range(32)), "pure"),
-    Uplink(lambda: MQTTClient("dgc-bench-0001", "broker", 1883), "dgc-bench-0001", clock_source),
-    clock,
-    None,
-    lambda line: None,
-)
+def meter_images(i):
+    # Counters that grow a little every interval, as on a sunny site.
+    return {1: image(11112222, 0.0, 100.0 + 0.05 * i), 2: image(33334444, 50.0 + 0.02 * i, 20.0 + 0.01 * i)}
 
 
-def one(i):
-    t1 = 1790000040 + 60 * (i + 1)
-    uart.images = {1: image(11112222, 0.0, 100.0 + 0.05 * i), 2: image(33334444, 50.0 + 0.02 * i, 20.0 + 0.01 * i)}
-    clock_source.now_ms = t1 * 1000
-    clock.now()
-    app.run_interval(t1)
-    app.publish()
+# ---------------------------------------------------------------- "timing"
 
 
-one(0)  # the first reading builds the signing table (if used), as a device does once at boot
-one(1)
-gc.collect()
-gc.disable()
-before = gc.mem_alloc()
-one(2)
-per_reading = gc.mem_alloc() - before
-gc.enable()
-gc.collect()
-start = time.ticks_us()
-for i in range(ITERATIONS):
-    one(i + 3)
-elapsed = time.ticks_diff(time.ticks_us(), start)
-print(
-    json.dumps(
-        {
-            "us_per_reading": elapsed / ITERATIONS,
-            "alloc_per_reading": per_reading,
-            "uart_requests_per_reading": uart.requests / (ITERATIONS + 3),
-            "signing_table": PARAMS["signing_table"],
-        }
+def timing():
+    from fakes import FakeTime, FakeUart, install_socket
+
+    install_socket()
+    from dgc.app import App
+    from dgc.clock import Clock
+    from dgc.outbox import Files, Outbox
+    from dgc.rtu_bus import RtuBus
+    from dgc.uplink import Uplink
+    from umqtt.simple import MQTTClient
+
+    from crev import ed25519
+    from crev.keys import SigningKey
+
+    ed25519.use_base_table(PARAMS["signing_table"])
+    iterations = PARAMS["iterations"]
+    clock_source = FakeTime(START)
+    uart = FakeUart()
+    clock = Clock(lambda: None, clock_source)
+    clock.synchronise()
+    app = App(
+        CONFIG,
+        RtuBus(uart, None, 300, clock_source),
+        Outbox("/bench-outbox", Files(os)),
+        SigningKey(bytes(range(32)), "pure"),
+        Uplink(lambda: MQTTClient(DEV, "broker", 1883), DEV, clock_source),
+        clock,
+        None,
+        lambda line: None,
     )
+
+    def one(i):
+        t1 = START + INTERVAL_S * (i + 1)
+        uart.images = meter_images(i)
+        clock_source.now_ms = t1 * 1000
+        clock.now()
+        app.run_interval(t1)
+        app.publish()
+
+    one(0)  # the first reading builds the signing table (if used), as a device does once at boot
+    one(1)
+    gc.collect()
+    gc.disable()
+    before = gc.mem_alloc()
+    one(2)
+    per_reading = gc.mem_alloc() - before
+    gc.enable()
+    gc.collect()
+    start = time.ticks_us()
+    for i in range(iterations):
+        one(i + 3)
+    elapsed = time.ticks_diff(time.ticks_us(), start)
+    print(
+        json.dumps(
+            {
+                "us_per_reading": elapsed / iterations,
+                "alloc_per_reading": per_reading,
+                "uart_requests_per_reading": uart.requests / (iterations + 3),
+                "signing_table": PARAMS["signing_table"],
+            }
+        )
+    )
+
+
+# ---------------------------------------------------------------- "heap"
+
+
+def _head_size(data, at):
+    info = data[at] & 31
+    return 1 if info < 24 else 1 + (1 << (info - 24))
+
+
+def _argument(data, at):
+    # The argument of the CBOR head at ``at`` (RFC 8949 §3.1), read without allocating.
+    info = data[at] & 31
+    if info < 24:
+        return info
+    value = 0
+    for k in range(1 << (info - 24)):
+        value = value << 8 | data[at + 1 + k]
+    return value
+
+
+def reading_seq(cose):
+    """The seq of a reading's COSE_Sign1 (SPEC §3), walked without decoding it."""
+    at = 2  # tag 18, array of 4
+    at += _head_size(cose, at) + _argument(cose, at)  # the protected header
+    at += 1  # the empty unprotected header
+    at += _head_size(cose, at)  # the payload's byte string head
+    at += _head_size(cose, at)  # the payload's map head
+    at += 2  # 0: v
+    at += 1  # 1: dev
+    at += _head_size(cose, at) + _argument(cose, at)
+    at += 1  # 2: seq
+    return _argument(cose, at)
+
+
+class Received:
+    """What the broker got, in constant memory: counts and the order of seqs."""
+
+    def __init__(self):
+        self.readings = 0
+        self.duplicates = 0  # at least once: a reading resent after a lost PUBACK
+        self.gaps = 0
+        self.last = -1
+
+    def __call__(self, topic, payload):
+        if not topic.endswith("/reading"):
+            return
+        seq = reading_seq(payload)
+        if seq <= self.last:
+            self.duplicates += 1
+            return
+        if seq != self.last + 1:
+            self.gaps += 1
+        self.readings += 1
+        self.last = seq
+
+
+# Every key from the start: a key added later would grow the dict, and the live heap with it.
+STATE = {"phase": "interpreter", "n": 0, "pass": 0, "tail": 0}
+
+
+def _setup_firmware():
+    global App, Clock, Files, Outbox, RtuBus, Uplink, SigningKey, ed25519, modbus_rtu, SEGMENT_RECORDS, MAX_SEGMENTS
+    from dgc.app import App
+    from dgc.clock import Clock
+    from dgc.outbox import MAX_SEGMENTS, SEGMENT_RECORDS, Files, Outbox
+    from dgc.rtu_bus import RtuBus
+    from dgc.uplink import Uplink
+
+    from crev import ed25519, modbus_rtu
+    from crev.keys import SigningKey
+
+
+def _setup_stand_ins():
+    global BROKER, FakeTime, FakeUart
+    from fakes import BROKER, FakeTime, FakeUart, install_socket
+
+    install_socket()  # before umqtt.simple is imported
+
+
+def _setup_mqtt():
+    global MQTTClient
+    from umqtt.simple import MQTTClient
+
+
+def _setup_stand_in_objects():
+    global uart, clock_source, received
+    # Half an interval before a boundary, so each call of App.run holds one boundary.
+    clock_source = FakeTime(START - INTERVAL_S // 2)
+    uart = FakeUart()
+    uart.images = meter_images(0)
+    received = Received()
+    BROKER.keep = False
+    BROKER.on_publish = received
+
+
+def _setup_app():
+    global app
+    ed25519.use_base_table(PARAMS["signing_table"])
+    clock = Clock(lambda: None, clock_source)
+    clock.synchronise()
+    records = PARAMS.get("segment_records", SEGMENT_RECORDS)
+    segments = PARAMS.get("max_segments", MAX_SEGMENTS)
+    print(json.dumps({"phase": "ring", "segments": segments, "records": records}))
+    outbox = Outbox("/bench-outbox", Files(os), records, segments)
+    app = App(
+        CONFIG,
+        RtuBus(uart, None, 300, clock_source),
+        outbox,
+        SigningKey(bytes(range(32)), "pure"),
+        Uplink(lambda: MQTTClient(DEV, "broker", 1883, keepalive=60), DEV, clock_source),
+        clock,
+        None,
+        lambda line: None,
+    )
+
+
+# Each setup step prints the live heap before it runs: the interpreter alone, then after each part.
+SETUP = (
+    ("interpreter", _setup_firmware),
+    ("firmware imported", _setup_stand_ins),
+    ("stand-ins imported", _setup_mqtt),
+    ("umqtt imported", _setup_stand_in_objects),
+    ("stand-in objects made", _setup_app),
+    ("warm-up", None),
 )
+
+
+def _measure(work, first):
+    live = gc.mem_alloc()  # at the start of a step: what the last collection kept
+    gc.disable()
+    before = gc.mem_alloc()
+    signed_before = app.outbox.head.next_seq
+    work(first)
+    allocated = gc.mem_alloc() - before
+    gc.enable()
+    return live, allocated, app.outbox.head.next_seq != signed_before
+
+
+def _interval(first):
+    uart.images = meter_images(STATE["n"])
+    app.run(clock_source.sleep_ms, PASSES)
+
+
+def _pass(first):
+    if first:  # the meters move on once an interval
+        uart.images = meter_images(STATE["n"])
+    app.run(clock_source.sleep_ms, 1)
+
+
+def _report(phase, live, allocated, signed):
+    print(
+        json.dumps(
+            {
+                "phase": phase,
+                "live": live,
+                "alloc": allocated,
+                "signed": signed,
+                "pending": app.outbox.pending(),
+                "paused": app.paused,
+            }
+        )
+    )
+
+
+def step(i):
+    global STEPS
+    phase = STATE["phase"]
+    setup = [k for k, (name, _work) in enumerate(SETUP) if name == phase and _work is not None]
+    if setup:
+        # Each part of the setup in a step of its own, so the live heap after it is its size.
+        print(json.dumps({"phase": phase, "live": gc.mem_alloc()}))
+        SETUP[setup[0]][1]()
+        STATE["phase"] = SETUP[setup[0] + 1][0]
+    elif phase in ("warm-up", "steady", "outage", "after"):
+        live, allocated, signed = _measure(_interval, True)
+        STATE["n"] += 1
+        _report(phase, live, allocated, signed)
+        if phase == "warm-up" and STATE["n"] >= 2:
+            STATE["phase"] = "steady"
+        elif phase == "steady" and STATE["n"] >= 2 + PARAMS["steady"]:
+            STATE["phase"] = "steady pass"
+            STATE["pass"] = 0
+        elif phase == "outage" and app.paused:
+            # The ring is full and readings pause: the broker comes back for the next interval.
+            BROKER.up = True
+            STATE["phase"] = "replay pass"
+            STATE["pass"] = 0
+        elif phase == "after" and app.outbox.pending() == 0:
+            STATE["tail"] += 1
+            if STATE["tail"] >= 3:
+                STATE["phase"] = "done"
+    elif phase in ("steady pass", "replay pass"):
+        live, allocated, signed = _measure(_pass, STATE["pass"] == 0)
+        STATE["pass"] += 1
+        _report(phase, live, allocated, signed)
+        if STATE["pass"] >= PASSES:
+            STATE["n"] += 1
+            if phase == "steady pass":
+                STATE["phase"] = "outage"
+                BROKER.up = False
+            else:
+                STATE["phase"] = "after"
+    elif phase == "done":
+        STEPS = 0  # run.mjs stops here
+        print(
+            json.dumps(
+                {
+                    "phase": "received",
+                    "readings": received.readings,
+                    "last_seq": received.last,
+                    "duplicates": received.duplicates,
+                    "gaps": received.gaps,
+                    "next_seq": app.outbox.head.next_seq,
+                    "pending": app.outbox.pending(),
+                    "loaded": [
+                        getattr(module, "__file__", "")
+                        for name, module in sys.modules.items()
+                        if name.split(".")[0] in ("crev", "dgc", "umqtt")
+                    ],
+                }
+            )
+        )
+
+
+if MODE == "timing":
+    timing()
+else:
+    STEPS = 1 << 30  # until the "done" step lowers it

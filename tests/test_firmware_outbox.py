@@ -74,3 +74,15 @@ def test_a_full_ring_refuses_instead_of_dropping(runs: list[dict[str, Any]]) -> 
     full = runs[-1]
     assert full["full_after"] == 9 and "full" in full["refused"]
     assert full["full_after_ack"] is False, "acknowledgements free whole segments"
+
+
+def test_a_cut_while_a_torn_record_is_cut_off_loses_nothing(runs: list[dict[str, Any]]) -> None:
+    recuts = [r for r in runs if "recovery_cut" in r]
+    assert sorted((r["recovery_cut"], r["torn"]) for r in recuts) == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    for run in recuts:
+        where = "cut at change %d of the recovery (%s)" % (run["recovery_cut"], "torn" if run["torn"] else "clean")
+        assert run["torn_append"] and run["cut"] and run["recovery_changes"] >= run["recovery_cut"], where
+        # The two whole readings are kept, the torn third is gone, and the chain goes on after them.
+        assert run["after_cut"] == {"next_seq": 2, "pending": [0, 1]}, where
+        assert run["after_append"] == [0, 1, 2], where
+        assert not any(name.endswith(".tmp") for name in run["files"]), where

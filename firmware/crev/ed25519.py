@@ -12,6 +12,7 @@ channels need physical access; the CPython backend is constant-time.
 """
 
 from crev.sha512 import digest as _sha512
+from crev.sha512 import new as _sha512_new
 
 P = 2**255 - 19  # type: int
 L = 2**252 + 27742317777372353535851937790883648493  # type: int
@@ -24,17 +25,32 @@ _BX = 15112221349535400772501151409588531511454012693041857206046113283949847762
 _BASE = (_BX, _BY, 1, _BX * _BY % P)
 _IDENTITY = (0, 1, 1, 0)
 
-# Multiples 16**i * j * B for the fixed-base comb; built on first use (about
-# 64 * 15 points, ~150 kB on CPython and about 200 kB of MicroPython heap) so
-# import stays cheap. A controller short of RAM (an ESP32 without PSRAM has
-# about 110 kB of heap, an RP2040 about 190 kB) calls use_base_table(False):
-# signing then doubles and adds instead, a few times slower, in a few kB.
+# Multiples 16**i * j * B for the radix-16 fixed-base table; built on first
+# use (about 64 * 15 points, ~150 kB on CPython and about 200 kB of
+# MicroPython heap) so import stays cheap. A controller short of RAM (an ESP32
+# without PSRAM has about 110 kB of heap, an RP2040 about 190 kB) calls
+# use_base_table(False): signing then uses the small comb below, in about
+# 3 kB, with 63 doublings more than the table needs.
 _base_table = None  # type: list | None
 _use_table = True
 
+# The comb: entry v - 1 is sum(2**(64 * i) * B for each bit i of v), v = 1..15,
+# so [s]B takes 63 doublings and at most 64 additions, one per 4-bit column
+# (bits j, 64 + j, 128 + j and 192 + j of s), against 252 doublings and about
+# 126 additions for plain double-and-add. On MicroPython every bigint
+# operation allocates (a multiplication and its reduction mod P about 170
+# bytes), so the operation count is the heap churn: about a quarter of it. Each
+# entry is affine, as (y + x, y - x, 2 * d * x * y) mod P, which saves two of
+# the nine multiplications of an addition.
+_comb = None  # type: list | None
+
+# The last seed's expanded secret (a, prefix): a device signs with one key,
+# and expanding it is a SHA-512 of its own at every signature otherwise.
+_expanded = None  # type: tuple | None
+
 
 def use_base_table(enabled: bool) -> None:
-    """Choose the fast fixed-base table (memory) or double-and-add (time)."""
+    """Choose the fast fixed-base table (200 kB of heap) or the small comb (3 kB, slower)."""
     global _base_table, _use_table
     _use_table = enabled
     if not enabled:
@@ -45,32 +61,54 @@ class SignatureError(Exception):
     """The signature does not verify."""
 
 
+# The point formulas read P into a local once: on MicroPython a global is a
+# dictionary lookup at every use.
+
+
 def _add(p1: tuple, p2: tuple) -> tuple:
     # RFC 8032 §5.1.4, extended coordinates (add-2008-hwcd-3).
+    p = P
     x1, y1, z1, t1 = p1
     x2, y2, z2, t2 = p2
-    a = (y1 - x1) * (y2 - x2) % P
-    b = (y1 + x1) * (y2 + x2) % P
-    c = t1 * _D2 % P * t2 % P
-    d = 2 * z1 * z2 % P
+    a = (y1 - x1) * (y2 - x2) % p
+    b = (y1 + x1) * (y2 + x2) % p
+    c = t1 * _D2 % p * t2 % p
+    d = 2 * z1 * z2 % p
     e = b - a
     f = d - c
     g = d + c
     h = b + a
-    return (e * f % P, g * h % P, f * g % P, e * h % P)
+    return (e * f % p, g * h % p, f * g % p, e * h % p)
+
+
+def _add_affine(p1: tuple, q: tuple) -> tuple:
+    # _add with Z2 = 1 and the second point as (y + x, y - x, 2 * d * x * y): seven multiplications.
+    p = P
+    x1, y1, z1, t1 = p1
+    y_plus_x, y_minus_x, xy2d = q
+    a = (y1 - x1) * y_minus_x % p
+    b = (y1 + x1) * y_plus_x % p
+    c = t1 * xy2d % p
+    d = 2 * z1
+    e = b - a
+    f = d - c
+    g = d + c
+    h = b + a
+    return (e * f % p, g * h % p, f * g % p, e * h % p)
 
 
 def _double(p1: tuple) -> tuple:
     # RFC 8032 §5.1.4, doubling (dbl-2008-hwcd).
+    p = P
     x1, y1, z1, _ = p1
-    a = x1 * x1 % P
-    b = y1 * y1 % P
-    c = 2 * z1 * z1 % P
+    a = x1 * x1 % p
+    b = y1 * y1 % p
+    c = 2 * z1 * z1 % p
     h = a + b
-    e = h - (x1 + y1) * (x1 + y1) % P
+    e = h - (x1 + y1) * (x1 + y1) % p
     g = a - b
     f = c + g
-    return (e * f % P, g * h % P, f * g % P, e * h % P)
+    return (e * f % p, g * h % p, f * g % p, e * h % p)
 
 
 def _multiply(scalar: int, point: tuple) -> tuple:
@@ -84,11 +122,54 @@ def _multiply(scalar: int, point: tuple) -> tuple:
     return result
 
 
+def _comb_table() -> list:
+    global _comb
+    if _comb is None:
+        teeth = [_BASE]
+        for _ in range(3):
+            point = teeth[-1]
+            for _ in range(64):
+                point = _double(point)
+            teeth.append(point)
+        table = []
+        for v in range(1, 16):
+            point = _IDENTITY
+            for i in range(4):
+                if v >> i & 1:
+                    point = _add(point, teeth[i])
+            x, y, z, _ = point
+            zinv = pow(z, P - 2, P)
+            x = x * zinv % P
+            y = y * zinv % P
+            entry = ((y + x) % P, (y - x) % P, _D2 * x % P * y % P)
+            # A remainder keeps the size its dividend was given; from_bytes makes it the 32 bytes it needs.
+            table.append(tuple(int.from_bytes(n.to_bytes(32, "little"), "little") for n in entry))
+        _comb = table
+    return _comb
+
+
+def _comb_multiply(scalar: int) -> tuple:
+    table = _comb_table()
+    # The scalar's bits read from its bytes: shifting a bigint would allocate at every step.
+    bits = scalar.to_bytes(32, "little")
+    result = _IDENTITY
+    for j in range(63, -1, -1):
+        if j != 63:
+            result = _double(result)
+        v = 0
+        for i in range(4):
+            k = 64 * i + j
+            v |= (bits[k >> 3] >> (k & 7) & 1) << i
+        if v:
+            result = _add_affine(result, table[v - 1])
+    return result
+
+
 def _base_multiply(scalar: int) -> tuple:
-    # Radix-16 comb: no doublings, at most 64 additions.
+    # Radix-16 table: no doublings, at most 64 additions.
     global _base_table
     if not _use_table:
-        return _multiply(scalar, _BASE)
+        return _comb_multiply(scalar)
     if _base_table is None:
         table = []
         row_base = _BASE
@@ -144,13 +225,25 @@ def _decode_point(raw: bytes) -> tuple:
 
 
 def _secret_expand(seed: bytes) -> tuple:
+    global _expanded
     if len(seed) != 32:
         raise ValueError("an Ed25519 seed is 32 bytes")
+    if _expanded is not None and _expanded[0] == seed:
+        return _expanded[1], _expanded[2]
     h = _sha512(seed)
     a = int.from_bytes(h[:32], "little")
     a &= (1 << 254) - 8
     a |= 1 << 254
+    _expanded = (bytes(seed), a, h[32:])
     return a, h[32:]
+
+
+def _hash_int(first: bytes, second: bytes, message: bytes) -> int:
+    # SHA-512(first || second || message) as a little-endian integer, without joining them.
+    h = _sha512_new(first)
+    h.update(second)  # type: ignore[attr-defined]
+    h.update(message)  # type: ignore[attr-defined]
+    return int.from_bytes(h.digest(), "little")  # type: ignore[attr-defined]
 
 
 def public_key(seed: bytes) -> bytes:
@@ -164,9 +257,9 @@ def sign(seed: bytes, message: bytes, public: bytes | None = None) -> bytes:
     a, prefix = _secret_expand(seed)
     if public is None:
         public = _encode_point(_base_multiply(a))
-    r = int.from_bytes(_sha512(prefix + message), "little") % L
+    r = _hash_int(prefix, b"", message) % L
     r_bytes = _encode_point(_base_multiply(r))
-    k = int.from_bytes(_sha512(r_bytes + public + message), "little") % L
+    k = _hash_int(r_bytes, public, message) % L
     s = (r + k * a) % L
     signature = r_bytes + s.to_bytes(32, "little")  # type: bytes
     return signature
@@ -181,7 +274,7 @@ def verify(public: bytes, signature: bytes, message: bytes) -> None:
     if s >= L:
         raise SignatureError("S is not reduced")
     r_bytes = signature[:32]
-    k = int.from_bytes(_sha512(r_bytes + public + message), "little") % L
+    k = _hash_int(r_bytes, public, message) % L
     neg_a = (P - a_point[0], a_point[1], a_point[2], P - a_point[3])
     check = _add(_base_multiply(s), _multiply(k, neg_a))
     if _encode_point(check) != r_bytes:

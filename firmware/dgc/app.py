@@ -12,11 +12,20 @@ Every ``interval_s``, aligned to the wall clock (xx:00, xx:01, ...):
 A full outbox pauses readings instead of dropping any. The watchdog is fed
 once per pass, so a hung UART or socket resets the device, which then
 carries on from the outbox (the next reading is flagged RESTARTED).
+
+Each pass publishes at most REPLAY_BATCH readings. After an outage the
+backlog (up to the whole ring, 1,024 readings) goes out over many passes:
+each PUBACK costs a round trip, so sending it all in one pass could outlast
+the watchdog, and the memory a pass needs stays that of one batch whatever
+the length of the outage. At 200 ms a pass that is still up to 40 readings
+a second.
 """
 
 from crev import dgcc
 from dgc import FIRMWARE
 from dgc.meters import MeterError, channels, read_meter
+
+REPLAY_BATCH = 8
 
 
 class App:
@@ -43,6 +52,7 @@ class App:
         self.log = log
         self.pending_flags = dgcc.RESTARTED  # the first reading after a boot
         self.paused = False
+        self.due = None  # type: int | None  # the next interval boundary, kept between run() calls
 
     def next_boundary(self, now: int) -> int:
         return (now // self.interval_s + 1) * self.interval_s
@@ -77,14 +87,29 @@ class App:
         outbox.append(reading.seq, cose)  # type: ignore[attr-defined]
         self.pending_flags = 0
 
-    def publish(self) -> int:
+    def publish(self, batch: int = REPLAY_BATCH) -> int:
+        """Send up to ``batch`` unacknowledged readings, oldest first; how many went."""
         outbox = self.outbox
-        return self.uplink.send(outbox.unacknowledged(), outbox.acknowledge)  # type: ignore[attr-defined]
+        # Flash is read only when there is something to send and a connection to send it on.
+        if not outbox.pending() or not self.uplink.connected():  # type: ignore[attr-defined]
+            return 0
+        records = outbox.unacknowledged(batch)  # type: ignore[attr-defined]
+        try:
+            return self.uplink.send(records, outbox.acknowledge)  # type: ignore[attr-defined]
+        finally:
+            records.close()  # the segment file it reads, at once
 
     def run(self, sleep_ms: object, passes: int = -1) -> None:
         """The main loop; ``passes`` bounds it for tests (-1: forever)."""
         clock = self.clock
-        due = self.next_boundary(clock.now())  # type: ignore[attr-defined]
+        due = self.due
+        now = clock.now()  # type: ignore[attr-defined]
+        # The boundary kept from the last call may have passed while it returned: it is
+        # still due. One more than an interval away means the clock jumped (a first NTP
+        # synchronisation, say): start again from the next boundary, so the next reading
+        # spans the jump instead of taking a t1 from before it.
+        if due is None or abs(due - now) > self.interval_s:
+            due = self.next_boundary(now)
         while passes != 0:
             if self.watchdog is not None:
                 self.watchdog.feed()  # type: ignore[attr-defined]
@@ -92,6 +117,7 @@ class App:
             if now >= due:
                 self.run_interval(due)
                 due = self.next_boundary(now)
+            self.due = due
             self.publish()
             passes -= 1
             sleep_ms(200)  # type: ignore[operator]

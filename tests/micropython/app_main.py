@@ -64,7 +64,7 @@ for step in SCRIPT["steps"]:
     app.run_interval(step["t1"])
     CLOCK.sleep_ms(2000)  # the reconnect backoff passes before the publish
     sent = app.publish()
-    print(json.dumps({"t1": step["t1"], "sent": sent, "pending": len(app.outbox.unacknowledged())}))
+    print(json.dumps({"t1": step["t1"], "sent": sent, "pending": app.outbox.pending()}))
 
 print(
     json.dumps(
