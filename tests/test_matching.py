@@ -95,9 +95,7 @@ class Reference:
         return chosen
 
     def available(self, sell: Sell, buy: Buy) -> int:
-        return sum(
-            self.held[sell.account, lot.lot_id] for lot in self.window_lots(sell, buy)
-        )
+        return sum(self.held[sell.account, lot.lot_id] for lot in self.window_lots(sell, buy))
 
     @staticmethod
     def eligible(buy: Buy, sell: Sell) -> bool:
