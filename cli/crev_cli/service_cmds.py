@@ -45,6 +45,17 @@ def sim_meters(args: argparse.Namespace) -> int:
     return 0
 
 
+def sim_smartmeter(args: argparse.Namespace) -> int:
+    from crev_sim.cli import run_smartmeter
+    from crev_sim.config import SimConfigError
+
+    try:
+        run_smartmeter(Path(args.config))
+    except (SimConfigError, OSError) as err:
+        raise UsageError(str(err)) from err
+    return 0
+
+
 def _ingest(action: str, args: argparse.Namespace) -> int:
     from crev_ingest import IngestError
     from crev_ingest import cli as ingest_cli

@@ -1,4 +1,4 @@
-"""``crev sim meters``: run the simulated meters until interrupted."""
+"""``crev sim meters`` and ``crev sim smartmeter``: run the simulated meters until interrupted."""
 
 import asyncio
 import contextlib
@@ -31,3 +31,13 @@ def run_meters(config_path: Path) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     asyncio.run(_run(Simulation(config)))
+
+
+def run_smartmeter(config_path: Path) -> None:
+    """The meters of ``run_meters`` and a smart meter on the same site (crev_sim.smartmeter)."""
+    from crev_sim import smartmeter
+
+    config, meter = smartmeter.load(config_path)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    asyncio.run(_run(smartmeter.SmartMeterSimulation(config, meter)))
