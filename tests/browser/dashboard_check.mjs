@@ -87,7 +87,11 @@ try {
       const heading = document.querySelector("#view h2, h2");
       return heading !== null && heading.textContent === "Site " + site;
     }, rest[1]);
-    await page.waitForSelector("#chart-energy .u-wrap canvas");
+    // Both charts drawn by uPlot, with their data: under load one may come a moment after the other.
+    await page.waitForFunction(() => ["chart-power", "chart-energy"].every((id) => {
+      const el = document.getElementById(id);
+      return el !== null && el.uplot && el.dataset.slots && el.querySelector(".u-wrap canvas");
+    }));
     out.one_slot_power = await uplotChart("chart-power");
     out.one_slot_energy = await uplotChart("chart-energy");
     await page.screenshot({ path: rest[2], fullPage: true });
