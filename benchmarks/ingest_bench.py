@@ -112,9 +112,31 @@ def register_session(port: int, client_id: str, topic: str) -> None:
     client.disconnect()
 
 
+def storage_per_reading(db: Path) -> tuple[float, float | None]:
+    """Bytes of the whole store and of its Merkle tree (the tiles table and its index), per stored reading.
+
+    The tree's share needs SQLite's dbstat table; without it, None.
+    """
+    with sqlite3.connect(db, timeout=30) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        readings = int(conn.execute("SELECT count(*) FROM readings").fetchone()[0])
+        page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        used = int(conn.execute("PRAGMA page_count").fetchone()[0]) - int(
+            conn.execute("PRAGMA freelist_count").fetchone()[0]
+        )
+        try:
+            tree = conn.execute(
+                "SELECT sum(pgsize) FROM dbstat WHERE name IN ('tiles', 'sqlite_autoindex_tiles_1')"
+            ).fetchone()[0]
+        except sqlite3.OperationalError:
+            tree = None
+    readings = max(1, readings)
+    return used * page / readings, None if tree is None else int(tree) / readings
+
+
 def ingest_rate(
     work: Path, broker: Mosquitto, messages: list[tuple[str, bytes]], keys: list[tuple[str, SigningKey]], workers: int
-) -> float:
+) -> tuple[float, tuple[float, float | None]]:
     run = work / ("ingest-%d" % workers)
     run.mkdir()
     config = write_toml(
@@ -168,7 +190,7 @@ def ingest_rate(
         )
         forget.connect("127.0.0.1", broker.port, clean_start=True)
         forget.disconnect()
-    return (len(messages) - 1) / elapsed
+    return (len(messages) - 1) / elapsed, storage_per_reading(db)
 
 
 def report(devices: int, per_device: int) -> None:
@@ -190,8 +212,8 @@ def report(devices: int, per_device: int) -> None:
             )
             received, seconds, bad = done.stdout.split()
             baseline = (int(received) - 1) / max(0.001, float(seconds))
-            one = ingest_rate(work, broker, messages, keys, 1)
-            two = ingest_rate(work, broker, messages, keys, 2)
+            one, (store_bytes, tree_bytes) = ingest_rate(work, broker, messages, keys, 1)
+            two, _storage = ingest_rate(work, broker, messages, keys, 2)
         finally:
             broker.stop()
     print("== ingest: %d devices x %d pre-signed readings, drained from a real mosquitto ==" % (devices, per_device))
@@ -202,6 +224,8 @@ def report(devices: int, per_device: int) -> None:
         "%-48s %10.0f %7.2fx   (%.2fx one worker)"
         % ("ingest, 2 workers sharing the subscription", two, two / baseline, two / one)
     )
+    tree = "" if tree_bytes is None else ", of which the Merkle tree (tiles) %.0f" % tree_bytes
+    print("storage: %.0f bytes per reading in the SQLite store%s" % (store_bytes, tree))
     if int(bad):
         print("baseline saw %s bad signatures" % bad)
 

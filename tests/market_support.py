@@ -41,7 +41,7 @@ SELLER = ACCOUNT
 SELLER_KEY = ACCOUNT_KEY
 STRANGER_KEY = SigningKey(bytes([77]) * 32)
 TYPE = "solar"
-TABLES = ("leaves", "nodes", "blocks", "orders", "trades", "lot_moves", "retirements")
+TABLES = ("leaves", "tiles", "blocks", "orders", "trades", "lot_moves", "retirements")
 
 BookRow = tuple[int, str, str, int, int]
 

@@ -18,7 +18,7 @@ from crev_ingest.store import Store
 BLOB_COLUMNS = [
     ("leaves", "idx", "data"),
     ("leaves", "idx", "leaf_hash"),
-    ("nodes", "rowid", "hash"),
+    ("tiles", "rowid", "data"),
     ("blocks", "height", "header"),
     ("blocks", "height", "block_hash"),
     ("blocks", "height", "root"),

@@ -206,7 +206,7 @@ def cli_ledger(cli_template: Path, tmp_path: Path) -> Path:
 def _db_counts(directory: Path) -> dict[str, int]:
     db = sqlite3.connect(str(directory / "crev.sqlite"))
     try:
-        tables = ("leaves", "nodes", "blocks", "orders", "trades", "lot_moves")
+        tables = ("leaves", "tiles", "blocks", "orders", "trades", "lot_moves")
         return {t: int(db.execute("SELECT count(*) FROM %s" % t).fetchone()[0]) for t in tables}
     finally:
         db.close()

@@ -195,3 +195,77 @@ def verify_consistency(old_size: int, new_size: int, path: list, old_root: bytes
         fn >>= 1
         sn >>= 1
     return sn == 0 and fr == old_root and sr == new_root
+
+
+# C2SP tlog-tiles: the tree stored (and published) as tiles of height 8. The
+# tile at tile level L, index N holds up to 256 consecutive hashes of tree
+# level 8L, those of the complete subtrees covering leaves from
+# N * 256^(L+1) on; the seven tree levels between two tile levels are not
+# stored but recomputed from the tile's own hashes.
+TILE_HEIGHT = 8
+TILE_WIDTH = 1 << TILE_HEIGHT
+HASH_SIZE = 32
+
+
+def node_tile(level: int, index: int) -> tuple:
+    """Where complete node (level, index) lives: (tile level, tile index, height, offset).
+
+    The node is the root of the 2^height stored hashes from position
+    ``offset`` of that tile, so the tile holds it once it is at least
+    ``offset + 2^height`` hashes wide.
+    """
+    tile_level = level // TILE_HEIGHT
+    height = level % TILE_HEIGHT
+    first = index << height
+    return tile_level, first >> TILE_HEIGHT, height, first & (TILE_WIDTH - 1)
+
+
+def tile_width(size: int, tile_level: int, tile_index: int) -> int:
+    """How many hashes tile (tile_level, tile_index) has in the tree of ``size`` leaves: 0 to 256."""
+    stored = size >> (TILE_HEIGHT * tile_level)
+    start = tile_index << TILE_HEIGHT
+    if stored <= start:
+        return 0
+    return min(TILE_WIDTH, stored - start)
+
+
+def tile_count(size: int) -> int:
+    """The number of tiles, full and partial, of the tree of ``size`` leaves."""
+    count = 0
+    stored = size
+    while stored:
+        count += (stored + TILE_WIDTH - 1) >> TILE_HEIGHT
+        stored >>= TILE_HEIGHT
+    return count
+
+
+def tile_path(tile_level: int, tile_index: int, width: int = TILE_WIDTH) -> str:
+    """The tlog-tiles resource of a tile: ``tile/<L>/<N>[.p/<W>]``, N in 3-digit x-prefixed groups."""
+    if not 0 <= tile_level <= 63 or tile_index < 0 or not 1 <= width <= TILE_WIDTH:
+        raise MisuseError("no tile at level %d index %d width %d" % (tile_level, tile_index, width))
+    groups = ["%03d" % (tile_index % 1000)]
+    tile_index //= 1000
+    while tile_index:
+        groups.append("x%03d" % (tile_index % 1000))
+        tile_index //= 1000
+    groups.reverse()
+    path = "tile/%d/%s" % (tile_level, "/".join(groups))
+    return path if width == TILE_WIDTH else path + ".p/%d" % width
+
+
+def hash_pairs(row: bytes) -> bytes:
+    """The next height up inside a tile: each pair of 32-byte hashes hashed, an odd last one dropped."""
+    step = 2 * HASH_SIZE
+    out = []
+    for start in range(0, len(row) - step + 1, step):
+        out.append(node_hash(row[start : start + HASH_SIZE], row[start + HASH_SIZE : start + step]))
+    return b"".join(out)
+
+
+def tile_root(data: bytes) -> bytes:
+    """The Merkle Tree Hash of a full tile's 256 hashes: the hash it contributes one tile level up."""
+    if len(data) != TILE_WIDTH * HASH_SIZE:
+        raise MisuseError("only a full tile has a root one tile level up")
+    for _ in range(TILE_HEIGHT):
+        data = hash_pairs(data)
+    return data

@@ -2,7 +2,9 @@
 
 Checks, in order, and names the first row that fails:
 1. every leaf: its hash recomputed from its stored bytes, its type and time;
-2. every stored Merkle node, recomputed by appending the leaves again;
+2. every stored Merkle tile (C2SP tlog-tiles, crev_ingest.store), rebuilt
+   by appending the leaves again: each full tile when it fills, the partial
+   tiles at the end, and that no other tile row exists;
 3. every block: signature by the ledger key, fields, link to the previous
    block's hash, its tree size and root against the recomputed tree, and
    its checkpoint note;
@@ -12,7 +14,7 @@ Checks, in order, and names the first row that fails:
 
 Given the state of an earlier successful run (the last block it verified),
 it checks that this block and the tree under it are unchanged, then only
-what came after: the leaves, nodes, blocks and rows added since.
+what came after: the leaves, tiles, blocks and rows added since.
 """
 
 import hashlib
@@ -91,10 +93,61 @@ def _resume(store: Store, since: AuditState) -> merkle.MerkleFrontier:
     try:
         frontier = frontier_from_store(store, since.tree_size)
     except KeyError as err:
-        raise LedgerError("nodes: %s under the verified tree" % err) from None
+        raise LedgerError("tiles: %s under the verified tree" % err.args[0]) from None
     if frontier.root() != since.root:
-        raise LedgerError("nodes: the stored tree of size %d no longer has the verified root" % since.tree_size)
+        raise LedgerError("tiles: the stored tree of size %d no longer has the verified root" % since.tree_size)
     return frontier
+
+
+class _TileCheck:
+    """The tiles rebuilt from the recomputed tree, each compared with its stored row."""
+
+    def __init__(self, store: Store, size: int) -> None:
+        self.store = store
+        # Per tile level, the hashes so far of its rightmost tile. Resuming at
+        # ``size``, they start as the prefix of the stored rows that the
+        # verified root already covers.
+        self.pending: list[list[bytes]] = []
+        tile_level = 0
+        while size >> (merkle.TILE_HEIGHT * tile_level):
+            idx = size >> (merkle.TILE_HEIGHT * (tile_level + 1))
+            width = merkle.tile_width(size, tile_level, idx)
+            data = store.tile(tile_level, idx, width) if width else b""
+            self.pending.append([data[i : i + merkle.HASH_SIZE] for i in range(0, len(data), merkle.HASH_SIZE)])
+            tile_level += 1
+
+    def add(self, level: int, index: int, value: bytes) -> None:
+        """One complete node of the recomputed tree; only tile levels are stored."""
+        if level % merkle.TILE_HEIGHT:
+            return
+        tile_level, idx, _height, _position = merkle.node_tile(level, index)
+        if tile_level == len(self.pending):
+            self.pending.append([])
+        hashes = self.pending[tile_level]
+        hashes.append(value)
+        if len(hashes) == merkle.TILE_WIDTH:
+            self._compare(tile_level, idx, hashes)
+            self.pending[tile_level] = []
+
+    def finish(self, size: int) -> None:
+        for tile_level, hashes in enumerate(self.pending):
+            if hashes:
+                self._compare(tile_level, size >> (merkle.TILE_HEIGHT * (tile_level + 1)), hashes)
+        stored, expected = self.store.tile_count(), merkle.tile_count(size)
+        if stored != expected:
+            raise LedgerError("tiles: %d rows where the tree of %d leaves has %d" % (stored, size, expected))
+
+    def _compare(self, tile_level: int, idx: int, hashes: list[bytes]) -> None:
+        row = self.store.tile_row(tile_level, idx)
+        if row is None:
+            raise LedgerError("tiles row level %d idx %d width %d: missing" % (tile_level, idx, len(hashes)))
+        width, data = row
+        where = "tiles row level %d idx %d width %d" % (tile_level, idx, width)
+        if width != len(hashes):
+            raise LedgerError("%s: the tree recomputed from the leaves makes it %d wide" % (where, len(hashes)))
+        for position, value in enumerate(hashes):
+            if data[position * merkle.HASH_SIZE : (position + 1) * merkle.HASH_SIZE] != value:
+                raise LedgerError("%s: hash %d differs from the tile recomputed from the leaves" % (where, position))
 
 
 def verify_ledger(
@@ -108,8 +161,10 @@ def verify_ledger(
         "ORDER BY height",
         (first_height,),
     ).fetchall()
+    store.forget_tiles()
     frontier = merkle.MerkleFrontier() if since is None else _resume(store, since)
     first_leaf = frontier.size
+    tiles = _TileCheck(store, frontier.size)
     block_position = 0
     previous_hash = ZERO_HASH if since is None else since.block_hash
     leaf_types: dict[int, tuple[int, bytes]] = {}
@@ -158,18 +213,11 @@ def verify_ledger(
             raise LedgerError("%s: type or received_ms differ from the leaf bytes" % where)
         leaf_types[idx] = (leaf_type, bytes(decoded[2]))
         for level, index, value in frontier.append(hashed):
-            try:
-                stored = store.node(level, index)
-            except KeyError:
-                raise LedgerError("nodes row level %d idx %d: missing" % (level, index)) from None
-            if stored != value:
-                raise LedgerError("nodes row level %d idx %d: hash differs from the recomputed tree" % (level, index))
+            tiles.add(level, index, value)
         check_blocks_at(frontier.size)
     if block_position != len(blocks):
         raise LedgerError("blocks row height %d: tree size beyond the stored leaves" % blocks[block_position][0])
-    extra = db.execute("SELECT count(*) FROM nodes").fetchone()[0]
-    if extra != _node_count(frontier.size):
-        raise LedgerError("nodes: %d rows where the tree has %d" % (extra, _node_count(frontier.size)))
+    tiles.finish(frontier.size)
 
     readings = 0
     for dev, seq, t0, t1, leaf_idx, cose, gs in db.execute(
@@ -220,13 +268,3 @@ def verify_ledger(
     if has_registry(store):
         counts.update(replay_registry(store, ledger_key))
     return counts, state
-
-
-def _node_count(size: int) -> int:
-    """Complete aligned subtrees of a log of ``size`` leaves (levels 0 and up)."""
-    total = 0
-    level = 0
-    while 1 << level <= size:
-        total += size >> level
-        level += 1
-    return total

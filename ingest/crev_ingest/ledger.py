@@ -4,7 +4,10 @@ A leaf is the deterministic CBOR ``[type, received_ms, data]``:
 type 1 a reading (its COSE bytes), type 2 a key event (a COSE_Sign1 by the
 ledger key over ``{0: action, 1: dev, 2: pubkey, 3: time}``), type 3
 reserved for gap notices. Appending costs O(log n): only the frontier of
-complete subtrees is kept in memory, and each complete node is stored once.
+complete subtrees is kept in memory. The tree is stored as C2SP tlog-tiles
+(crev_ingest.store): of the complete nodes a leaf creates, those at tree
+levels 0, 8, 16, ... go into their tiles in the same transaction as the
+leaf, and the levels between are recomputed from them when read.
 
 Every block header ``{0: 1, 1: height, 2: prev_block_hash, 3: tree_size,
 4: merkle_root, 5: time_ms}`` is signed by the ledger key, and also written
@@ -116,7 +119,10 @@ class Ledger:
         hashed = merkle.leaf_hash(leaf)
         index = self.frontier.size
         self.store.add_leaf(index, leaf_type, received_ms, leaf, hashed)
-        self.store.add_nodes(self.frontier.append(hashed))
+        for level, node_index, value in self.frontier.append(hashed):
+            if level % merkle.TILE_HEIGHT == 0:
+                tile_level, tile_index, _height, position = merkle.node_tile(level, node_index)
+                self.store.add_tile_hash(tile_level, tile_index, position, value)
         return index
 
     def key_event(self, action: int, dev: str, public_key: bytes, when_s: int, received_ms: int) -> int:

@@ -1,18 +1,39 @@
 """SQLite storage for ingest: readings, time series, gaps, quarantine, the
 device registry and the ledger, in one file.
 
-Ledger rows (leaves, nodes, blocks, readings, key events) are only ever
-inserted: this module has no UPDATE or DELETE for them. Only the
+Ledger rows (leaves, blocks, readings, key events, full tiles) are only
+ever inserted: this module has no UPDATE or DELETE for them. Only the
 bookkeeping tables (gaps, stats, alarms) change in place, and a gap's
 history is kept as rows too. The Store is the small interface a server
 database would implement to take over.
+
+The Merkle tree is kept as C2SP tlog-tiles (crev.merkle, docs/ledger-format.md):
+``tiles (level, idx, width, data)``, data the ``width`` 32-byte hashes of tree
+level 8 * level. A full tile (256 hashes) is written once and never changed.
+The one partial tile per tile level, at the right edge, grows in place: each
+append concatenates one hash to its row, and the statement only matches
+while the row is exactly as wide as the new hash's position and not yet
+full. Growing in place rather than adding a row per width keeps the tree at
+about 50 bytes a leaf (32 of hash, the rest SQLite's pages): ingest appends
+leaf by leaf, so a row per width would store 1 + 2 + ... + 255 hashes for
+every 256 leaves, some 4 KiB a leaf. Nothing is lost by it: the hashes of a
+tile are complete subtrees that never change, so each narrower version of a
+partial tile (the one a checkpoint of that size needs, say) is a prefix of
+the row, and ``tile(level, idx, width)`` gives it.
+
+A store from before tiles has a ``nodes`` table, one row per node. Opening
+it converts that table to tiles and drops it, in one transaction, once the
+converted tree has been checked against the latest signed block.
 """
 
 import sqlite3
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from crev import merkle
+from crev_ingest import LedgerError
 from crev_ingest.registry_store import REGISTRY_SCHEMA, RegistryRows
 
 SCHEMA = """
@@ -23,10 +44,11 @@ CREATE TABLE IF NOT EXISTS leaves (
     data BLOB NOT NULL,
     leaf_hash BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS nodes (
+CREATE TABLE IF NOT EXISTS tiles (
     level INTEGER NOT NULL,
     idx INTEGER NOT NULL,
-    hash BLOB NOT NULL,
+    width INTEGER NOT NULL CHECK (width BETWEEN 1 AND 256),
+    data BLOB NOT NULL CHECK (length(data) = 32 * width),
     PRIMARY KEY (level, idx)
 );
 CREATE TABLE IF NOT EXISTS blocks (
@@ -129,22 +151,128 @@ CREATE TABLE IF NOT EXISTS daily (
 """
 
 
+# Decoded tiles kept by node(): a proof touches a few tiles per tile level, and
+# a full tile's seven inner heights cost 255 hashes to rebuild.
+CACHED_TILES = 256
+
+
 class Store(RegistryRows):
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.db = sqlite3.connect(str(path), isolation_level=None, timeout=30, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self._migrate()
-        self.db.executescript(SCHEMA)
-        self.db.executescript(REGISTRY_SCHEMA)
+        # (tile level, tile index) -> the tile's hashes at heights 0, 1, ... as
+        # far as asked, each height one bytes of 32-byte hashes. A cached tile
+        # may be narrower than its row, never different from it: what a
+        # committed row holds never changes. Rolled-back rows are the
+        # exception, so a rollback empties the cache.
+        self._tiles: OrderedDict[tuple[int, int], list[bytes]] = OrderedDict()
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self._migrate()
+            self.db.executescript(SCHEMA)
+            self.db.executescript(REGISTRY_SCHEMA)
+            self._migrate_nodes_to_tiles()
+        except BaseException:
+            self.db.close()
+            raise
 
     def _migrate(self) -> None:
         """Bring a store written by an older crev up to this schema (columns only ever added)."""
         columns = [row[1] for row in self.db.execute("PRAGMA table_info(readings)")]
         if columns and "gs" not in columns:
             self.db.execute("ALTER TABLE readings ADD COLUMN gs TEXT")
+
+    def _has_table(self, name: str) -> bool:
+        row = self.db.execute("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?", (name,)).fetchone()
+        return row is not None
+
+    def _migrate_nodes_to_tiles(self) -> None:
+        """Convert the one-row-per-node tree of an older crev to tiles, all or nothing.
+
+        The converted tree must give the root the latest block signs, and
+        every full tile must hash to its entry one tile level up, before the
+        nodes table is dropped; otherwise nothing changes and the store does
+        not open (LedgerError, one line).
+        """
+        if not self._has_table("nodes"):
+            return
+        with self.transaction():
+            if self._has_table("nodes"):  # another process may have converted it meanwhile
+                self._convert_nodes()
+                self.db.execute("DROP TABLE nodes")
+        self._tiles.clear()
+
+    def _convert_nodes(self) -> None:
+        refuse = "%s: not converting its Merkle nodes to tiles (the store is left as it was): " % self.path
+        size = self.leaf_count()
+        if self.db.execute("SELECT count(*) FROM tiles").fetchone()[0]:
+            raise LedgerError(refuse + "it has both a nodes table and tiles")
+        rows = int(self.db.execute("SELECT count(*) FROM nodes").fetchone()[0])
+        complete = sum(size >> level for level in range(size.bit_length()))
+        if rows != complete:
+            raise LedgerError(refuse + "it has %d node rows where a tree of %d leaves has %d" % (rows, size, complete))
+        tile_level = 0
+        while size >> (merkle.TILE_HEIGHT * tile_level):
+            level = merkle.TILE_HEIGHT * tile_level
+            expected = size >> level
+            pending: list[bytes] = []
+            count = 0
+            for idx, value in self.db.execute(
+                "SELECT idx, hash FROM nodes WHERE level = ? ORDER BY idx LIMIT ?", (level, expected)
+            ):
+                if idx != count or len(value) != merkle.HASH_SIZE:
+                    raise LedgerError(refuse + "node level %d idx %d is missing or malformed" % (level, count))
+                pending.append(bytes(value))
+                count += 1
+                if len(pending) == merkle.TILE_WIDTH:
+                    self._insert_tile(tile_level, (count - 1) >> merkle.TILE_HEIGHT, b"".join(pending))
+                    pending = []
+            if count != expected:
+                raise LedgerError(refuse + "node level %d idx %d is missing or malformed" % (level, count))
+            if pending:
+                self._insert_tile(tile_level, count >> merkle.TILE_HEIGHT, b"".join(pending))
+            tile_level += 1
+        for level, idx, data in self.db.execute(
+            "SELECT level, idx, data FROM tiles WHERE width = ? ORDER BY level, idx", (merkle.TILE_WIDTH,)
+        ):
+            try:
+                above = self.node(merkle.TILE_HEIGHT * (level + 1), idx)
+            except KeyError:
+                above = b""
+            if merkle.tile_root(bytes(data)) != above:
+                raise LedgerError(
+                    refuse + "tile level %d idx %d does not hash to its node one tile level up" % (level, idx)
+                )
+
+        # The signed root first: it is what every proof handed out so far verifies against.
+        last = self.db.execute("SELECT height, tree_size, root FROM blocks ORDER BY height DESC LIMIT 1").fetchone()
+        if last is not None:
+            height, sealed, signed_root = int(last[0]), int(last[1]), bytes(last[2])
+            converted = merkle.root_of(sealed, self.node) if sealed <= size else None
+            if converted != signed_root:
+                raise LedgerError(
+                    refuse
+                    + "the converted tree of %d leaves has root %s where block %d signs %s"
+                    % (sealed, converted.hex() if converted else "(none: too few leaves)", height, signed_root.hex())
+                )
+
+        # Then the leaves appended since that block, which only the nodes vouch for.
+        def old_node(level: int, idx: int) -> bytes:
+            row = self.db.execute("SELECT hash FROM nodes WHERE level = ? AND idx = ?", (level, idx)).fetchone()
+            if row is None:
+                raise LedgerError(refuse + "node level %d idx %d is missing" % (level, idx))
+            return bytes(row[0])
+
+        if merkle.root_of(size, self.node) != merkle.root_of(size, old_node):
+            raise LedgerError(refuse + "the tree of %d leaves has another root from tiles than from nodes" % size)
+
+    def _insert_tile(self, level: int, idx: int, data: bytes) -> None:
+        self.db.execute(
+            "INSERT INTO tiles (level, idx, width, data) VALUES (?, ?, ?, ?)",
+            (level, idx, len(data) // merkle.HASH_SIZE, data),
+        )
 
     # ------------------------------------------------------------ transactions
 
@@ -167,6 +295,7 @@ class Store(RegistryRows):
 
     def rollback(self) -> None:
         self.db.execute("ROLLBACK")
+        self._tiles.clear()
 
     def savepoint(self) -> None:
         self.db.execute("SAVEPOINT message")
@@ -177,6 +306,7 @@ class Store(RegistryRows):
     def rollback_to_savepoint(self) -> None:
         self.db.execute("ROLLBACK TO message")
         self.db.execute("RELEASE message")
+        self._tiles.clear()
 
     def close(self) -> None:
         self.db.close()
@@ -189,14 +319,80 @@ class Store(RegistryRows):
             (idx, leaf_type, received_ms, data, leaf_hash),
         )
 
-    def add_nodes(self, nodes: list[tuple[int, int, bytes]]) -> None:
-        self.db.executemany("INSERT INTO nodes (level, idx, hash) VALUES (?, ?, ?)", nodes)
+    def add_tile_hash(self, level: int, idx: int, position: int, value: bytes) -> None:
+        """Put hash ``value`` at ``position`` of tile (level, idx): a new row at 0, else one hash more."""
+        key = (level, idx)
+        if position == 0:
+            self._insert_tile(level, idx, value)
+            data = value
+        else:
+            cached = self._tiles.get(key)
+            if cached is not None and len(cached[0]) == position * merkle.HASH_SIZE:
+                data = cached[0] + value
+            else:
+                row = self.tile_row(level, idx)
+                data = (b"" if row is None else row[1]) + value
+            # Only the partial row exactly ``position`` wide takes it: a full
+            # tile, or a hash out of order, changes nothing and is refused.
+            grown = self.db.execute(
+                "UPDATE tiles SET width = ?, data = ? WHERE level = ? AND idx = ? AND width = ? AND width < ?",
+                (position + 1, data, level, idx, position, merkle.TILE_WIDTH),
+            )
+            if grown.rowcount != 1:
+                raise LedgerError(
+                    "tiles row level %d idx %d: cannot take a hash at position %d" % (level, idx, position)
+                )
+        # The appender reads the row it grows on the next append: keep it decoded.
+        self._tiles[key] = [data]
+        self._tiles.move_to_end(key)
+        if len(self._tiles) > CACHED_TILES:
+            self._tiles.popitem(last=False)
+
+    def tile(self, level: int, idx: int, width: int = merkle.TILE_WIDTH) -> bytes:
+        """The first ``width`` hashes of tile (level, idx); KeyError if it is not that wide yet."""
+        row = self.tile_row(level, idx)
+        if row is None or row[0] < width:
+            raise KeyError("no tile at level %d index %d width %d" % (level, idx, width))
+        return row[1][: width * merkle.HASH_SIZE]
+
+    def tile_row(self, level: int, idx: int) -> tuple[int, bytes] | None:
+        """(width, data) of the stored row of tile (level, idx), read now (no cache)."""
+        row = self.db.execute("SELECT width, data FROM tiles WHERE level = ? AND idx = ?", (level, idx)).fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    def tile_rows(self) -> Iterator[tuple[int, int, int, bytes]]:
+        """(level, idx, width, data) of every stored tile, by level then index."""
+        for row in self.db.execute("SELECT level, idx, width, data FROM tiles ORDER BY level, idx"):
+            yield int(row[0]), int(row[1]), int(row[2]), bytes(row[3])
+
+    def tile_count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM tiles").fetchone()[0])
 
     def node(self, level: int, idx: int) -> bytes:
-        row = self.db.execute("SELECT hash FROM nodes WHERE level = ? AND idx = ?", (level, idx)).fetchone()
-        if row is None:
-            raise KeyError("no node at level %d index %d" % (level, idx))
-        return bytes(row[0])
+        """The hash of complete subtree (level, idx), RFC 9162 levels, from the tile that holds it."""
+        where: tuple[int, int, int, int] = merkle.node_tile(level, idx)
+        tile_level, tile_idx, height, offset = where
+        needed = (offset + (1 << height)) * merkle.HASH_SIZE
+        key = (tile_level, tile_idx)
+        heights = self._tiles.get(key)
+        if heights is None or len(heights[0]) < needed:
+            row = self.tile_row(tile_level, tile_idx)
+            if row is None or len(row[1]) < needed:
+                raise KeyError("no node at level %d index %d" % (level, idx))
+            heights = [row[1]]
+            self._tiles[key] = heights
+            if len(self._tiles) > CACHED_TILES:
+                self._tiles.popitem(last=False)
+        else:
+            self._tiles.move_to_end(key)
+        while len(heights) <= height:
+            heights.append(merkle.hash_pairs(heights[-1]))
+        start = (offset >> height) * merkle.HASH_SIZE
+        return heights[height][start : start + merkle.HASH_SIZE]
+
+    def forget_tiles(self) -> None:
+        """Drop the decoded tiles, so that node() reads the rows as they are now."""
+        self._tiles.clear()
 
     def leaf_count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM leaves").fetchone()[0])
