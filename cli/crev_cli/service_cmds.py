@@ -69,6 +69,8 @@ def _ingest(action: str, args: argparse.Namespace) -> int:
             return ingest_cli.revoke(Path(args.config), args.device)
         if action == "broker-users":
             return ingest_cli.broker_users(Path(args.config), Path(args.out))
+        if action == "publish":
+            return ingest_cli.publish(Path(args.config), Path(args.out))
         return ingest_cli.run(Path(args.config))
     except IngestError as err:
         raise UsageError(str(err)) from err
@@ -88,6 +90,10 @@ def ingest_revoke(args: argparse.Namespace) -> int:
 
 def ingest_broker_users(args: argparse.Namespace) -> int:
     return _ingest("broker-users", args)
+
+
+def ingest_publish(args: argparse.Namespace) -> int:
+    return _ingest("publish", args)
 
 
 def ingest_run(args: argparse.Namespace) -> int:

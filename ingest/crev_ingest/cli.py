@@ -107,6 +107,24 @@ def broker_users(config_path: Path, out: Path) -> int:
     return 0
 
 
+def publish(config_path: Path, out: Path) -> int:
+    from crev_ingest.publish import publish as publish_tiles
+
+    config = ingest_config.load(config_path)
+    if not config.storage_path.exists():
+        raise ConfigError("no ledger at %s (storage.path in %s)" % (config.storage_path, config_path))
+    store = Store(config.storage_path)
+    try:
+        done = publish_tiles(store, out)
+    finally:
+        store.close()
+    print(
+        "published %s: tree size %d (block %d); %d new tiles, %d new entry bundles, and the checkpoint"
+        % (out, done.size, done.height, done.tiles_written, done.bundles_written)
+    )
+    return 0
+
+
 def run(config_path: Path) -> int:
     config = ingest_config.load(config_path)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
