@@ -57,7 +57,8 @@ SUNSPEC_MAIN = ROOT / "tests" / "micropython" / "sunspec_main.py"
 START = "2026-06-21T07:00:00+09:00"
 T1 = 1_790_000_040  # the first reading's end, on a minute boundary
 
-SITE = """
+# The board's settings around its meters, the same for both sites below.
+SITE_HEADER = """
 [device]
 id = "%(dev)s"
 key = "device.key"
@@ -82,6 +83,11 @@ tx = 17
 rx = 16
 baudrate = 9600
 
+"""
+
+SITE = (
+    SITE_HEADER
+    + """\
 [[meter]]
 name = "pv"
 profile = "sunspec"
@@ -107,6 +113,7 @@ role = "generation"
 source = "wind"
 counter = "total"
 """
+)
 
 
 class FrozenSimulation(Simulation):
@@ -294,31 +301,9 @@ def _vendor_image(step: int) -> list[int]:
     return [*image, 0xFFFF, 0]
 
 
-VENDOR_SITE = """
-[device]
-id = "%(dev)s"
-key = "device.key"
-interval_s = 60
-clock = "synchronised"
-
-[mqtt]
-url = "mqtt://127.0.0.1:1"
-
-[outbox]
-path = "gateway-outbox.sqlite"
-
-[modbus]
-timeout_s = 1.0
-retries = 0
-backoff_s = 0.05
-pause_s = 0
-
-[uart]
-id = 1
-tx = 17
-rx = 16
-baudrate = 9600
-
+VENDOR_SITE = (
+    SITE_HEADER
+    + """\
 [[meter]]
 name = "pv"
 profile = "sunspec"
@@ -335,6 +320,7 @@ url = "%(url)s"
 unit = 3
 role = "grid"
 """
+)
 
 
 @pytest.mark.slow
