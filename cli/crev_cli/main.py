@@ -9,7 +9,16 @@ import sys
 from collections.abc import Sequence
 
 from crev import __version__
-from crev_cli import UsageError, audit_cmd, market_cmd, reading_cmd, registry_cmd, service_cmds, witness_cmd
+from crev_cli import (
+    UsageError,
+    audit_cmd,
+    control_cmd,
+    market_cmd,
+    reading_cmd,
+    registry_cmd,
+    service_cmds,
+    witness_cmd,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("revoke", "revoke a device's current key", service_cmds.ingest_revoke),
         ("run", "verify and store readings until stopped", service_cmds.ingest_run),
         ("broker-users", "write mosquitto's passwd and acl from the registry", service_cmds.ingest_broker_users),
+        ("publish", "write the ledger as C2SP tlog-tiles static files", service_cmds.ingest_publish),
     ):
         command = ingest_commands.add_parser(name, help=help_text)
         command.add_argument("--config", required=True, metavar="FILE", help="the ingest TOML configuration")
@@ -67,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--pubkey", required=True, metavar="HEX", help="the device's Ed25519 public key")
         if name == "broker-users":
             command.add_argument("--out", required=True, metavar="DIR", help="where to write passwd, acl, passwords/")
+        if name == "publish":
+            command.add_argument("--out", required=True, metavar="DIR", help="the directory a web server serves")
         command.set_defaults(handler=handler)
 
     audit = commands.add_parser("audit", help="evidence bundles for auditors, and the ledger check")
@@ -132,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     registry_cmd.add_commands(commands, _Parser)
     market_cmd.add_commands(commands, _Parser)
     witness_cmd.add_commands(commands, _Parser)
+    control_cmd.add_commands(commands, _Parser)
 
     demo_parser = commands.add_parser(
         "demo", help="run the whole pipeline locally on simulated meters, then audit the ledger"

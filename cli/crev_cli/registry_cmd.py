@@ -38,6 +38,10 @@ def account_add(args: argparse.Namespace) -> int:
     )
 
 
+def operator_add(args: argparse.Namespace) -> int:
+    return _guarded(lambda: _cli().operator_add(Path(args.config), args.operator, args.name, args.pubkey))
+
+
 def site_add(args: argparse.Namespace) -> int:
     return _guarded(
         lambda: _cli().site_add(
@@ -120,6 +124,18 @@ def add_commands(commands: Any, parser_class: type[argparse.ArgumentParser]) -> 
     add.add_argument("--pubkey", required=True, metavar="HEX", help="the account's public key (crev registry keygen)")
     add.add_argument("--undisclosed", action="store_true", help="show the name as 'undisclosed' to others")
     add.set_defaults(handler=account_add)
+
+    operator = sub.add_parser("operator", help="operators who may command controllers (SPEC §12)")
+    operator_sub = operator.add_subparsers(dest="operator_command", metavar="SUBCOMMAND", parser_class=parser_class)
+    operator_sub.required = True
+    op_add = operator_sub.add_parser("add", help="enrol an operator's public key")
+    op_add.add_argument("--config", required=True, metavar="FILE", help="the ingest TOML configuration")
+    op_add.add_argument("--operator", required=True, metavar="ID", help="the operator id (like a device id)")
+    op_add.add_argument(
+        "--pubkey", required=True, metavar="HEX", help="the operator's public key (crev registry keygen)"
+    )
+    op_add.add_argument("--name", metavar="NAME", help="display name, e.g. the grid company (default: the id)")
+    op_add.set_defaults(handler=operator_add)
 
     site = sub.add_parser("site", help="sites: their owner, place, devices, types and emission factor")
     site_sub = site.add_subparsers(dest="site_command", metavar="SUBCOMMAND", parser_class=parser_class)

@@ -34,7 +34,8 @@ EXPORT_EXCEEDS_GEN = 4
 NO_BASELINE = 8
 CLOCK_STEP = 16
 RESTARTED = 32
-ALL_FLAGS = 63
+CURTAILED = 64  # an inverter limit of SPEC §12 was in force during the interval
+ALL_FLAGS = 127
 FLAG_NAMES = (
     (METER_ERROR, "METER_ERROR"),
     (COUNTER_RESET, "COUNTER_RESET"),
@@ -42,9 +43,10 @@ FLAG_NAMES = (
     (NO_BASELINE, "NO_BASELINE"),
     (CLOCK_STEP, "CLOCK_STEP"),
     (RESTARTED, "RESTARTED"),
+    (CURTAILED, "CURTAILED"),
 )
 # The flags that the adapter (not the rules) decides.
-ADAPTER_FLAGS = METER_ERROR | CLOCK_STEP | RESTARTED
+ADAPTER_FLAGS = METER_ERROR | CLOCK_STEP | RESTARTED | CURTAILED
 
 
 def flag_names(flags: int) -> list:

@@ -105,6 +105,8 @@ class GatewayConfig:
     sim_epoch: int | None = None
     sim_speed: float = 1.0
     market: MarketConfig | None = None  # None: the controller signs no orders
+    # [[operator]] (SPEC §12): who may command the inverters, id -> Ed25519 public key; empty: nobody.
+    operators: dict[str, bytes] = field(default_factory=dict)
 
 
 class _Reader:
@@ -305,8 +307,36 @@ def parse(raw: dict[str, Any], path: Path) -> GatewayConfig:
         publish_window=outbox.integer("publish_window", 200, 1, 10000),
         meters=meters,
         market=_market(_Reader(path, raw.get("market", {}), "[market]"), meters),
+        operators=_operators(path, raw.get("operator", [])),
         **_simulation(_Reader(path, raw.get("simulation", {}), "[simulation]")),
     )
+
+
+def _operators(path: Path, entries: object) -> dict[str, bytes]:
+    """[[operator]] id = "...", pubkey = "HEX": the keys whose signed commands this controller obeys."""
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError('%s: operators are [[operator]] tables with id = "..." and pubkey = "HEX"' % path.name)
+    operators: dict[str, bytes] = {}
+    for index, entry in enumerate(entries):
+        reader = _Reader(path, entry, "[[operator]] number %d:" % (index + 1))
+        unknown = sorted(k for k in entry if k not in ("id", "pubkey"))
+        if unknown:
+            raise reader.fail(unknown[0], "is not a setting (an operator has id and pubkey)")
+        operator = reader.text("id")
+        if not valid_device_id(operator):
+            raise reader.fail("id", "%r is not an operator id: use 3-63 lowercase letters, digits and '-'" % operator)
+        try:
+            pubkey = bytes.fromhex(reader.text("pubkey"))
+        except ValueError:
+            pubkey = b""
+        if len(pubkey) != 32:
+            raise reader.fail("pubkey", "must be 64 hex digits: the public key `crev registry keygen` printed")
+        if operator in operators:
+            raise reader.fail("id", "%r is listed twice" % operator)
+        if pubkey in operators.values():
+            raise reader.fail("pubkey", "is already the key of another operator; each has its own")
+        operators[operator] = pubkey
+    return operators
 
 
 def _simulation(table: _Reader) -> dict[str, Any]:

@@ -41,6 +41,20 @@ class GatewayMetrics:
         self.orders_pending = Gauge(
             "crev_gateway_orders_pending", "Signed orders not yet acknowledged by the broker", registry=r
         )
+        self.commands = Counter(
+            "crev_gateway_commands_total",
+            "Operator commands received (SPEC §12), by outcome: applied or the reason for the refusal",
+            ["outcome"],
+            registry=r,
+        )
+        self.output_limit = Gauge(
+            "crev_gateway_output_limit_percent",
+            "The output limit in force on the inverters: 100 without one, 0 while disconnected",
+            registry=r,
+        )
+        self.acks_pending = Gauge(
+            "crev_gateway_acks_pending", "Signed acknowledgements not yet acknowledged by the broker", registry=r
+        )
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)

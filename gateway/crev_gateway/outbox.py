@@ -6,7 +6,8 @@ acknowledged it (PUBACK). The chain head (seq and prev) is rebuilt from the
 last committed reading, which is kept in ``chain`` even after it is
 acknowledged, so a crash can never reuse a seq or break the prev chain.
 
-The controller's sell orders (SPEC §9) live here too, under the same rules.
+The controller's sell orders (SPEC §9) and its acknowledgements of commands
+(SPEC §12) live here too, under the same rules.
 ``slot_self`` sums each slot's self-consumption per source in the same
 transaction that commits a reading, so a crash neither loses nor doubles a
 reading's share. Closing a slot is one transaction: its orders, their
@@ -64,6 +65,22 @@ CREATE TABLE IF NOT EXISTS order_pending (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     slot INTEGER NOT NULL,
     type_path TEXT NOT NULL,
+    committed_at REAL NOT NULL,
+    cose BLOB NOT NULL
+);
+-- Site control (SPEC §12): the highest seq accepted from each operator, the
+-- lasting commands in force (resumed after a restart if they have not
+-- expired), and the signed acknowledgements not yet acknowledged by the broker.
+CREATE TABLE IF NOT EXISTS control_seq (
+    operator TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS control_active (
+    digest BLOB PRIMARY KEY,
+    cose BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ack_pending (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     committed_at REAL NOT NULL,
     cose BLOB NOT NULL
 );
@@ -210,6 +227,56 @@ class Outbox:
 
     def order_depth(self) -> int:
         row = self.db.execute("SELECT count(*) FROM order_pending").fetchone()
+        return int(row[0])
+
+    # ------------------------------------------------------------ site control
+
+    def control_seqs(self) -> dict[str, int]:
+        return {str(r[0]): int(r[1]) for r in self.db.execute("SELECT operator, seq FROM control_seq")}
+
+    def control_active(self) -> list[bytes]:
+        return [bytes(r[0]) for r in self.db.execute("SELECT cose FROM control_active ORDER BY rowid")]
+
+    def commit_control(
+        self,
+        seq: tuple[str, int] | None = None,
+        active: list[tuple[bytes, bytes]] | None = None,
+        acks: list[bytes] | None = None,
+    ) -> None:
+        """In one transaction: an operator's new last seq, the whole set of (digest, cose) in force, new acks.
+
+        A seq never goes down, whatever the caller passes.
+        """
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            if seq is not None:
+                self.db.execute(
+                    "INSERT INTO control_seq (operator, seq) VALUES (?, ?) "
+                    "ON CONFLICT (operator) DO UPDATE SET seq = max(seq, excluded.seq)",
+                    seq,
+                )
+            if active is not None:
+                self.db.execute("DELETE FROM control_active")
+                self.db.executemany("INSERT INTO control_active (digest, cose) VALUES (?, ?)", active)
+            for cose in acks or ():
+                self.db.execute("INSERT INTO ack_pending (committed_at, cose) VALUES (?, ?)", (time.time(), cose))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def acks_after(self, ack_id: int, limit: int) -> list[tuple[int, bytes]]:
+        rows = self.db.execute("SELECT id, cose FROM ack_pending WHERE id > ? ORDER BY id LIMIT ?", (ack_id, limit))
+        return [(r[0], bytes(r[1])) for r in rows]
+
+    def acknowledge_acks(self, ids: list[int]) -> None:
+        if ids:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany("DELETE FROM ack_pending WHERE id = ?", [(i,) for i in ids])
+            self.db.execute("COMMIT")
+
+    def ack_depth(self) -> int:
+        row = self.db.execute("SELECT count(*) FROM ack_pending").fetchone()
         return int(row[0])
 
     def close(self) -> None:

@@ -10,7 +10,11 @@ Per interval, aligned so that t1 % interval_s == 0:
    a PUBACK removes a reading from the outbox;
 5. with ``[market] sell = true``, close the 30-minute slots this reading
    ended and commit the controller's sells for them (orders.py), which go
-   to MQTT the same way, in the order they were committed.
+   to MQTT the same way, in the order they were committed;
+6. with ``[[operator]]`` entries, check the operators' commands, drive the
+   inverters and commit signed acks, which go to MQTT the same way
+   (control.py); a reading whose interval had a limit in force carries
+   CURTAILED.
 
 If the outbox reaches its bound, new readings are paused, never dropped:
 the meters' counters keep accumulating, so the first reading after the
@@ -30,6 +34,7 @@ from crev_gateway._backends.modbus import ModbusBus
 from crev_gateway._backends.mqtt import ReadingPublisher
 from crev_gateway.clock import ClockWatch
 from crev_gateway.config import GatewayConfig
+from crev_gateway.control import SiteControl
 from crev_gateway.keyfile import load_signing_key
 from crev_gateway.meters import MeterReader, MeterSample
 from crev_gateway.metrics import GatewayMetrics
@@ -40,6 +45,7 @@ from crev_gateway.profiles import load_profile
 log = logging.getLogger("crev.gateway")
 FIRMWARE = "crev-gateway/" + __version__
 ORDERS_PER_PASS = 100  # bounds one loop pass after a long outage; the rest follow on the next passes
+COMMAND_QUEUE = 64  # commands waiting to be checked; a flood beyond it is dropped by the MQTT thread
 
 
 def _fields(**values: object) -> dict[str, object]:
@@ -70,7 +76,16 @@ class Gateway:
         self.buses = list(buses.values())
         self.acks: queue.Queue[int] = queue.Queue()
         self.order_acks: queue.Queue[int] = queue.Queue()
-        self.publisher = ReadingPublisher(config.mqtt, config.device_id, self.acks, self.order_acks)
+        self.commands: queue.Queue[bytes] = queue.Queue(maxsize=COMMAND_QUEUE)
+        self.ack_acks: queue.Queue[int] = queue.Queue()
+        self.publisher = ReadingPublisher(
+            config.mqtt,
+            config.device_id,
+            self.acks,
+            self.order_acks,
+            self.commands if config.operators else None,
+            self.ack_acks,
+        )
         self.publisher.on_state_change = lambda up: self.metrics.connected.set(1 if up else 0)
         self.clock = ClockWatch(config.clock)
         self.stop_event = threading.Event()
@@ -87,6 +102,12 @@ class Gateway:
         else:
             self.outbox.forget_slot_sums()
         self.metrics.orders_pending.set(self.outbox.order_depth())
+        self.acks_handed_up_to = 0  # highest command-ack id handed to MQTT in this process
+        self.control: SiteControl | None = None
+        if config.operators:
+            self.control = SiteControl(
+                config.device_id, config.operators, self.key, self.outbox, self.readers, self.metrics, self.now
+            )
 
     # ------------------------------------------------------------ meters
 
@@ -180,6 +201,9 @@ class Gateway:
             flags |= dgcc.CLOCK_STEP
         if self.restarted:
             flags |= dgcc.RESTARTED
+        t0 = self.head.last_t1 if self.head.last_t1 is not None else t1 - self.config.interval_s
+        if self.control is not None and self.control.curtailed_since(t0):
+            flags |= dgcc.CURTAILED
         clk = 1 if self.clock.synchronised() else 0
         reading = self.head.next_reading(
             self.config.device_id, t1, clk, self.channels(samples), FIRMWARE, flags, t0=t1 - self.config.interval_s
@@ -229,6 +253,15 @@ class Gateway:
             self.outbox.acknowledge_orders(orders)
             self.metrics.orders_pending.set(self.outbox.order_depth())
             self.metrics.last_puback.set(time.time())
+        command_acks = []
+        try:
+            while True:
+                command_acks.append(self.ack_acks.get_nowait())
+        except queue.Empty:
+            pass
+        if command_acks:
+            self.outbox.acknowledge_acks(command_acks)
+            self.metrics.acks_pending.set(self.outbox.ack_depth())
 
     def feed_publisher(self) -> None:
         room = self.config.publish_window - self.in_flight
@@ -244,6 +277,32 @@ class Gateway:
         for order_id, cose in self.outbox.orders_after(self.orders_handed_up_to, ORDERS_PER_PASS):
             self.publisher.publish_order(order_id, cose)
             self.orders_handed_up_to = order_id
+
+    def feed_acks(self) -> None:
+        """Hand committed command acks to MQTT once each, oldest first, like orders."""
+        for ack_id, cose in self.outbox.acks_after(self.acks_handed_up_to, ORDERS_PER_PASS):
+            self.publisher.publish_ack(ack_id, cose)
+            self.acks_handed_up_to = ack_id
+
+    def run_control(self) -> None:
+        """Check the commands that arrived, then expiries and refreshes (SPEC §12)."""
+        control = self.control
+        if control is None:
+            return
+        for _ in range(COMMAND_QUEUE):
+            try:
+                raw = self.commands.get_nowait()
+            except queue.Empty:
+                break
+            try:
+                control.handle(raw)
+            except Exception:
+                # Whatever a command holds, the readings go on.
+                log.exception("a command could not be handled", extra=_fields(event="command_error"))
+        try:
+            control.tick()
+        except Exception:
+            log.exception("the site control failed; trying again", extra=_fields(event="control_error"))
 
     # ------------------------------------------------------------ loop
 
@@ -275,6 +334,11 @@ class Gateway:
             # A crash between a reading's commit and its slot's closure left that slot open: close it
             # now, not at the next reading, which is long in coming while the meters are down.
             self.seller.close_through(self.head.last_t1)
+        if self.control is not None:
+            try:
+                self.control.start()
+            except Exception:
+                log.exception("cannot resume the site control; commands are checked from now on")
         boundary = self.next_boundary(self.now())
         with ThreadPoolExecutor(max_workers=max(1, len(self.buses)), thread_name_prefix="bus") as pool:
             try:
@@ -286,6 +350,8 @@ class Gateway:
                         boundary = self.next_boundary(self.now())
                     self.feed_publisher()
                     self.feed_orders()
+                    self.run_control()
+                    self.feed_acks()
                     self.process_acks(min(0.2, (boundary - self.now()) / self.config.sim_speed))
             finally:
                 self.publisher.stop()

@@ -11,7 +11,7 @@ from typing import Any
 from crev.keyfile import KeyFileError, create_key, load_key
 from crev.keys import SigningKey
 from crev.market_format import SIDE_BUY, SIDE_CANCEL, SIDE_SELL, Order
-from crev.registry_format import format_kg, lot_id, parse_decimal, parse_kg, path_problem
+from crev.registry_format import ROLE_OPERATOR, format_kg, lot_id, parse_decimal, parse_kg, path_problem
 from crev_ingest import config as ingest_config
 from crev_ingest.keyfile import load_key as load_ledger_key
 from crev_ingest.ledger import Ledger
@@ -71,6 +71,17 @@ def account_add(config_path: Path, account: str, name: str, pubkey_hex: str, und
         "opened account %s (%s, name %s) at leaf %d"
         % (account, name.strip(), "undisclosed" if undisclosed else "disclosed", leaf)
     )
+    return 0
+
+
+def operator_add(config_path: Path, operator: str, name: str | None, pubkey_hex: str) -> int:
+    """SPEC §12: an operator is an account event with role operator, in the ledger like any account."""
+    pubkey = _pubkey(pubkey_hex)
+    shown = (name or operator).strip()
+    with open_registry(config_path) as (_config, registry):
+        leaf = registry.add_account(operator, shown, pubkey, True, _now_ms(), role=ROLE_OPERATOR)
+    print("enrolled operator %s (%s) at leaf %d" % (operator, shown, leaf))
+    print('list it in each controller it may command: [[operator]] id = "%s" pubkey = "%s"' % (operator, pubkey.hex()))
     return 0
 
 

@@ -76,8 +76,11 @@ class Registry:
 
     # ------------------------------------------------------------ accounts
 
-    def add_account(self, account: str, name: str, pubkey: bytes, disclosed: bool, now_ms: int) -> int:
-        event = AccountEvent(ACCOUNT_OPEN, account, name, pubkey, disclosed, ROLE_PARTICIPANT, now_ms // 1000)
+    def add_account(
+        self, account: str, name: str, pubkey: bytes, disclosed: bool, now_ms: int, role: int = ROLE_PARTICIPANT
+    ) -> int:
+        """Open an account; with ``role=ROLE_OPERATOR``, enrol an operator who may command controllers (SPEC §12)."""
+        event = AccountEvent(ACCOUNT_OPEN, account, name, pubkey, disclosed, role, now_ms // 1000)
         if not valid_device_id(account):
             raise Refused(
                 "--account %r is not an id (3-63 of a-z, 0-9 and '-', starting with a letter or digit)" % account
@@ -95,7 +98,7 @@ class Registry:
                     raise Refused("this key already belongs to account %s; every account has its own key" % other)
             leaf = self._append(LEAF_ACCOUNT, _signed_map(event.to_map(), self.ledger.key), now_ms)
             self.store.add_account_event(
-                leaf, ACCOUNT_OPEN, account, name, pubkey, key_id(pubkey), disclosed, ROLE_PARTICIPANT, event.time_s
+                leaf, ACCOUNT_OPEN, account, name, pubkey, key_id(pubkey), disclosed, role, event.time_s
             )
             self.ledger.seal(now_ms)
         return leaf

@@ -1,11 +1,13 @@
 """The simulator's TOML configuration (``crev sim meters --config sim.toml``)."""
 
+import time
 import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from crev_sim.controls import MODEL_LENGTHS, InverterControls
 from crev_sim.meters import FAULT_KINDS, ONE_SHOT, Fault, SimMeter
 from crev_sim.registers import SUNSPEC_BASES
 from crev_sim.site import SiteParams
@@ -34,6 +36,21 @@ def _number(table: dict[str, Any], key: str, default: float, where: str) -> floa
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SimConfigError("%s.%s must be a number" % (where, key))
     return float(value)
+
+
+def _controls(entry: dict[str, Any], profile: str, measures: list[str], where: str) -> InverterControls | None:
+    """``controls = [123, 704]``: the SunSpec control models a PV inverter serves, and its ramp."""
+    models = entry.get("controls", [])
+    if not isinstance(models, list) or any(m not in MODEL_LENGTHS for m in models) or len(set(models)) != len(models):
+        raise SimConfigError("%s.controls must list SunSpec models 123 and/or 704, e.g. controls = [123]" % where)
+    if not models:
+        return None
+    if profile != "sunspec" or "pv" not in measures:
+        raise SimConfigError("%s: only a SunSpec meter that measures pv (an inverter) takes controls" % where)
+    ramp = _number(entry, "ramp_pct_per_s", 10, where)
+    if ramp < 0:
+        raise SimConfigError("%s.ramp_pct_per_s must be 0 (at once) or more" % where)
+    return InverterControls(tuple(sorted(models)), ramp, time.monotonic())
 
 
 def load(path: Path) -> SimConfig:
@@ -86,6 +103,7 @@ def parse(raw: dict[str, Any], base_dir: Path) -> SimConfig:
             start = _number(fault, "from_h", 0, where + ".fault")
             end = start if kind in ONE_SHOT else _number(fault, "to_h", start + 1, where + ".fault")
             faults.append(Fault(kind, start, end))
+        controls = _controls(entry, profile, measures, where)
         meters.append(
             SimMeter(
                 name=str(entry.get("name", "meter%d" % i)),
@@ -97,6 +115,8 @@ def parse(raw: dict[str, Any], base_dir: Path) -> SimConfig:
                 serial=int(entry.get("serial", 100001 + i)),
                 base=base,
                 faults=faults,
+                controls=controls,
+                rating_w=_number(entry, "rating_w", _number(site, "pv_peak_w", 5000, "site"), where),
             )
         )
     if not meters:

@@ -1,11 +1,14 @@
 """Simulated meters: what each device serves, including its faults."""
 
+import time
 from dataclasses import dataclass, field
 
 from crev_sim import registers
+from crev_sim.controls import MODEL_LENGTHS, InverterControls
 from crev_sim.site import Counters
 
-FAULT_KINDS = ("timeout", "exception", "reset", "replace", "freeze", "swap_words")
+# ignore_writes: the inverter acknowledges control writes and keeps its old values.
+FAULT_KINDS = ("timeout", "exception", "reset", "replace", "freeze", "swap_words", "ignore_writes")
 ONE_SHOT = ("reset", "replace")
 
 
@@ -46,6 +49,16 @@ class SimMeter:
     faults: list[Fault] = field(default_factory=list)
     offsets_wh: dict[str, int] = field(default_factory=dict)
     frozen: MeterImage | None = None
+    controls: InverterControls | None = None  # SunSpec models 123 and/or 704 (SPEC §12)
+    rating_w: float = 0.0  # WMax: what 100 % of a limit means
+    control_addresses: dict[int, int] = field(default_factory=dict)  # model -> address of its first data register
+
+    def control_at(self, address: int, count: int) -> tuple[int, int] | None:
+        """``(model, offset)`` when registers ``address`` .. ``address + count`` lie in one control model."""
+        for model, start in self.control_addresses.items():
+            if start <= address and address + count <= start + MODEL_LENGTHS[model]:
+                return model, address - start
+        return None
 
     def _true_wh(self, counters: Counters) -> dict[str, int]:
         values = {}
@@ -116,6 +129,12 @@ class SimMeter:
         if "generation" in values:
             models.append(registers.sunspec_inverter(values["generation"], gen_w, swap))
             certified["generation"] = values["generation"] * 1000
+            if self.controls is not None:
+                now = time.monotonic()
+                for model in self.controls.models:
+                    # The data starts after the marker, the models before it, and this one's ID and L.
+                    self.control_addresses[model] = self.base + 2 + sum(len(m) for m in models) + 2
+                    models.append(self.controls.block(model, now))
         if "grid" in self.measures:
             models.append(registers.sunspec_meter(values["import"], values["export"], load_w - pv_w - wind_w, swap))
             certified["import"] = values["import"] * 1000

@@ -30,6 +30,8 @@ log = logging.getLogger("crev.sim")
 
 FC_READ_HOLDING = 3
 FC_READ_INPUT = 4
+FC_WRITE_SINGLE = 6
+FC_WRITE_MULTIPLE = 16
 
 
 class Simulation:
@@ -57,8 +59,20 @@ class Simulation:
     def sim_hours(self) -> float:
         return (self.sim_time() - self.config.sim_start) / 3600.0
 
+    def _curtail(self) -> None:
+        """Run the inverters' controls to now and cap the site's PV at what they let through."""
+        now = time.monotonic()
+        cap = None
+        for meter in self.config.meters:
+            if meter.controls is not None:
+                meter.controls.advance(now)
+                allowed = meter.rating_w * meter.controls.output_pct / 100.0
+                cap = allowed if cap is None else min(cap, allowed)
+        self.site.pv_cap_w = cap
+
     def step(self) -> None:
         """Advance the site to now, fire due events and log the ground truth."""
+        self._curtail()
         for tick in self.site.advance_to(self.sim_time()):
             hours = (tick.sim_end - self.config.sim_start) / 3600.0
             for meter in self.config.meters:
@@ -83,6 +97,9 @@ class Simulation:
             "export_wh": tick.export_wh,
             "meters": {n: {"certified": i.certified, "serial": i.serial} for n, i in images.items()},
         }
+        inverters = {m.name: m.controls.state() for m in self.config.meters if m.controls is not None}
+        if inverters:
+            record["inverters"] = inverters
         self.truth.write(json.dumps(record) + "\n")
 
     async def _serve(
@@ -96,7 +113,7 @@ class Simulation:
         set_values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
         if set_values is not None:
-            return ExcCodes.ILLEGAL_FUNCTION  # meters are read-only here
+            return await self._write(meter, function_code, address, count, set_values)
         self.step()
         hours = self.sim_hours()
         if meter.active_fault(hours, "timeout"):
@@ -109,6 +126,29 @@ class Simulation:
             registers[: len(image.input_registers)] = image.input_registers
         elif function_code == FC_READ_HOLDING:
             registers[: len(image.holding_registers)] = image.holding_registers
+        return None
+
+    async def _write(
+        self, meter: SimMeter, function_code: int, address: int, count: int, values: list[int] | list[bool]
+    ) -> ExcCodes | None:
+        """Only an inverter's control registers take writes; meters are read-only."""
+        if meter.controls is None or function_code not in (FC_WRITE_SINGLE, FC_WRITE_MULTIPLE):
+            return ExcCodes.ILLEGAL_FUNCTION
+        self.step()
+        hours = self.sim_hours()
+        if meter.active_fault(hours, "timeout"):
+            await asyncio.sleep(self.config.timeout_sleep_s)
+            return ExcCodes.GATEWAY_NO_RESPONSE
+        if meter.active_fault(hours, "exception"):
+            return ExcCodes.DEVICE_FAILURE
+        found = meter.control_at(address, count)
+        if found is None or not meter.controls.writable(found[0], found[1], count):
+            return ExcCodes.ILLEGAL_ADDRESS
+        if meter.active_fault(hours, "ignore_writes"):
+            # Acknowledged, and forgotten: the next read serves the old values again.
+            log.info("fault: %s ignored a write of %d registers at %d", meter.name, count, address)
+            return None
+        meter.controls.write(found[0], found[1], [int(v) for v in values], time.monotonic())
         return None
 
     def device(self, meter: SimMeter) -> SimDevice:

@@ -62,6 +62,8 @@ class Site:
         self._cloud = 1.0
         self._wind = 0.5
         self.power_w = (0.0, 0.0, 0.0)
+        # What a curtailed inverter lets through (SPEC §12), in W; None: all the sun gives.
+        self.pv_cap_w: float | None = None
 
     def _hour_of_day(self, sim_time: float) -> float:
         # Local solar time of a Japanese site (UTC+9) is close enough.
@@ -90,6 +92,8 @@ class Site:
         while self.sim_start + (self.ticks_done + 1) * tick_s <= sim_time:
             end = self.sim_start + (self.ticks_done + 1) * tick_s
             pv_w, wind_w, load_w = self._powers(end - tick_s / 2)
+            if self.pv_cap_w is not None:
+                pv_w = min(pv_w, max(0.0, self.pv_cap_w))
             self.power_w = (pv_w, wind_w, load_w)
             pv = round(pv_w * tick_s / 3600)
             wind = round(wind_w * tick_s / 3600)

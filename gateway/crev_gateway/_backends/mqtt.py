@@ -1,4 +1,4 @@
-"""The only place that touches paho-mqtt: QoS 1 readings and orders, a retained status.
+"""The only place that touches paho-mqtt: QoS 1 readings, orders and acks, a retained status, commands in.
 
 paho keeps every QoS 1 message it was given until the PUBACK and re-sends
 it (in order, with DUP) after a reconnect, so within one process each
@@ -6,8 +6,13 @@ reading is handed to paho exactly once; after a restart the outbox hands
 over whatever was never acknowledged. PUBACKs are passed to the service
 through queues, so only the service thread touches the outbox: a reading's
 PUBACK goes to ``acks`` as its seq, an order's to ``order_acks`` as its
-outbox id. Each mid remembers which queue it belongs to, so the two id
-spaces never mix.
+outbox id, a command acknowledgement's to ``ack_acks`` as its outbox id.
+Each mid remembers which queue it belongs to, so the id spaces never mix.
+
+Commands (SPEC §12) arrive on the device's ``cmd`` topic, subscribed to at
+every connect (the session is clean), and go to ``commands`` as raw bytes
+for the service thread to check; a flood beyond the queue's bound is
+dropped with a log line, never buffered without end.
 """
 
 import logging
@@ -39,6 +44,17 @@ def order_topic(device_id: str) -> str:
     return "crev/v1/%s/order" % device_id
 
 
+def cmd_topic(device_id: str) -> str:
+    return "crev/v1/%s/cmd" % device_id
+
+
+def ack_topic(device_id: str) -> str:
+    return "crev/v1/%s/ack" % device_id
+
+
+MAX_COMMAND_BYTES = 8192  # a command is a few hundred bytes; anything far larger is not one
+
+
 class ReadingPublisher:
     def __init__(
         self,
@@ -46,11 +62,15 @@ class ReadingPublisher:
         device_id: str,
         acks: "queue.Queue[int]",
         order_acks: "queue.Queue[int] | None" = None,
+        commands: "queue.Queue[bytes] | None" = None,
+        ack_acks: "queue.Queue[int] | None" = None,
     ) -> None:
         self.config = config
         self.device_id = device_id
         self.acks = acks
         self.order_acks = order_acks
+        self.commands = commands
+        self.ack_acks = ack_acks
         self.connected = threading.Event()
         self.on_state_change: Callable[[bool], None] | None = None
         # mid -> (the queue its PUBACK goes to, the id put there). paho calls
@@ -79,6 +99,7 @@ class ReadingPublisher:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         self.client = client
 
     def start(self) -> None:
@@ -120,6 +141,25 @@ class ReadingPublisher:
         info = self.client.publish(order_topic(self.device_id), cose, qos=1)
         self._track(info.mid, self.order_acks, order_id)
 
+    def publish_ack(self, ack_id: int, cose: bytes) -> None:
+        """A signed acknowledgement of a command (SPEC §12); its PUBACK comes back on ``ack_acks``."""
+        if self.ack_acks is None:
+            raise RuntimeError("this publisher was made without a queue for ack PUBACKs")
+        info = self.client.publish(ack_topic(self.device_id), cose, qos=1)
+        self._track(info.mid, self.ack_acks, ack_id)
+
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        if self.commands is None or message.topic != cmd_topic(self.device_id):
+            return
+        payload = bytes(message.payload)
+        if len(payload) > MAX_COMMAND_BYTES:
+            log.warning("ignored a %d-byte message on %s: too large to be a command", len(payload), message.topic)
+            return
+        try:
+            self.commands.put_nowait(payload)
+        except queue.Full:
+            log.warning("dropped a command: %d are already waiting to be checked", self.commands.qsize())
+
     def _on_connect(
         self, client: mqtt.Client, userdata: object, flags: object, reason: ReasonCode, properties: object
     ) -> None:
@@ -127,6 +167,8 @@ class ReadingPublisher:
             log.error("broker refused the connection: %s", reason)
             return
         self._publish_status(client, b"online")
+        if self.commands is not None:
+            client.subscribe(cmd_topic(self.device_id), qos=1)
         self.connected.set()
         log.info("connected to %s:%d", self.config.host, self.config.port)
         if self.on_state_change:
