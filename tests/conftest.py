@@ -1,12 +1,15 @@
-"""Shared fixtures: core vectors, a real mosquitto, and an MQTT collector."""
+"""Shared fixtures: core vectors, a real mosquitto, an MQTT collector, and a real PostgreSQL."""
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from harness import Mosquitto, ReadingCollector
 from support import load_vectors
+
+if TYPE_CHECKING:
+    from postgres_support import PostgresServer
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +31,21 @@ def collector(broker: Mosquitto) -> Iterator[ReadingCollector]:
     client = ReadingCollector(broker.port)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator["PostgresServer"]:
+    """One real PostgreSQL server for the session; each test takes its own database."""
+    from postgres_support import PostgresServer
+
+    server = PostgresServer()
+    server.init()
+    server.start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def pg_url(postgres: "PostgresServer") -> str:
+    """A fresh, empty database on the session's server."""
+    return postgres.create_database()

@@ -1,4 +1,4 @@
-"""An in-process ingest over a real SQLite file, and readings made to order."""
+"""An in-process ingest over a real SQLite file (or a PostgreSQL database), and readings made to order."""
 
 import time
 from dataclasses import dataclass, field
@@ -52,9 +52,10 @@ def resign(fields: dict[int, object], key: SigningKey, payload: bytes | None = N
 
 
 class LocalIngest:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, location: str | None = None) -> None:
+        """The store is ``path``/crev.sqlite, or the PostgreSQL database at ``location``."""
         self.config = parse({"ledger": {"origin": "crev.test/ledger", "block_max_leaves": 8}}, path / "ingest.toml")
-        self.store = Store(path / "crev.sqlite")
+        self.store = Store(location or path / "crev.sqlite")
         self.ledger = Ledger(self.store, LEDGER_KEY, "crev.test/ledger", 3600, 8)
         self.ingestor = Ingestor(self.store, self.ledger, self.config)
 

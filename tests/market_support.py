@@ -32,6 +32,7 @@ from crev.registry_format import (
     Retirement,
     lot_id,
 )
+from crev_ingest.database import Database
 from crev_market.market import Market, Placed, new_nonce, sign_order
 from crev_market.matching import Buy, Cancel, MatchingEngine, MemoryHoldings, Sell
 
@@ -56,7 +57,7 @@ class MarketLedger:
         return self.traced.ms
 
     @property
-    def db(self) -> sqlite3.Connection:
+    def db(self) -> Database:
         return self.traced.ingest.store.db
 
     def place(self, signed: bytes) -> Placed:
@@ -123,8 +124,8 @@ class MarketLedger:
         return leaf
 
 
-def make_market(directory: Path) -> MarketLedger:
-    traced = make_traced(directory)
+def make_market(directory: Path, location: str | None = None) -> MarketLedger:
+    traced = make_traced(directory, location=location)
     traced.registry.issue(traced.ms)
     traced.registry.add_account(BUYER, "Buyer One", BUYER_KEY.public_key, True, traced.ms)
     return MarketLedger(traced, Market(traced.registry))

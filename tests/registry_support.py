@@ -17,6 +17,7 @@ from crev.keys import SigningKey
 from crev.ledger_format import LEAF_READING
 from crev.reading import Reading
 from crev.registry_format import LEAF_ISSUANCE, NANOGRAMS_PER_GRAM, SLOT_S, Issuance, slot_of
+from crev_ingest.database import Database
 from crev_ingest.validate import Outcome
 from crev_market.registry import Registry
 
@@ -241,11 +242,11 @@ class Replay:
         return [r for r in self.readings.values() if self.closed(r) and r.self_mwh > 0 and r.leaf not in self.covered]
 
 
-def _rows(db: sqlite3.Connection, query: str) -> list[tuple[object, ...]]:
+def _rows(db: "sqlite3.Connection | Database", query: str) -> list[tuple[object, ...]]:
     return [tuple(row) for row in db.execute(query)]
 
 
-def replay(db: sqlite3.Connection, types: dict[str, str] | None = None) -> Replay:
+def replay(db: "sqlite3.Connection | Database", types: dict[str, str] | None = None) -> Replay:
     """Re-derive every issuance from the leaves and check the registry's rows against them.
 
     ``types`` maps generator meters to their site's type paths (default: the

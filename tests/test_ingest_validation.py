@@ -1,6 +1,5 @@
 """Hostile input: every case of SPEC §5 is quarantined with its reason code."""
 
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -203,7 +202,7 @@ def test_ten_thousand_hostile_payloads_never_crash_ingest(
 
 
 def _total(ingest: LocalIngest) -> int:
-    db: sqlite3.Connection = ingest.store.db
+    db = ingest.store.db
     return int(db.execute("SELECT (SELECT count(*) FROM readings) + (SELECT count(*) FROM quarantine)").fetchone()[0])
 
 

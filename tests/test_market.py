@@ -560,7 +560,7 @@ def test_the_book_after_orders_is_the_book_of_a_new_market_on_the_same_file(tmp_
         ("buy", 200, 1400),
         ("buy", 50, 2000),
     ]
-    db_path = mkt.traced.ingest.store.path
+    db_path = Path(mkt.traced.ingest.store.path)
     mkt.traced.ingest.store.close()
     assert _fresh_book(db_path) == book
     _check_market_file(db_path)

@@ -76,7 +76,7 @@ def test_a_controller_sells_what_its_owner_holds_of_the_slot_at_or_above_the_flo
     assert (trade.sell, trade.grams, trade.price, trade.seller) == (placed.order, expected, 2500, SELLER)
     assert issuance_sites(mkt, trade.lots) == {SITE}
     # The book rebuilt from the ledger alone agrees, and so does the audit's replay.
-    assert replay_market(mkt.traced.ingest.store.path).book == [
+    assert replay_market(Path(mkt.traced.ingest.store.path)).book == [
         (bought.order, "buy", BUYER, 500, 3000),
     ]
     assert mkt.market.verify_matching() == 1

@@ -95,7 +95,9 @@ def _counts(directory: Path) -> dict[str, int]:
     try:
         counts = table_counts(db)
         counts["issue_cursors"] = int(db.execute("SELECT count(*) FROM issue_cursors").fetchone()[0])
-        counts["tiles"] = int(db.execute("SELECT count(*) FROM tiles").fetchone()[0])
+        counts["tiles"] = int(
+            db.execute("SELECT (SELECT count(*) FROM tiles) + (SELECT count(*) FROM tile_edge)").fetchone()[0]
+        )
         return counts
     finally:
         db.close()

@@ -25,6 +25,7 @@ from crev.keys import SigningKey
 from crev_cli.main import main
 from crev_ingest import LedgerError
 from crev_ingest.audit import AuditState, verify_ledger
+from crev_ingest.database import Database
 from crev_ingest.ledger import Ledger
 from crev_ingest.store import Store
 
@@ -68,11 +69,15 @@ def expected_tiles(mth: Callable[[int, int], bytes], size: int) -> TileRows:
     return tiles
 
 
-def stored_tiles(db: sqlite3.Connection) -> TileRows:
-    return {(int(r[0]), int(r[1])): (int(r[2]), bytes(r[3])) for r in db.execute("SELECT * FROM tiles")}
+def stored_tiles(db: "sqlite3.Connection | Database") -> TileRows:
+    # Full tiles, and each tile level's partial edge.
+    rows = db.execute(
+        "SELECT level, idx, width, data FROM tiles UNION ALL SELECT level, idx, width, data FROM tile_edge"
+    )
+    return {(int(r[0]), int(r[1])): (int(r[2]), bytes(r[3])) for r in rows}
 
 
-def leaf_hashes_of(db: sqlite3.Connection) -> list[bytes]:
+def leaf_hashes_of(db: "sqlite3.Connection | Database") -> list[bytes]:
     return [_sha(b"\x00" + bytes(r[0])) for r in db.execute("SELECT data FROM leaves ORDER BY idx")]
 
 
@@ -332,7 +337,8 @@ def _to_old_format(db_path: Path) -> dict[tuple[int, int], bytes]:
     """Rewrite a store as the previous crev left it: a nodes table, no tiles."""
     with sqlite3.connect(db_path) as db:
         nodes = old_nodes([bytes(r[0]) for r in db.execute("SELECT leaf_hash FROM leaves ORDER BY idx")])
-        db.execute("DROP TABLE tiles")
+        for table in ("tiles", "tile_edge", "schema_version"):
+            db.execute("DROP TABLE %s" % table)
         db.execute(OLD_NODES)
         db.executemany("INSERT INTO nodes (level, idx, hash) VALUES (?, ?, ?)", [(*k, v) for k, v in nodes.items()])
     return nodes
@@ -417,6 +423,7 @@ def test_a_migration_that_does_not_verify_is_refused(
     with sqlite3.connect(directory / "crev.sqlite") as db:  # all or nothing: the old tree is still there
         assert db.execute("SELECT count(*) FROM nodes").fetchone()[0] == rows_before
         assert db.execute("SELECT count(*) FROM tiles").fetchone()[0] == 0
+        assert db.execute("SELECT count(*) FROM tile_edge").fetchone()[0] == 0
     code, out = _audit(directory, capsys)
     assert code != 0 and reason in out and len(out.strip().splitlines()) == 1, out
 
@@ -427,14 +434,14 @@ def test_a_changed_tile_byte_is_named_by_the_audit(
     readings_ledger: Path, tile: tuple[int, int, int], position: int, xor: int
 ) -> None:
     level, idx, width = tile
+    table = "tiles" if width == 256 else "tile_edge"
     with tempfile.TemporaryDirectory() as tmp:
         directory = _copy(readings_ledger, Path(tmp))
         with sqlite3.connect(directory / "crev.sqlite") as db:
-            data = bytearray(
-                db.execute("SELECT data FROM tiles WHERE level = ? AND idx = ?", (level, idx)).fetchone()[0]
-            )
+            where = "WHERE level = ? AND idx = ?"
+            data = bytearray(db.execute("SELECT data FROM %s %s" % (table, where), (level, idx)).fetchone()[0])
             data[position % len(data)] ^= xor
-            db.execute("UPDATE tiles SET data = ? WHERE level = ? AND idx = ?", (bytes(data), level, idx))
+            db.execute("UPDATE %s SET data = ? %s" % (table, where), (bytes(data), level, idx))
         store = Store(directory / "crev.sqlite")
         with pytest.raises(LedgerError) as caught:
             verify_ledger(store, LEDGER_KEY.public_key, ORIGIN)
@@ -446,10 +453,10 @@ def test_a_changed_tile_byte_is_named_by_the_audit(
 @pytest.mark.parametrize(
     ("statement", "named"),
     [
-        ("DELETE FROM tiles WHERE level = 1", "tiles row level 1 idx 0 width 1: missing"),
+        ("DELETE FROM tile_edge WHERE level = 1", "tiles row level 1 idx 0 width 1: missing"),
         ("INSERT INTO tiles VALUES (3, 0, 1, zeroblob(32))", "tiles: 4 rows where the tree of 282 leaves has 3"),
         (
-            "UPDATE tiles SET width = 25, data = substr(data, 1, 800) WHERE level = 0 AND idx = 1",
+            "UPDATE tile_edge SET width = 25, data = substr(data, 1, 800) WHERE level = 0 AND idx = 1",
             "tiles row level 0 idx 1 width 25: the tree recomputed from the leaves makes it 26 wide",
         ),
     ],

@@ -179,9 +179,9 @@ class Traced:
         )
 
 
-def make_traced(directory: Path, readings: int = 100) -> Traced:
+def make_traced(directory: Path, readings: int = 100, location: str | None = None) -> Traced:
     """Two devices of site-1 with ``readings`` each, sealed; account and site open; nothing issued."""
-    ingest = LocalIngest(directory)
+    ingest = LocalIngest(directory, location)
     devices = [Device("dgc-a-000%d" % i, SigningKey(bytes([3 + i]) * 32), t1=BASE) for i in range(2)]
     for device in devices:
         ingest.enroll(device)

@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest_commands = ingest.add_subparsers(dest="ingest_command", metavar="SUBCOMMAND", parser_class=_Parser)
     ingest_commands.required = True
     for name, help_text, handler in (
-        ("init", "create the ledger key; print its public key", service_cmds.ingest_init),
+        ("init", "create the ledger key and the store's schema; print the public key", service_cmds.ingest_init),
         ("enroll", "enrol a device's public key", service_cmds.ingest_enroll),
         ("revoke", "revoke a device's current key", service_cmds.ingest_revoke),
         ("run", "verify and store readings until stopped", service_cmds.ingest_run),
@@ -79,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--out", required=True, metavar="DIR", help="where to write passwd, acl, passwords/")
         if name == "publish":
             command.add_argument("--out", required=True, metavar="DIR", help="the directory a web server serves")
+        if name == "init":
+            command.add_argument(
+                "--print-grants",
+                action="store_true",
+                help="print, for a DBA, the SQL that gives the application role append-only access (PostgreSQL)",
+            )
+            command.add_argument(
+                "--role", default="crev_app", metavar="NAME", help="the application role (default crev_app)"
+            )
         command.set_defaults(handler=handler)
 
     audit = commands.add_parser("audit", help="evidence bundles for auditors, and the ledger check")

@@ -62,7 +62,7 @@ def _ingest(action: str, args: argparse.Namespace) -> int:
 
     try:
         if action == "init":
-            return ingest_cli.init(Path(args.config))
+            return ingest_cli.init(Path(args.config), args.print_grants, args.role)
         if action == "enroll":
             return ingest_cli.enroll(Path(args.config), args.device, args.pubkey)
         if action == "revoke":

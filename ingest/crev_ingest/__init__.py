@@ -6,6 +6,7 @@ Errors::
     IngestError
      +-- ConfigError   the configuration or a command's input is wrong: one line, exit 2
      +-- LedgerError   a verification of the stored ledger failed (names the row)
+     +-- StoreUnavailable  the database cannot be reached or opened (one line)
 """
 
 __version__ = "0.1.0"
@@ -21,3 +22,7 @@ class ConfigError(IngestError):
 
 class LedgerError(IngestError):
     """The stored ledger does not verify; the message names the row and the check."""
+
+
+class StoreUnavailable(IngestError):
+    """The database cannot be reached or opened: one line for the operator."""

@@ -1,11 +1,13 @@
 """``crev ingest init|enroll|revoke|run`` and ``crev audit ledger``."""
 
 import logging
+import re
 import signal
 import time
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from crev import note
 from crev.keys import key_id
@@ -15,18 +17,25 @@ from crev_ingest import config as ingest_config
 from crev_ingest.audit import AuditState, verify_ledger
 from crev_ingest.broker import write_broker_users
 from crev_ingest.export import ExportSummary, export_configured
+from crev_ingest.grants import grants_sql
 from crev_ingest.keyfile import create_key, load_key
 from crev_ingest.ledger import ACTION_ENROL, ACTION_REVOKE, Ledger
 from crev_ingest.service import IngestService
-from crev_ingest.store import Store
+from crev_ingest.store import SCHEMA_VERSION, Store, open_configured
 
 if TYPE_CHECKING:
     import uvicorn
 
 
-def init(config_path: Path) -> int:
+def init(config_path: Path, print_grants: bool = False, role: str = "crev_app") -> int:
     config = ingest_config.load(config_path)
+    if print_grants:
+        return _print_grants(config, role)
+    # The store first: a database that cannot be reached must not leave a key behind that blocks a retry.
+    store = Store(config.store_location)  # creates the schema, or brings an older one up to date
+    store.close()
     key = create_key(config.ledger_key_path)
+    print("store   %s (schema version %d)" % (store.db.label, SCHEMA_VERSION))
     print("ledger  %s" % config.origin)
     print("pubkey  %s" % key.public_key.hex())
     if note.valid_key_name(config.origin):  # C2SP verifier key, for witnesses' [[log]] vkey (SPEC §11)
@@ -35,10 +44,22 @@ def init(config_path: Path) -> int:
     return 0
 
 
+def _print_grants(config: ingest_config.IngestConfig, role: str) -> int:
+    if config.storage_url is None:
+        raise ConfigError("--print-grants is for PostgreSQL: [storage] url in %s names none" % config.path)
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", role):
+        raise ConfigError("--role must be a plain PostgreSQL role name (a-z, 0-9, _), got %r" % role)
+    database = urlsplit(config.storage_url).path.lstrip("/") or "postgres"
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", database):
+        raise ConfigError("the database name %r needs quoting; grant by hand" % database)
+    print(grants_sql(database, role), end="")
+    return 0
+
+
 def _open(config_path: Path) -> tuple[ingest_config.IngestConfig, Store, Ledger]:
     config = ingest_config.load(config_path)
     key = load_key(config.ledger_key_path)
-    store = Store(config.storage_path)
+    store = Store(config.store_location)
     return config, store, Ledger(store, key, config.origin, config.block_interval_s, config.block_max_leaves)
 
 
@@ -97,7 +118,7 @@ def revoke(config_path: Path, device: str) -> int:
 
 def broker_users(config_path: Path, out: Path) -> int:
     config = ingest_config.load(config_path)
-    store = Store(config.storage_path)
+    store = Store(config.store_location)
     try:
         users = write_broker_users(store, out)
     finally:
@@ -111,9 +132,7 @@ def publish(config_path: Path, out: Path) -> int:
     from crev_ingest.publish import publish as publish_tiles
 
     config = ingest_config.load(config_path)
-    if not config.storage_path.exists():
-        raise ConfigError("no ledger at %s (storage.path in %s)" % (config.storage_path, config_path))
-    store = Store(config.storage_path)
+    store = open_configured(config)
     try:
         done = publish_tiles(store, out)
     finally:
@@ -163,7 +182,7 @@ def audit_ledger(config_path: Path, state_path: Path | None = None, full: bool =
     """Verify the whole ledger, or with a state file only what came after the last run."""
     config = ingest_config.load(config_path)
     key = load_key(config.ledger_key_path)
-    if not config.storage_path.exists():
+    if config.storage_url is None and not config.storage_path.exists():
         raise ConfigError("no ledger at %s (storage.path in %s)" % (config.storage_path, config_path))
     since = None
     if state_path is not None and state_path.exists() and not full:
@@ -173,7 +192,7 @@ def audit_ledger(config_path: Path, state_path: Path | None = None, full: bool =
             raise ConfigError("%s; remove it or pass --full" % err) from err
         if since.origin != config.origin:
             raise ConfigError("%s is the state of ledger %s, not %s" % (state_path, since.origin, config.origin))
-    store = Store(config.storage_path)
+    store = Store(config.store_location)
     try:
         counts, state = verify_ledger(store, key.public_key, config.origin, since)
     except Exception as err:  # LedgerError, or a row so broken it cannot be parsed

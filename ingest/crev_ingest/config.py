@@ -6,7 +6,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from crev_ingest import ConfigError
 
@@ -19,7 +19,7 @@ class IngestConfig:
     mqtt_tls: bool
     mqtt_username: str | None
     mqtt_password_file: Path | None
-    storage_path: Path
+    storage_path: Path  # the SQLite file, unless storage_url names a server
     ledger_key_path: Path
     origin: str
     block_interval_s: float
@@ -42,6 +42,8 @@ class IngestConfig:
     max_future_s: int = 300
     max_per_minute: int = 60  # live messages per device and minute before a FLOOD alarm
     witnesses: list[Any] = field(default_factory=list)  # crev_ingest.witnessing.WitnessConfig
+    # [storage] url: the ledger on PostgreSQL (postgresql://...), instead of the SQLite file.
+    storage_url: str | None = None
 
     dashboard_listen: tuple[str, int] | None = None
     dashboard_token_file: Path | None = None
@@ -50,6 +52,11 @@ class IngestConfig:
     metrics_listen: tuple[str, int] | None = None
     # `crev market run` serves the market's API here (SPEC §7, §9).
     market_listen: tuple[str, int] = ("127.0.0.1", 8090)
+
+    @property
+    def store_location(self) -> Path | str:
+        """Where the ledger lives: a postgresql:// URL, or the SQLite file's path."""
+        return self.storage_url if self.storage_url is not None else self.storage_path
 
     def local_day(self, t: int) -> str:
         return time.strftime("%Y-%m-%d", time.gmtime(t + int(self.day_offset_h * 3600)))
@@ -134,7 +141,34 @@ def parse(raw: dict[str, Any], path: Path) -> IngestConfig:
         **_dashboard(_table(raw, "dashboard", path), _table(raw, "metrics", path), base, path),
         **_market(_table(raw, "market", path), path),
         witnesses=_witnesses(raw.get("witness", []), path),
+        storage_url=_storage_url(storage, base, path),
     )
+
+
+def _storage_url(storage: dict[str, Any], base: Path, path: Path) -> str | None:
+    """[storage] url (PostgreSQL), with the password from password_file rather than the config."""
+    url = storage.get("url")
+    if url is None:
+        return None
+    if "path" in storage:
+        raise ConfigError("%s: [storage] has both path and url: keep one (url for PostgreSQL)" % path.name)
+    if not isinstance(url, str) or not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            "%s: [storage] url must be a PostgreSQL URL like postgresql://crev@db.example/crev, got %r"
+            % (path.name, url)
+        )
+    password_file = storage.get("password_file")
+    if password_file is None:
+        return url
+    try:
+        password = (base / str(password_file)).read_text().strip()
+    except OSError as err:
+        raise ConfigError("%s: [storage] password_file: %s" % (path.name, err.strerror or err)) from None
+    parts = urlsplit(url)
+    if parts.password is not None:
+        raise ConfigError("%s: [storage] url has a password and password_file gives another" % path.name)
+    netloc = "%s:%s@%s" % (quote(parts.username or "", safe=""), quote(password, safe=""), parts.netloc.split("@")[-1])
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def _witnesses(entries: object, path: Path) -> list[Any]:

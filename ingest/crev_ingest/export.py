@@ -120,7 +120,7 @@ def written_aside(out: Path) -> Iterator[BinaryIO]:
 def export_bundle(store: Store, request: ExportRequest) -> ExportSummary:
     if request.to_s <= request.from_s:
         raise ConfigError("--to must be after --from")
-    store.db.execute("BEGIN")  # one snapshot for both passes, while ingest writes on
+    store.begin_snapshot()  # one snapshot for both passes, while ingest writes on
     try:
         return _export(store, request)
     finally:
@@ -229,14 +229,14 @@ __all__ = ["GROUP", "ExportRequest", "ExportSummary", "export_bundle", "written_
 def export_configured(config_path: Path, device: str, from_s: int, to_s: int, out: Path) -> ExportSummary:
     """One device's bundle from the store and key that ``config_path`` names (the CLI's and the dashboard's)."""
     config = ingest_config.load(config_path)
-    if not config.storage_path.exists():
+    if config.storage_url is None and not config.storage_path.exists():
         raise ConfigError("no ledger at %s (storage.path in %s)" % (config.storage_path, config_path))
     if out.is_dir():
         raise ConfigError("--out %s is a directory; name the bundle file" % out)
     if not out.parent.is_dir():
         raise ConfigError("--out: the directory %s does not exist" % out.parent)
     key = load_key(config.ledger_key_path)
-    store = Store(config.storage_path)
+    store = Store(config.store_location)
     try:
         request = ExportRequest(
             device, from_s, to_s, out, config.origin, key.public_key, config.factor_for(device), int(time.time() * 1000)

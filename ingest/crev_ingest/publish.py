@@ -57,7 +57,7 @@ def publish(store: Store, out: Path) -> Published:
     """Bring ``out`` up to the newest sealed block (one read snapshot of the store)."""
     if out.exists() and not out.is_dir():
         raise ConfigError("--out %s is not a directory" % out)
-    store.db.execute("BEGIN")
+    store.begin_snapshot()
     try:
         latest = store.last_block()
         if latest is None:

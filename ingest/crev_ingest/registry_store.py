@@ -11,8 +11,10 @@ considered for issuance, and the readings past it already issued (late
 readings of closed slots, stored after a reading of the slot still open).
 """
 
-import sqlite3
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from crev_ingest.database import Database
 
 REGISTRY_SCHEMA = """
 CREATE TABLE IF NOT EXISTS account_events (
@@ -155,7 +157,7 @@ IssuanceRow = tuple[int, str, str, int, int, str, str, int, str, int, int, list[
 class RegistryRows:
     """The registry's part of the Store (mixed into ``crev_ingest.store.Store``)."""
 
-    db: sqlite3.Connection
+    db: "Database"
 
     # ------------------------------------------------------------ accounts
 
@@ -262,7 +264,8 @@ class RegistryRows:
     def set_issue_cursor(self, dev: str, next_leaf: int) -> None:
         self.db.execute(
             "INSERT INTO issue_cursors (dev, next_leaf) VALUES (?, ?) "
-            "ON CONFLICT (dev) DO UPDATE SET next_leaf = excluded.next_leaf WHERE excluded.next_leaf > next_leaf",
+            "ON CONFLICT (dev) DO UPDATE SET next_leaf = excluded.next_leaf "
+            "WHERE excluded.next_leaf > issue_cursors.next_leaf",
             (dev, next_leaf),
         )
 
@@ -377,15 +380,15 @@ class RegistryRows:
     def holdings(self, account: str) -> list[HeldLot]:
         """The account's lots with grams held, oldest slot first."""
         rows = self.db.execute(
-            "SELECT m.issuance_leaf, m.lot_index, i.site, i.dev, l.type, i.place, i.slot, "
-            "sum(CASE WHEN m.to_account = ?1 THEN m.grams ELSE 0 END) - "
-            "sum(CASE WHEN m.from_account = ?1 THEN m.grams ELSE 0 END) AS held "
+            "SELECT * FROM (SELECT m.issuance_leaf, m.lot_index, i.site, i.dev, l.type, i.place, i.slot, "
+            "sum(CASE WHEN m.to_account = ? THEN m.grams ELSE 0 END) - "
+            "sum(CASE WHEN m.from_account = ? THEN m.grams ELSE 0 END) AS held "
             "FROM lot_moves m JOIN issuances i ON i.leaf_idx = m.issuance_leaf "
             "JOIN lots l ON l.issuance_leaf = m.issuance_leaf AND l.lot_index = m.lot_index "
-            "WHERE m.to_account = ?1 OR m.from_account = ?1 "
-            "GROUP BY m.issuance_leaf, m.lot_index HAVING held > 0 "
-            "ORDER BY i.slot, m.issuance_leaf, m.lot_index",
-            (account,),
+            "WHERE m.to_account = ? OR m.from_account = ? "
+            "GROUP BY m.issuance_leaf, m.lot_index, i.site, i.dev, l.type, i.place, i.slot) AS held_lots "
+            "WHERE held > 0 ORDER BY slot, issuance_leaf, lot_index",
+            (account, account, account, account),
         )
         return [(int(r[0]), int(r[1]), str(r[2]), str(r[3]), str(r[4]), str(r[5]), int(r[6]), int(r[7])) for r in rows]
 
@@ -516,7 +519,7 @@ class RegistryRows:
         """The newest issuance, order, trade or retirement leaf (-1 if none): what the book depends on."""
         row = self.db.execute(
             "SELECT max(m) FROM (SELECT max(leaf_idx) AS m FROM issuances UNION ALL SELECT max(leaf_idx) FROM orders "
-            "UNION ALL SELECT max(leaf_idx) FROM trades UNION ALL SELECT max(leaf_idx) FROM retirements)"
+            "UNION ALL SELECT max(leaf_idx) FROM trades UNION ALL SELECT max(leaf_idx) FROM retirements) AS newest"
         ).fetchone()
         return -1 if row[0] is None else int(row[0])
 

@@ -3,7 +3,9 @@
 paho-mqtt with MQTT v5, a shared subscription (``$share/crev-ingest/...``)
 so several workers split the load, and manual acknowledgement: a PUBACK
 leaves only after the batch holding the message is committed (SQLite WAL,
-synchronous=FULL). A crash before the commit means the broker redelivers.
+synchronous=FULL, or PostgreSQL). A crash before the commit means the broker
+redelivers; a store that cannot be written is retried, and meanwhile nothing
+is acknowledged, so the broker keeps the messages.
 The session persists (clean_start off, one day expiry) under a stable
 client id, so a restarted worker gets back what it had not acknowledged.
 """
@@ -11,7 +13,6 @@ client id, so a restarted worker gets back what it had not acknowledged.
 import logging
 import queue
 import socket
-import sqlite3
 import ssl
 import threading
 import time
@@ -25,7 +26,9 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from crev.reading import Reading, valid_device_id
+from crev_ingest import StoreUnavailable
 from crev_ingest.config import IngestConfig
+from crev_ingest.database import first_line
 from crev_ingest.influx import InfluxWriter, reading_point
 from crev_ingest.keyfile import load_key
 from crev_ingest.ledger import Ledger
@@ -50,11 +53,11 @@ class IngestService:
     def __init__(self, config: IngestConfig, client_id: str | None = None) -> None:
         self.config = config
         key = load_key(config.ledger_key_path)
-        self.store = Store(config.storage_path)
+        self.stop_event = threading.Event()
+        self.store = self._open_store()
         self.ledger = Ledger(self.store, key, config.origin, config.block_interval_s, config.block_max_leaves)
         self.ingestor = Ingestor(self.store, self.ledger, config)
         self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
-        self.stop_event = threading.Event()
         self.counts = {"accepted": 0, "duplicate": 0, "quarantined": 0}
         self.metrics = IngestMetrics()
         self.client_id = client_id or config.client_id or "crev-ingest-%s" % socket.gethostname()
@@ -83,7 +86,7 @@ class IngestService:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self.flood = FloodWatch(config.max_per_minute)
-        self.witnessing = Witnessing(config.storage_path, config.witnesses, self.metrics)
+        self.witnessing = Witnessing(config.store_location, config.witnesses, self.metrics)
         self._acked: set[int] = set()  # message ids of the current batch already acknowledged
         self.client = client
         self.influx: InfluxWriter | None = None
@@ -91,6 +94,18 @@ class IngestService:
             self.influx = InfluxWriter(
                 config.influx_url, config.influx_token_file, config.influx_org, config.influx_bucket
             )
+
+    def _open_store(self) -> Store:
+        """The store, waiting for a database server that is not up yet, and saying so while it waits."""
+        delay = 1.0
+        while True:
+            try:
+                return Store(self.config.store_location)
+            except StoreUnavailable as err:
+                log.error("%s; retrying in %.0f s", err, delay)
+                if self.stop_event.wait(delay):
+                    raise
+                delay = min(delay * 2, 30.0)
 
     def _on_connect(
         self, client: mqtt.Client, userdata: object, flags: object, reason: ReasonCode, properties: object
@@ -320,15 +335,18 @@ class IngestService:
         Nothing is acknowledged before the commit, so the broker keeps every
         message of a batch that waits here.
         """
+        retryable: tuple[type[BaseException], ...] = (*self.store.db.errors, StoreUnavailable)
         delay = 1.0
         while True:
             try:
                 work()
                 self.metrics.store_ok.set(1)
                 return
-            except sqlite3.Error as err:
+            except retryable as err:
                 self.metrics.store_ok.set(0)
-                log.error("cannot write the store %s: %s; retrying in %.0f s", self.config.storage_path, err, delay)
+                log.error(
+                    "cannot write the store %s: %s; retrying in %.0f s", self.store.db.label, first_line(err), delay
+                )
                 if self.stop_event.wait(delay):
                     raise
                 delay = min(delay * 2, 30.0)

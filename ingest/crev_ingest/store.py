@@ -1,40 +1,50 @@
-"""SQLite storage for ingest: readings, time series, gaps, quarantine, the
-device registry and the ledger, in one file.
+"""Storage for ingest: readings, time series, gaps, quarantine, the device
+registry and the ledger, in one SQLite file or one PostgreSQL database
+(crev_ingest.database carries what differs between the two).
 
-Ledger rows (leaves, blocks, readings, key events, full tiles) are only
-ever inserted: this module has no UPDATE or DELETE for them. Only the
-bookkeeping tables (gaps, stats, alarms) change in place, and a gap's
-history is kept as rows too. The Store is the small interface a server
-database would implement to take over.
+Ledger rows (leaves, blocks, readings, key events, full tiles, the
+registry's events) are only ever inserted: this module has no UPDATE or
+DELETE for them, and on PostgreSQL triggers refuse them (crev_ingest.grants).
+Only the bookkeeping tables (the tile edge, gaps, stats, alarms, the fleet)
+change in place, and a gap's history is kept as rows too.
 
 The Merkle tree is kept as C2SP tlog-tiles (crev.merkle, docs/ledger-format.md):
 ``tiles (level, idx, width, data)``, data the ``width`` 32-byte hashes of tree
 level 8 * level. A full tile (256 hashes) is written once and never changed.
-The one partial tile per tile level, at the right edge, grows in place: each
-append concatenates one hash to its row, and the statement only matches
-while the row is exactly as wide as the new hash's position and not yet
-full. Growing in place rather than adding a row per width keeps the tree at
-about 50 bytes a leaf (32 of hash, the rest SQLite's pages): ingest appends
-leaf by leaf, so a row per width would store 1 + 2 + ... + 255 hashes for
-every 256 leaves, some 4 KiB a leaf. Nothing is lost by it: the hashes of a
-tile are complete subtrees that never change, so each narrower version of a
-partial tile (the one a checkpoint of that size needs, say) is a prefix of
-the row, and ``tile(level, idx, width)`` gives it.
+The one partial tile per tile level, at the right edge, is a row of
+``tile_edge`` that grows in place: each append concatenates one hash to it,
+and the statement only matches while the row is exactly as wide as the new
+hash's position; the 256th hash moves it to ``tiles``. Growing in place
+rather than adding a row per width keeps the tree at about 50 bytes a leaf
+(32 of hash, the rest the database's pages): ingest appends leaf by leaf, so
+a row per width would store 1 + 2 + ... + 255 hashes for every 256 leaves,
+some 4 KiB a leaf. Nothing is lost by it: the hashes of a tile are complete
+subtrees that never change, so each narrower version of a partial tile (the
+one a checkpoint of that size needs, say) is a prefix of the row, and
+``tile(level, idx, width)`` gives it; the edge is recomputable from the
+leaves, and ``crev audit ledger`` recomputes it.
 
-A store from before tiles has a ``nodes`` table, one row per node. Opening
-it converts that table to tiles and drops it, in one transaction, once the
+The schema carries a version (``schema_version``). Opening a store upgrades
+an older one in one transaction, and refuses one newer than this code. A
+store from before tiles has a ``nodes`` table, one row per node: opening it
+converts that table to tiles and drops it, in one transaction, once the
 converted tree has been checked against the latest signed block.
 """
 
-import sqlite3
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from crev import merkle
-from crev_ingest import LedgerError
+from crev_ingest import ConfigError, LedgerError
+from crev_ingest.database import Database, connect
+from crev_ingest.grants import install_triggers
 from crev_ingest.registry_store import REGISTRY_SCHEMA, RegistryRows
+
+if TYPE_CHECKING:
+    from crev_ingest.config import IngestConfig
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS leaves (
@@ -50,6 +60,18 @@ CREATE TABLE IF NOT EXISTS tiles (
     width INTEGER NOT NULL CHECK (width BETWEEN 1 AND 256),
     data BLOB NOT NULL CHECK (length(data) = 32 * width),
     PRIMARY KEY (level, idx)
+);
+-- The rightmost, partial tile of each tile level, growing by one hash per
+-- append until it is full and moves to tiles: bookkeeping, recomputable from
+-- the leaves, the one tree table that changes in place.
+CREATE TABLE IF NOT EXISTS tile_edge (
+    level INTEGER PRIMARY KEY,
+    idx INTEGER NOT NULL,
+    width INTEGER NOT NULL CHECK (width BETWEEN 1 AND 255),
+    data BLOB NOT NULL CHECK (length(data) = 32 * width)
+);
+CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS blocks (
     height INTEGER PRIMARY KEY,
@@ -138,6 +160,21 @@ CREATE TABLE IF NOT EXISTS devices (
     quarantined INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS devices_site ON devices (site, dev);
+-- Witnesses (SPEC §11): what each has cosigned, and their cosignature lines per block.
+CREATE TABLE IF NOT EXISTS witness_state (
+    witness TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    checked_ms INTEGER NOT NULL,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS cosignatures (
+    height INTEGER NOT NULL,
+    witness TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    timestamp INTEGER NOT NULL,
+    line TEXT NOT NULL,
+    PRIMARY KEY (height, witness)
+);
 CREATE TABLE IF NOT EXISTS daily (
     dev TEXT NOT NULL,
     day TEXT NOT NULL,
@@ -151,16 +188,29 @@ CREATE TABLE IF NOT EXISTS daily (
 """
 
 
+def open_configured(config: "IngestConfig", read_only: bool = False) -> "Store":
+    """The configured store; ConfigError when a SQLite ledger has not been created yet."""
+    if config.storage_url is None and not config.storage_path.exists():
+        raise ConfigError("no ledger at %s (storage.path in %s)" % (config.storage_path, config.path))
+    return Store(config.store_location, read_only=read_only)
+
+
+# 1: tiles grew in place in ``tiles``; 2: partial tiles in ``tile_edge``, a schema_version row,
+# the witness tables. Every change to the schema raises it, with its upgrade in _create_or_upgrade:
+# a store at this version is opened without any DDL.
+SCHEMA_VERSION = 2
+
 # Decoded tiles kept by node(): a proof touches a few tiles per tile level, and
 # a full tile's seven inner heights cost 255 hashes to rebuild.
 CACHED_TILES = 256
 
 
 class Store(RegistryRows):
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self.db = sqlite3.connect(str(path), isolation_level=None, timeout=30, check_same_thread=False)
+    """The ledger's store, in an SQLite file (a path) or on PostgreSQL (a postgresql:// URL)."""
+
+    def __init__(self, location: Path | str, read_only: bool = False) -> None:
+        self.path = location
+        self.db: Database = connect(location, read_only=read_only)
         # (tile level, tile index) -> the tile's hashes at heights 0, 1, ... as
         # far as asked, each height one bytes of 32-byte hashes. A cached tile
         # may be narrower than its row, never different from it: what a
@@ -168,25 +218,60 @@ class Store(RegistryRows):
         # exception, so a rollback empties the cache.
         self._tiles: OrderedDict[tuple[int, int], list[bytes]] = OrderedDict()
         try:
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self._migrate()
-            self.db.executescript(SCHEMA)
-            self.db.executescript(REGISTRY_SCHEMA)
-            self._migrate_nodes_to_tiles()
+            if not read_only:
+                with self.transaction():
+                    self._create_or_upgrade()
+                self._migrate_nodes_to_tiles()
+            else:
+                self._check_version()
         except BaseException:
             self.db.close()
             raise
 
-    def _migrate(self) -> None:
-        """Bring a store written by an older crev up to this schema (columns only ever added)."""
-        columns = [row[1] for row in self.db.execute("PRAGMA table_info(readings)")]
-        if columns and "gs" not in columns:
-            self.db.execute("ALTER TABLE readings ADD COLUMN gs TEXT")
+    def _check_version(self) -> int | None:
+        """The store's schema version (None before versions); LedgerError if newer than this code."""
+        if not self.db.has_table("schema_version"):
+            return None
+        row = self.db.execute("SELECT max(version) FROM schema_version").fetchone()
+        version = None if row is None or row[0] is None else int(row[0])
+        if version is not None and version > SCHEMA_VERSION:
+            raise LedgerError(
+                "%s: the store has schema version %d, newer than this crev's %d: run a crev at least as new "
+                "as the one that wrote it" % (self.db.label, version, SCHEMA_VERSION)
+            )
+        return version
 
-    def _has_table(self, name: str) -> bool:
-        row = self.db.execute("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?", (name,)).fetchone()
-        return row is not None
+    def _create_or_upgrade(self) -> None:
+        """Create the schema, or bring an older store up to SCHEMA_VERSION, in the caller's transaction."""
+        version = self._check_version()
+        if version == SCHEMA_VERSION:
+            # Nothing to create: the application role, which may not create, opens here.
+            return
+        columns = self.db.columns("readings")
+        if columns and "gs" not in columns:  # a store from before the registry
+            self.db.execute("ALTER TABLE readings ADD COLUMN gs TEXT")
+        self.db.script(SCHEMA)
+        self.db.script(REGISTRY_SCHEMA)
+        if version is None or version < 2:
+            self._move_partial_tiles_to_the_edge()
+        if version is None:
+            self.db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        elif version < SCHEMA_VERSION:
+            self.db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+        if self.db.dialect == "postgresql":
+            install_triggers(self.db)
+
+    def _move_partial_tiles_to_the_edge(self) -> None:
+        """Version 1 grew partial tiles in place in ``tiles``; from 2 they live in ``tile_edge``."""
+        rows = self.db.execute(
+            "SELECT level, idx, width, data FROM tiles WHERE width < ? ORDER BY level", (merkle.TILE_WIDTH,)
+        ).fetchall()
+        for level, idx, width, data in rows:
+            self.db.execute(
+                "INSERT INTO tile_edge (level, idx, width, data) VALUES (?, ?, ?, ?)", (level, idx, width, data)
+            )
+        if rows:
+            self.db.execute("DELETE FROM tiles WHERE width < ?", (merkle.TILE_WIDTH,))
 
     def _migrate_nodes_to_tiles(self) -> None:
         """Convert the one-row-per-node tree of an older crev to tiles, all or nothing.
@@ -196,18 +281,18 @@ class Store(RegistryRows):
         nodes table is dropped; otherwise nothing changes and the store does
         not open (LedgerError, one line).
         """
-        if not self._has_table("nodes"):
+        if not self.db.has_table("nodes"):
             return
         with self.transaction():
-            if self._has_table("nodes"):  # another process may have converted it meanwhile
+            if self.db.has_table("nodes"):  # another process may have converted it meanwhile
                 self._convert_nodes()
                 self.db.execute("DROP TABLE nodes")
         self._tiles.clear()
 
     def _convert_nodes(self) -> None:
-        refuse = "%s: not converting its Merkle nodes to tiles (the store is left as it was): " % self.path
+        refuse = "%s: not converting its Merkle nodes to tiles (the store is left as it was): " % self.db.label
         size = self.leaf_count()
-        if self.db.execute("SELECT count(*) FROM tiles").fetchone()[0]:
+        if self.tile_count():
             raise LedgerError(refuse + "it has both a nodes table and tiles")
         rows = int(self.db.execute("SELECT count(*) FROM nodes").fetchone()[0])
         complete = sum(size >> level for level in range(size.bit_length()))
@@ -269,19 +354,22 @@ class Store(RegistryRows):
             raise LedgerError(refuse + "the tree of %d leaves has another root from tiles than from nodes" % size)
 
     def _insert_tile(self, level: int, idx: int, data: bytes) -> None:
+        """A full tile into tiles, a partial one as its level's edge."""
+        width = len(data) // merkle.HASH_SIZE
+        table = "tiles" if width == merkle.TILE_WIDTH else "tile_edge"
         self.db.execute(
-            "INSERT INTO tiles (level, idx, width, data) VALUES (?, ?, ?, ?)",
-            (level, idx, len(data) // merkle.HASH_SIZE, data),
+            "INSERT INTO %s (level, idx, width, data) VALUES (?, ?, ?, ?)" % table, (level, idx, width, data)
         )
 
     # ------------------------------------------------------------ transactions
 
     def begin(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
+        """Start a write transaction: one writer at a time, across every process sharing the store."""
+        self.db.begin()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK if the block raises."""
+        """begin() ... COMMIT, or ROLLBACK if the block raises."""
         self.begin()
         try:
             yield
@@ -291,11 +379,15 @@ class Store(RegistryRows):
         self.commit()
 
     def commit(self) -> None:
-        self.db.execute("COMMIT")
+        self.db.commit()
+
+    def begin_snapshot(self) -> None:
+        """Start a read transaction that sees one state of the store throughout, while others write."""
+        self.db.begin_snapshot()
 
     def rollback(self) -> None:
-        self.db.execute("ROLLBACK")
         self._tiles.clear()
+        self.db.rollback()
 
     def savepoint(self) -> None:
         self.db.execute("SAVEPOINT message")
@@ -320,9 +412,17 @@ class Store(RegistryRows):
         )
 
     def add_tile_hash(self, level: int, idx: int, position: int, value: bytes) -> None:
-        """Put hash ``value`` at ``position`` of tile (level, idx): a new row at 0, else one hash more."""
+        """Put hash ``value`` at ``position`` of tile (level, idx): a new edge at 0, else one hash more.
+
+        Only the edge exactly ``position`` wide takes it: a full tile, or a
+        hash out of order, changes nothing and is refused. The 256th hash
+        moves the tile from the edge to tiles, where it never changes again.
+        """
         key = (level, idx)
+        refused = LedgerError("tiles row level %d idx %d: cannot take a hash at position %d" % (level, idx, position))
         if position == 0:
+            if self.tile_row(level, idx) is not None:
+                raise refused
             self._insert_tile(level, idx, value)
             data = value
         else:
@@ -332,16 +432,19 @@ class Store(RegistryRows):
             else:
                 row = self.tile_row(level, idx)
                 data = (b"" if row is None else row[1]) + value
-            # Only the partial row exactly ``position`` wide takes it: a full
-            # tile, or a hash out of order, changes nothing and is refused.
-            grown = self.db.execute(
-                "UPDATE tiles SET width = ?, data = ? WHERE level = ? AND idx = ? AND width = ? AND width < ?",
-                (position + 1, data, level, idx, position, merkle.TILE_WIDTH),
-            )
-            if grown.rowcount != 1:
-                raise LedgerError(
-                    "tiles row level %d idx %d: cannot take a hash at position %d" % (level, idx, position)
+            if position + 1 < merkle.TILE_WIDTH:
+                grown = self.db.execute(
+                    "UPDATE tile_edge SET width = ?, data = ? WHERE level = ? AND idx = ? AND width = ?",
+                    (position + 1, data, level, idx, position),
                 )
+            else:
+                grown = self.db.execute(
+                    "DELETE FROM tile_edge WHERE level = ? AND idx = ? AND width = ?", (level, idx, position)
+                )
+            if grown.rowcount != 1:
+                raise refused
+            if position + 1 == merkle.TILE_WIDTH:
+                self._insert_tile(level, idx, data)
         # The appender reads the row it grows on the next append: keep it decoded.
         self._tiles[key] = [data]
         self._tiles.move_to_end(key)
@@ -356,17 +459,25 @@ class Store(RegistryRows):
         return row[1][: width * merkle.HASH_SIZE]
 
     def tile_row(self, level: int, idx: int) -> tuple[int, bytes] | None:
-        """(width, data) of the stored row of tile (level, idx), read now (no cache)."""
+        """(width, data) of tile (level, idx) as stored now (no cache): full, or its level's edge."""
         row = self.db.execute("SELECT width, data FROM tiles WHERE level = ? AND idx = ?", (level, idx)).fetchone()
+        if row is None:
+            row = self.db.execute(
+                "SELECT width, data FROM tile_edge WHERE level = ? AND idx = ?", (level, idx)
+            ).fetchone()
         return None if row is None else (int(row[0]), bytes(row[1]))
 
     def tile_rows(self) -> Iterator[tuple[int, int, int, bytes]]:
-        """(level, idx, width, data) of every stored tile, by level then index."""
-        for row in self.db.execute("SELECT level, idx, width, data FROM tiles ORDER BY level, idx"):
+        """(level, idx, width, data) of every stored tile, full and partial, by level then index."""
+        for row in self.db.execute(
+            "SELECT level, idx, width, data FROM tiles UNION ALL SELECT level, idx, width, data FROM tile_edge "
+            "ORDER BY 1, 2"
+        ):
             yield int(row[0]), int(row[1]), int(row[2]), bytes(row[3])
 
     def tile_count(self) -> int:
-        return int(self.db.execute("SELECT count(*) FROM tiles").fetchone()[0])
+        row = self.db.execute("SELECT (SELECT count(*) FROM tiles) + (SELECT count(*) FROM tile_edge)").fetchone()
+        return int(row[0])
 
     def node(self, level: int, idx: int) -> bytes:
         """The hash of complete subtree (level, idx), RFC 9162 levels, from the tile that holds it."""
@@ -510,9 +621,11 @@ class Store(RegistryRows):
     def note_reading(self, dev: str, site: str, t1: int, received_ms: int) -> None:
         self.db.execute(
             "INSERT INTO devices (dev, site, last_t1, last_received_ms, readings) VALUES (?, ?, ?, ?, 1) "
-            "ON CONFLICT (dev) DO UPDATE SET site = excluded.site, readings = readings + 1, "
-            "last_t1 = max(coalesce(last_t1, 0), excluded.last_t1), "
-            "last_received_ms = max(coalesce(last_received_ms, 0), excluded.last_received_ms)",
+            "ON CONFLICT (dev) DO UPDATE SET site = excluded.site, readings = devices.readings + 1, "
+            "last_t1 = CASE WHEN devices.last_t1 > excluded.last_t1 THEN devices.last_t1 "
+            "ELSE excluded.last_t1 END, "
+            "last_received_ms = CASE WHEN devices.last_received_ms > excluded.last_received_ms "
+            "THEN devices.last_received_ms ELSE excluded.last_received_ms END",
             (dev, site, t1, received_ms),
         )
 
@@ -520,16 +633,16 @@ class Store(RegistryRows):
         """Today's sums per device, and every flag its readings carried (bitwise or)."""
         self.db.execute(
             "INSERT INTO daily (dev, day, self_mwh, gen_mwh, co2_g, readings, flags) VALUES (?, ?, ?, ?, ?, 1, ?) "
-            "ON CONFLICT (dev, day) DO UPDATE SET self_mwh = self_mwh + excluded.self_mwh, "
-            "gen_mwh = gen_mwh + excluded.gen_mwh, co2_g = co2_g + excluded.co2_g, readings = readings + 1, "
-            "flags = flags | excluded.flags",
+            "ON CONFLICT (dev, day) DO UPDATE SET self_mwh = daily.self_mwh + excluded.self_mwh, "
+            "gen_mwh = daily.gen_mwh + excluded.gen_mwh, co2_g = daily.co2_g + excluded.co2_g, "
+            "readings = daily.readings + 1, flags = daily.flags | excluded.flags",
             (dev, day, self_mwh, gen_mwh, co2_g, flags),
         )
 
     def note_quarantined(self, dev: str, site: str) -> None:
         self.db.execute(
             "INSERT INTO devices (dev, site, quarantined) VALUES (?, ?, 1) "
-            "ON CONFLICT (dev) DO UPDATE SET quarantined = quarantined + 1",
+            "ON CONFLICT (dev) DO UPDATE SET quarantined = devices.quarantined + 1",
             (dev, site),
         )
 
@@ -592,7 +705,7 @@ class Store(RegistryRows):
     def bump(self, name: str, by: int = 1) -> None:
         self.db.execute(
             "INSERT INTO stats (name, value) VALUES (?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            "ON CONFLICT (name) DO UPDATE SET value = stats.value + excluded.value",
             (name, by),
         )
 

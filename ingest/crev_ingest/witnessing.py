@@ -31,22 +31,6 @@ from crev_ingest.store import Store
 
 log = logging.getLogger("crev.ingest.witness")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS witness_state (
-    witness TEXT PRIMARY KEY,
-    size INTEGER NOT NULL,
-    checked_ms INTEGER NOT NULL,
-    error TEXT
-);
-CREATE TABLE IF NOT EXISTS cosignatures (
-    height INTEGER NOT NULL,
-    witness TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    timestamp INTEGER NOT NULL,
-    line TEXT NOT NULL,
-    PRIMARY KEY (height, witness)
-);
-"""
 MAX_BACKOFF_S = 60.0
 TIMEOUT_S = 10.0
 
@@ -70,17 +54,8 @@ class Refusal(Exception):
     pass
 
 
-def ensure_schema(store: Store) -> None:
-    # One statement at a time: executescript would commit the caller's transaction.
-    for statement in SCHEMA.split(";"):
-        if statement.strip():
-            store.db.execute(statement)
-
-
 def cosignatures(store: Store, height: int) -> list[str]:
     """The cosignature lines kept for block ``height`` (none on a ledger that never had a witness)."""
-    if store.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'cosignatures'").fetchone() is None:
-        return []
     rows = store.db.execute("SELECT line FROM cosignatures WHERE height = ? ORDER BY witness", (height,))
     return [str(r[0]) for r in rows]
 
@@ -91,14 +66,13 @@ def cosigned_checkpoint(store: Store, height: int) -> str:
 
 
 def witness_states(store: Store) -> list[dict[str, object]]:
-    ensure_schema(store)
     rows = store.db.execute("SELECT witness, size, checked_ms, error FROM witness_state ORDER BY witness")
     return [{"witness": r[0], "size": r[1], "checked_ms": r[2], "error": r[3]} for r in rows]
 
 
 class Witnessing:
-    def __init__(self, storage_path: Path, witnesses: list[WitnessConfig], metrics: IngestMetrics) -> None:
-        self.storage_path = storage_path
+    def __init__(self, store_location: Path | str, witnesses: list[WitnessConfig], metrics: IngestMetrics) -> None:
+        self.store_location = store_location
         self.peers = [_Peer(w) for w in witnesses]
         self.metrics = metrics
         self.stop_event = threading.Event()
@@ -114,10 +88,9 @@ class Witnessing:
             self.thread.join(TIMEOUT_S + 5)
 
     def _run(self) -> None:
-        store = Store(self.storage_path)
+        store = Store(self.store_location)
         try:
             with store.transaction():
-                ensure_schema(store)
                 known = {str(r[0]): int(r[1]) for r in store.db.execute("SELECT witness, size FROM witness_state")}
             for peer in self.peers:
                 peer.size = known.get(peer.config.vkey.name, 0)

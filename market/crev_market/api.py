@@ -394,7 +394,8 @@ def create_app(registry: Registry, lock: "threading.Lock | None" = None, market:
             fills = [
                 (int(r[0]), int(r[1]))
                 for r in store.db.execute(
-                    "SELECT leaf_idx, grams FROM trades WHERE buy = ?1 OR sell = ?1 ORDER BY leaf_idx", (order_id,)
+                    "SELECT leaf_idx, grams FROM trades WHERE buy = ? OR sell = ? ORDER BY leaf_idx",
+                    (order_id, order_id),
                 )
             ]
             filled = sum(grams for _leaf, grams in fills)

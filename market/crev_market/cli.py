@@ -26,11 +26,11 @@ from crev_market.trace_export import TraceSummary, export_trace
 def open_registry(config_path: Path) -> Iterator[tuple[ingest_config.IngestConfig, Registry]]:
     config = ingest_config.load(config_path)
     key = load_ledger_key(config.ledger_key_path)
-    if not config.storage_path.exists():
+    if config.storage_url is None and not config.storage_path.exists():
         raise Refused(
             "no ledger at %s (storage.path in %s); run `crev ingest run` first" % (config.storage_path, config_path)
         )
-    store = Store(config.storage_path)
+    store = Store(config.store_location)
     try:
         ledger = Ledger(store, key, config.origin, config.block_interval_s, config.block_max_leaves)
         factor_mg = round(config.default_g_per_kwh * 1000)

@@ -62,13 +62,13 @@ class MarketService:
     def __init__(self, config: ingest_config.IngestConfig) -> None:
         self.config = config
         key = load_key(config.ledger_key_path)
-        if not config.storage_path.exists():
+        if config.storage_url is None and not config.storage_path.exists():
             raise Refused(
                 "no ledger at %s (storage.path in %s); run `crev ingest run` first" % (config.storage_path, config.path)
             )
         host, port = config.market_listen
         self.sock = _bind(host, port)
-        self.store = Store(config.storage_path)
+        self.store = Store(config.store_location)
         ledger = Ledger(self.store, key, config.origin, config.block_interval_s, config.block_max_leaves)
         factor_mg = round(config.default_g_per_kwh * 1000)
         self.registry = Registry(self.store, ledger, factor_mg, config.default_factor_label)

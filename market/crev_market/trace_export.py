@@ -38,7 +38,7 @@ def _data(leaf: bytes) -> tuple[int, int, bytes]:
 def export_trace(
     store: Store, retirement_id: int, out: Path, origin: str, ledger_public_key: bytes, now_ms: int
 ) -> TraceSummary:
-    store.db.execute("BEGIN")  # one snapshot, while ingest and the market write on
+    store.begin_snapshot()  # one snapshot, while ingest and the market write on
     try:
         return _export(store, retirement_id, out, origin, ledger_public_key, now_ms)
     finally:

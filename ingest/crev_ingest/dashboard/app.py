@@ -153,7 +153,7 @@ def _token(path: Path | None) -> str:
 
 def create_app(config: IngestConfig, token: str | None = None) -> FastAPI:
     secret = token if token is not None else _token(config.dashboard_token_file)
-    queries = Queries(config.storage_path)
+    queries = Queries(config.store_location)
     app = FastAPI(
         title="crev dashboard API",
         version="1",

@@ -1,4 +1,4 @@
-"""The dashboard's questions to the store, over a read-only SQLite connection.
+"""The dashboard's questions to the store, over a read-only connection per thread.
 
 Fleet-wide numbers come from the ``devices`` and ``daily`` tables that
 ingest keeps up to date with every reading, so the fleet view stays fast
@@ -13,13 +13,13 @@ issued, and the grams of those lots that retirements took out (``lot_moves``
 to no account). Both go through the issuances' (dev, slot) index.
 """
 
-import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from crev import dgcc
+from crev_ingest.database import Database, connect
 
 DAY_S = 86400
 
@@ -34,14 +34,14 @@ SORTS = {
 
 
 class Queries:
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, location: Path | str) -> None:
+        self.location = location
         self.local = threading.local()
 
-    def db(self) -> sqlite3.Connection:
-        connection = getattr(self.local, "db", None)
+    def db(self) -> Database:
+        connection: Database | None = getattr(self.local, "db", None)
         if connection is None:
-            connection = sqlite3.connect("file:%s?mode=ro" % self.path, uri=True, check_same_thread=False)
+            connection = connect(self.location, read_only=True)
             self.local.db = connection
         return connection
 
@@ -92,7 +92,8 @@ class Queries:
             for r in rows
         ]
         summary = db.execute(
-            "SELECT count(*), sum(status = 'online'), sum(status = 'offline'), sum(quarantined) FROM devices"
+            "SELECT count(*), sum(CASE WHEN status = 'online' THEN 1 ELSE 0 END), "
+            "sum(CASE WHEN status = 'offline' THEN 1 ELSE 0 END), sum(quarantined) FROM devices"
         ).fetchone()
         today = db.execute(
             "SELECT coalesce(sum(self_mwh), 0), coalesce(sum(co2_g), 0) FROM daily WHERE day = ?", (day,)
@@ -133,21 +134,19 @@ class Queries:
         starting at ``lot_moves_to``: every retirement's moves have no
         account, so that index would read the whole registry's retirements.
         """
-        devs = "SELECT dev FROM devices WHERE site = :site"
-        today, total, retired = (
-            self.db()
-            .execute(
-                "SELECT "
-                "(SELECT coalesce(sum(l.grams), 0) FROM issuances i JOIN lots l ON l.issuance_leaf = i.leaf_idx "
-                "WHERE i.dev IN (%s) AND i.slot >= :start AND i.slot < :end), "
-                "(SELECT coalesce(sum(l.grams), 0) FROM issuances i JOIN lots l ON l.issuance_leaf = i.leaf_idx "
-                "WHERE i.dev IN (%s)), "
-                "(SELECT coalesce(sum(m.grams), 0) FROM issuances i CROSS JOIN lot_moves m "
-                "ON m.issuance_leaf = i.leaf_idx WHERE i.dev IN (%s) AND m.to_account IS NULL)" % (devs, devs, devs),
-                {"site": site, "start": day_start, "end": day_start + DAY_S},
-            )
-            .fetchone()
-        )
+        db = self.db()
+        devs = "SELECT dev FROM devices WHERE site = ?"
+        join = "CROSS JOIN" if db.dialect == "sqlite" else "JOIN"  # PostgreSQL's CROSS JOIN takes no ON
+        today, total, retired = db.execute(
+            "SELECT "
+            "(SELECT coalesce(sum(l.grams), 0) FROM issuances i JOIN lots l ON l.issuance_leaf = i.leaf_idx "
+            "WHERE i.dev IN (%s) AND i.slot >= ? AND i.slot < ?), "
+            "(SELECT coalesce(sum(l.grams), 0) FROM issuances i JOIN lots l ON l.issuance_leaf = i.leaf_idx "
+            "WHERE i.dev IN (%s)), "
+            "(SELECT coalesce(sum(m.grams), 0) FROM issuances i %s lot_moves m "
+            "ON m.issuance_leaf = i.leaf_idx WHERE i.dev IN (%s) AND m.to_account IS NULL)" % (devs, devs, join, devs),
+            (site, day_start, day_start + DAY_S, site, site),
+        ).fetchone()
         return {
             "crev_issued_today_g": int(today),
             "crev_issued_total_g": int(total),
