@@ -238,12 +238,22 @@ def load_truth(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def ingest_config(workdir: Path, broker_url: str, block_interval_s: float = 1.0) -> Path:
+def ingest_config(
+    workdir: Path,
+    broker_url: str,
+    block_interval_s: float = 1.0,
+    store_url: str | None = None,
+    client_id: str | None = None,
+    name: str = "ingest.toml",
+) -> Path:
+    """An ingest config on the SQLite file crev.sqlite, or on the PostgreSQL database ``store_url``."""
+    storage = 'url = "%s"' % store_url if store_url else 'path = "crev.sqlite"'
+    mqtt = '[mqtt]\nurl = "%s"\n' % broker_url + ('client_id = "%s"\n' % client_id if client_id else "")
     return write_toml(
-        workdir / "ingest.toml",
-        '[mqtt]\nurl = "%s"\n\n[storage]\npath = "crev.sqlite"\n\n[ledger]\nkey = "ledger.key"\n'
+        workdir / name,
+        '%s\n[storage]\n%s\n\n[ledger]\nkey = "ledger.key"\n'
         'origin = "crev.test/ledger"\nblock_interval_s = %g\nblock_max_leaves = 1000\n\n'
-        "[emission]\ndefault_g_per_kwh = 423\n" % (broker_url, block_interval_s),
+        "[emission]\ndefault_g_per_kwh = 423\n" % (mqtt, storage, block_interval_s),
     )
 
 

@@ -47,9 +47,12 @@ class PostgresServer:
     def init(self) -> None:
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", self.superuser, "--no-sync", "-E", "UTF8")
 
-    def start(self) -> None:
-        # fsync off: these tests kill clients, never the server, and they run on a shared disk.
-        options = "-k %s -c listen_addresses='' -c fsync=off -c max_connections=200" % self.root
+    def start(self, durable: bool = False) -> None:
+        """``durable``: fsync as a production server does (benchmarks). The tests kill
+        clients, never the server, so they run without it on this shared disk."""
+        options = "-k %s -c listen_addresses='' -c max_connections=200" % self.root
+        if not durable:
+            options += " -c fsync=off"
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start")
 
     def stop(self, mode: str = "fast") -> None:

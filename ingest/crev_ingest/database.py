@@ -65,8 +65,12 @@ class Database:
         raise NotImplementedError
 
     def script(self, schema: str) -> None:
-        """Run ``;``-separated DDL, one statement at a time (inside the caller's transaction, if any)."""
-        for statement in schema.split(";"):
+        """Run ``;``-separated DDL, one statement at a time (inside the caller's transaction, if any).
+
+        ``--`` comments are dropped first, so that they may hold any text.
+        """
+        code = "\n".join(line.split("--", 1)[0] for line in schema.splitlines())
+        for statement in code.split(";"):
             if statement.strip():
                 self.execute(self.column_types(statement))
 
@@ -79,13 +83,20 @@ class Database:
     def columns(self, table: str) -> list[str]:
         raise NotImplementedError
 
-    def begin(self) -> None:
-        """Start a write transaction holding the ledger's writer lock."""
+    def begin(self, lock: bool = True) -> None:
+        """Start a write transaction, holding the ledger's writer lock unless ``lock`` is False."""
         raise NotImplementedError
 
     def begin_snapshot(self) -> None:
         """Start a read-only transaction that sees one consistent state throughout."""
         raise NotImplementedError
+
+    def ensure_connected(self) -> None:
+        """Replace a connection the server dropped; call it only between transactions."""
+
+    def try_session_lock(self, key: int) -> bool:
+        """Take a lock held as long as this connection lives, if nobody holds it (PostgreSQL only)."""
+        raise NotImplementedError("%s has no session locks" % self.dialect)
 
     def commit(self) -> None:
         self.execute("COMMIT")
@@ -127,8 +138,8 @@ class SQLiteDatabase(Database):
     def columns(self, table: str) -> list[str]:
         return [str(row[1]) for row in self.connection.execute("PRAGMA table_info(%s)" % table)]
 
-    def begin(self) -> None:
-        self.connection.execute("BEGIN IMMEDIATE")
+    def begin(self, lock: bool = True) -> None:
+        self.connection.execute("BEGIN IMMEDIATE")  # SQLite: always the one writer
 
     def begin_snapshot(self) -> None:
         self.connection.execute("BEGIN")
@@ -199,6 +210,9 @@ class PostgresDatabase(Database):
         )
         return [str(row[0]) for row in rows]
 
+    def ensure_connected(self) -> None:
+        self._reconnect_if_lost()
+
     def _reconnect_if_lost(self) -> None:
         # A restarted server leaves this connection broken for good: a new
         # transaction is the one safe place to replace it.
@@ -210,10 +224,17 @@ class PostgresDatabase(Database):
             except psycopg.Error as err:
                 raise StoreUnavailable("cannot reach PostgreSQL at %s: %s" % (self.label, first_line(err))) from None
 
-    def begin(self) -> None:
+    def begin(self, lock: bool = True) -> None:
         self._reconnect_if_lost()
         self.execute("BEGIN")
-        self.execute("SELECT pg_advisory_xact_lock(?)", (WRITER_LOCK,))
+        if lock:
+            self.execute("SELECT pg_advisory_xact_lock(?)", (WRITER_LOCK,))
+
+    def try_session_lock(self, key: int) -> bool:
+        """Take advisory lock ``key`` for as long as this connection lives, if nobody holds it."""
+        self._reconnect_if_lost()
+        row = self.execute("SELECT pg_try_advisory_lock(?)", (key,)).fetchone()
+        return bool(row[0])
 
     def rollback(self) -> None:
         if not (self.connection.closed or self.connection.broken):  # a lost connection took its transaction along

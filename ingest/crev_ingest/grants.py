@@ -34,6 +34,7 @@ APPEND_ONLY_TABLES = (
 # Bookkeeping that changes in place, all of it recomputable or operational.
 BOOKKEEPING_TABLES = (
     "tile_edge",
+    "pending",
     "schema_version",
     "gaps",
     "alarms",

@@ -48,6 +48,12 @@ class IngestMetrics:
         )  # fmt: skip
         self.height = Gauge("crev_ingest_block_height", "Height of the last sealed block", registry=r)
         self.open_gaps = Gauge("crev_ingest_open_gaps", "Seq ranges still missing, over all devices", registry=r)
+        self.integrating = Gauge(
+            "crev_ingest_integrating", "1 while this worker is the integrator (PostgreSQL)", registry=r
+        )
+        self.pending = Gauge(
+            "crev_ingest_pending", "Readings acknowledged and waiting for the integrator (PostgreSQL)", registry=r
+        )
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)

@@ -30,6 +30,7 @@ from crev_ingest import StoreUnavailable
 from crev_ingest.config import IngestConfig
 from crev_ingest.database import first_line
 from crev_ingest.influx import InfluxWriter, reading_point
+from crev_ingest.integrator import Integrator
 from crev_ingest.keyfile import load_key
 from crev_ingest.ledger import Ledger
 from crev_ingest.metrics import IngestMetrics
@@ -40,6 +41,8 @@ from crev_ingest.watch import FloodWatch
 from crev_ingest.witnessing import Witnessing
 
 log = logging.getLogger("crev.ingest")
+# A database that went away is retried at least this often, so ingest resumes soon after it is back.
+STORE_RETRY_MAX_S = 10.0
 SHARED_TOPIC = "$share/crev-ingest/crev/v1/+/reading"
 PLAIN_TOPIC = "crev/v1/+/reading"
 # Controllers' sell orders (SPEC §9), shared like the readings: whichever worker gets one keeps it.
@@ -94,6 +97,10 @@ class IngestService:
             self.influx = InfluxWriter(
                 config.influx_url, config.influx_token_file, config.influx_org, config.influx_bucket
             )
+        # On PostgreSQL, workers only sequence; whichever worker holds the lock integrates.
+        self.integrator: Integrator | None = None
+        if self.store.db.dialect == "postgresql":
+            self.integrator = Integrator(config, key, self.metrics, self.stop_event, self.client_id, self.influx)
 
     def _open_store(self) -> Store:
         """The store, waiting for a database server that is not up yet, and saying so while it waits."""
@@ -105,7 +112,7 @@ class IngestService:
                 log.error("%s; retrying in %.0f s", err, delay)
                 if self.stop_event.wait(delay):
                     raise
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, STORE_RETRY_MAX_S)
 
     def _on_connect(
         self, client: mqtt.Client, userdata: object, flags: object, reason: ReasonCode, properties: object
@@ -168,7 +175,7 @@ class IngestService:
     def process_batch(self, batch: list[mqtt.MQTTMessage]) -> None:
         statuses = [m for m in batch if m.topic.endswith("/status")]
         if statuses:
-            with self.store.transaction():
+            with self.store.transaction(lock=False):
                 self._note_statuses(statuses)
             for message in statuses:
                 self._ack(message)
@@ -186,16 +193,22 @@ class IngestService:
         # Signatures and schemas first, without the write lock, so that
         # several workers verify in parallel.
         checked: list[tuple[int, Reading | Rejected]] = []
+        self.store.db.ensure_connected()  # the key lookups below run outside a transaction
         for message in batch:
             received_ms = int(time.time() * 1000)
             try:
                 result: Reading | Rejected = self.ingestor.check_message(message.topic, bytes(message.payload))
             except Rejected as rejected:
                 result = rejected
+            except self.store.db.errors:
+                raise  # the store, not the message: the whole batch waits and is retried
             except Exception as err:  # a bug: kept for inspection like any other rejection
                 result = Rejected("INTERNAL_ERROR", "%s: %s" % (type(err).__name__, err))
             checked.append((received_ms, result))
             self._watch(message.topic, result, received_ms / 1000)
+        if self.integrator is not None:
+            self._sequence(batch, checked)
+            return
         with self.store.transaction():
             self.ledger.sync()
             for message, (received_ms, result) in zip(batch, checked, strict=True):
@@ -239,6 +252,29 @@ class IngestService:
             points = [reading_point(r, self.config.site_of(r.dev), self.config.factor_for(r.dev)) for r in accepted]
             self.influx.write([p for p in points if p is not None])
 
+    def _sequence(self, batch: list[mqtt.MQTTMessage], checked: list[tuple[int, "Reading | Rejected"]]) -> None:
+        """PostgreSQL: commit the verified readings to pending (the rejected to quarantine), then acknowledge.
+
+        No writer lock: workers sequence side by side, and the integrator
+        gives leaf indices later (crev_ingest.integrator).
+        """
+        started = time.monotonic()
+        with self.store.transaction(lock=False):
+            for message, (received_ms, result) in zip(batch, checked, strict=True):
+                raw = bytes(message.payload)
+                if isinstance(result, Rejected):
+                    outcome = self.ingestor.quarantine(message.topic, raw, received_ms, result)
+                    self.counts["quarantined"] += 1
+                    self._count("quarantined", outcome.reason)
+                    log.warning("quarantined %s from %s: %s", outcome.reason, message.topic, outcome.detail)
+                elif self.store.add_pending(result.dev, result.seq, received_ms, message.topic, raw):
+                    self.counts["accepted"] += 1
+                else:
+                    self.counts["duplicate"] += 1
+        self.metrics.commit.observe(time.monotonic() - started)
+        for message in batch:  # only now, after the durable commit
+            self._ack(message)
+
     def _watch(self, topic: str, result: "Reading | Rejected", now_s: float) -> None:
         dev = topic_device(topic)
         if dev is None or (isinstance(result, Reading) and not FloodWatch.is_live(result.t1, now_s)):
@@ -252,11 +288,11 @@ class IngestService:
         )
         log.warning("%s floods the broker: %s", dev, detail, extra={"fields": {"event": "flood", "dev": dev}})
         self.metrics.floods.inc()
-        with self.store.transaction():
+        with self.store.transaction(lock=False):
             self.store.alarm(int(now_s * 1000), "FLOOD", dev, detail)
 
     def _store_orders(self, orders: list[mqtt.MQTTMessage]) -> None:
-        with self.store.transaction():
+        with self.store.transaction(lock=False):  # the inbox gives no leaf index: the market places them
             for message in orders:
                 outcome = store_order(self.store, message.topic, bytes(message.payload), int(time.time() * 1000))
                 self.metrics.orders.labels(outcome).inc()
@@ -278,7 +314,7 @@ class IngestService:
             self.metrics.quarantined.labels(reason or "UNKNOWN").inc()
 
     def seal_if_due(self) -> None:
-        if self.ledger.due():
+        if self.integrator is None and self.ledger.due():  # on PostgreSQL the integrator seals
             with self.store.transaction():
                 self.ledger.sync()
                 if self.ledger.due():
@@ -286,6 +322,8 @@ class IngestService:
 
     def seal_pending(self) -> None:
         """On the way out, seal whatever is pending, so every stored reading is provable."""
+        if self.integrator is not None:
+            return  # the integrator seals on its way out, and the next one after a crash
         with self.store.transaction():
             self.ledger.sync()
             if self.ledger.size > self.ledger.sealed_size:
@@ -306,6 +344,8 @@ class IngestService:
         self.metrics.height.set(self.ledger.height)
         log.info("ingest running: ledger size %d, height %d", self.ledger.size, self.ledger.height)
         self.witnessing.start()
+        if self.integrator is not None:
+            self.integrator.start()
         try:
             while not self.stop_event.is_set():
                 batch = self._take_batch()
@@ -315,6 +355,9 @@ class IngestService:
                 else:
                     self._with_store(self.seal_if_due)
         finally:
+            self.stop_event.set()
+            if self.integrator is not None:
+                self.integrator.join(60)
             self.witnessing.stop()
             self.client.disconnect()
             self.client.loop_stop()
@@ -349,7 +392,7 @@ class IngestService:
                 )
                 if self.stop_event.wait(delay):
                     raise
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, STORE_RETRY_MAX_S)
 
     def stop(self) -> None:
         self.stop_event.set()

@@ -31,6 +31,7 @@ converts that table to tiles and drops it, in one transaction, once the
 converted tree has been checked against the latest signed block.
 """
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -69,6 +70,21 @@ CREATE TABLE IF NOT EXISTS tile_edge (
     idx INTEGER NOT NULL,
     width INTEGER NOT NULL CHECK (width BETWEEN 1 AND 255),
     data BLOB NOT NULL CHECK (length(data) = 32 * width)
+);
+-- Verified readings that workers committed (and acknowledged), waiting for the
+-- integrator to give them leaf indices (PostgreSQL; SQLite workers integrate at
+-- once). id is arrival order only, never a leaf index: sequence values commit
+-- out of order. (dev, seq, digest) deduplicates redeliveries while keeping a
+-- conflicting second reading of one seq, for the integrator to quarantine.
+CREATE TABLE IF NOT EXISTS pending (
+    id INTEGER PRIMARY KEY,
+    dev TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    digest BLOB NOT NULL,
+    received_ms INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    cose BLOB NOT NULL,
+    UNIQUE (dev, seq, digest)
 );
 CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER NOT NULL
@@ -196,9 +212,10 @@ def open_configured(config: "IngestConfig", read_only: bool = False) -> "Store":
 
 
 # 1: tiles grew in place in ``tiles``; 2: partial tiles in ``tile_edge``, a schema_version row,
-# the witness tables. Every change to the schema raises it, with its upgrade in _create_or_upgrade:
-# a store at this version is opened without any DDL.
-SCHEMA_VERSION = 2
+# the witness tables; 3: pending (readings sequenced, not yet integrated). Every change to the
+# schema raises it, with its upgrade in _create_or_upgrade: a store at this version is opened
+# without any DDL.
+SCHEMA_VERSION = 3
 
 # Decoded tiles kept by node(): a proof touches a few tiles per tile level, and
 # a full tile's seven inner heights cost 255 hashes to rebuild.
@@ -217,6 +234,11 @@ class Store(RegistryRows):
         # committed row holds never changes. Rolled-back rows are the
         # exception, so a rollback empties the cache.
         self._tiles: OrderedDict[tuple[int, int], list[bytes]] = OrderedDict()
+        # Tile level -> (tile index, its hashes so far, the width its stored edge row has) for the
+        # edges grown in this transaction: written once, at commit, not once per leaf, for a
+        # PostgreSQL UPDATE of a row of up to 8 KiB rewrites it whole (and its WAL) every time.
+        self._edges: dict[int, tuple[int, bytes, int]] = {}
+        self._edges_at_savepoint: dict[int, tuple[int, bytes, int]] = {}
         try:
             if not read_only:
                 with self.transaction():
@@ -363,14 +385,19 @@ class Store(RegistryRows):
 
     # ------------------------------------------------------------ transactions
 
-    def begin(self) -> None:
-        """Start a write transaction: one writer at a time, across every process sharing the store."""
-        self.db.begin()
+    def begin(self, lock: bool = True) -> None:
+        """Start a write transaction: one writer at a time, across every process sharing the store.
+
+        ``lock=False`` is for writes that give no leaf index (pending
+        readings, quarantine, bookkeeping): PostgreSQL then runs them beside
+        the writer; SQLite has one writer whatever is asked.
+        """
+        self.db.begin(lock)
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self, lock: bool = True) -> Iterator[None]:
         """begin() ... COMMIT, or ROLLBACK if the block raises."""
-        self.begin()
+        self.begin(lock)
         try:
             yield
         except BaseException:
@@ -379,6 +406,7 @@ class Store(RegistryRows):
         self.commit()
 
     def commit(self) -> None:
+        self._flush_edges()
         self.db.commit()
 
     def begin_snapshot(self) -> None:
@@ -387,10 +415,12 @@ class Store(RegistryRows):
 
     def rollback(self) -> None:
         self._tiles.clear()
+        self._edges.clear()
         self.db.rollback()
 
     def savepoint(self) -> None:
         self.db.execute("SAVEPOINT message")
+        self._edges_at_savepoint = dict(self._edges)
 
     def release(self) -> None:
         self.db.execute("RELEASE message")
@@ -399,6 +429,7 @@ class Store(RegistryRows):
         self.db.execute("ROLLBACK TO message")
         self.db.execute("RELEASE message")
         self._tiles.clear()
+        self._edges = dict(self._edges_at_savepoint)
 
     def close(self) -> None:
         self.db.close()
@@ -417,39 +448,62 @@ class Store(RegistryRows):
         Only the edge exactly ``position`` wide takes it: a full tile, or a
         hash out of order, changes nothing and is refused. The 256th hash
         moves the tile from the edge to tiles, where it never changes again.
+        The grown edge is written at commit (``_flush_edges``), its stored
+        width the guard that nobody else grew it meanwhile.
         """
-        key = (level, idx)
         refused = LedgerError("tiles row level %d idx %d: cannot take a hash at position %d" % (level, idx, position))
-        if position == 0:
+        grown = self._edges.get(level)
+        if grown is not None and grown[0] == idx:
+            data, stored_width = grown[1], grown[2]
+        elif position == 0:
             if self.tile_row(level, idx) is not None:
                 raise refused
-            self._insert_tile(level, idx, value)
-            data = value
+            data, stored_width = b"", 0
         else:
-            cached = self._tiles.get(key)
-            if cached is not None and len(cached[0]) == position * merkle.HASH_SIZE:
-                data = cached[0] + value
-            else:
-                row = self.tile_row(level, idx)
-                data = (b"" if row is None else row[1]) + value
-            if position + 1 < merkle.TILE_WIDTH:
-                grown = self.db.execute(
-                    "UPDATE tile_edge SET width = ?, data = ? WHERE level = ? AND idx = ? AND width = ?",
-                    (position + 1, data, level, idx, position),
-                )
-            else:
-                grown = self.db.execute(
-                    "DELETE FROM tile_edge WHERE level = ? AND idx = ? AND width = ?", (level, idx, position)
-                )
-            if grown.rowcount != 1:
+            row = self.db.execute(
+                "SELECT width, data FROM tile_edge WHERE level = ? AND idx = ?", (level, idx)
+            ).fetchone()
+            if row is None:
                 raise refused
-            if position + 1 == merkle.TILE_WIDTH:
-                self._insert_tile(level, idx, data)
+            data, stored_width = bytes(row[1]), int(row[0])
+        if len(data) != position * merkle.HASH_SIZE:
+            raise refused
+        data += value
+        if position + 1 == merkle.TILE_WIDTH:
+            if stored_width:
+                gone = self.db.execute(
+                    "DELETE FROM tile_edge WHERE level = ? AND idx = ? AND width = ?", (level, idx, stored_width)
+                )
+                if gone.rowcount != 1:
+                    raise refused
+            self._insert_tile(level, idx, data)
+            self._edges.pop(level, None)
+        else:
+            self._edges[level] = (idx, data, stored_width)
         # The appender reads the row it grows on the next append: keep it decoded.
+        key = (level, idx)
         self._tiles[key] = [data]
         self._tiles.move_to_end(key)
         if len(self._tiles) > CACHED_TILES:
             self._tiles.popitem(last=False)
+
+    def _flush_edges(self) -> None:
+        """Write the edges grown in this transaction: one statement per tile level, not per leaf."""
+        for level, (idx, data, stored_width) in sorted(self._edges.items()):
+            width = len(data) // merkle.HASH_SIZE
+            if stored_width == 0:
+                self._insert_tile(level, idx, data)
+                continue
+            written = self.db.execute(
+                "UPDATE tile_edge SET width = ?, data = ? WHERE level = ? AND idx = ? AND width = ?",
+                (width, data, level, idx, stored_width),
+            )
+            if written.rowcount != 1:
+                self._edges.clear()
+                raise LedgerError(
+                    "tiles row level %d idx %d: changed by another writer since width %d" % (level, idx, stored_width)
+                )
+        self._edges.clear()
 
     def tile(self, level: int, idx: int, width: int = merkle.TILE_WIDTH) -> bytes:
         """The first ``width`` hashes of tile (level, idx); KeyError if it is not that wide yet."""
@@ -459,7 +513,13 @@ class Store(RegistryRows):
         return row[1][: width * merkle.HASH_SIZE]
 
     def tile_row(self, level: int, idx: int) -> tuple[int, bytes] | None:
-        """(width, data) of tile (level, idx) as stored now (no cache): full, or its level's edge."""
+        """(width, data) of tile (level, idx) as stored now (no cache): full, or its level's edge.
+
+        An edge grown in this transaction and not yet written counts as stored.
+        """
+        grown = self._edges.get(level)
+        if grown is not None and grown[0] == idx:
+            return len(grown[1]) // merkle.HASH_SIZE, grown[1]
         row = self.db.execute("SELECT width, data FROM tiles WHERE level = ? AND idx = ?", (level, idx)).fetchone()
         if row is None:
             row = self.db.execute(
@@ -615,6 +675,30 @@ class Store(RegistryRows):
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             row,
         )
+
+    # ------------------------------------------------------------ sequenced, not yet integrated
+
+    def add_pending(self, dev: str, seq: int, received_ms: int, topic: str, cose: bytes) -> bool:
+        """Keep one verified reading for the integrator; False if this very reading is already waiting."""
+        added = self.db.execute(
+            "INSERT INTO pending (dev, seq, digest, received_ms, topic, cose) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (dev, seq, digest) DO NOTHING",
+            (dev, seq, hashlib.sha256(cose).digest(), received_ms, topic, cose),
+        )
+        return added.rowcount == 1
+
+    def pending_batch(self, limit: int) -> list[tuple[int, int, str, bytes]]:
+        """(id, received_ms, topic, cose) of the oldest waiting readings, in arrival order."""
+        rows = self.db.execute(
+            "SELECT id, received_ms, topic, cose FROM pending ORDER BY id LIMIT ?", (limit,)
+        ).fetchall()
+        return [(int(r[0]), int(r[1]), str(r[2]), bytes(r[3])) for r in rows]
+
+    def drop_pending(self, ids: list[int]) -> None:
+        self.db.executemany("DELETE FROM pending WHERE id = ?", [(i,) for i in ids])
+
+    def pending_count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM pending").fetchone()[0])
 
     # ------------------------------------------------------------ the fleet (for the dashboard)
 
