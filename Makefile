@@ -53,11 +53,13 @@ $(MPY_LIB_STAMP): firmware/fetch_libs.py $(STAMP)
 	touch $@
 
 # The main job: the whole pipeline on this machine, on simulated meters.
+# STORE=postgres: the ledger on PostgreSQL (CREV_DEMO_POSTGRES_URL, else a server started for the demo).
+STORE ?= sqlite
 # npm is optional here: without it the dashboard draws its charts without uPlot.
 demo: $(STAMP)
 	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory vendor; \
 	else echo "npm is missing: the dashboard's charts fall back to plain SVG (apt-get install npm for uPlot)"; fi
-	$(BIN)/crev demo
+	$(BIN)/crev demo --store $(STORE)
 
 test: lint typecheck typecheck-firmware pytest
 

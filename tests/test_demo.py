@@ -1,39 +1,70 @@
-"""`crev demo` runs the whole pipeline and ends with a passing ledger audit."""
+"""`crev demo` runs the whole pipeline and ends with a passing ledger audit, on SQLite or PostgreSQL."""
 
+import glob
 import json
 import re
-import sqlite3
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from crev_cli import local_postgres
+from crev_cli.main import main
+from crev_ingest.config import load
+from crev_ingest.database import connect
 
-@pytest.mark.slow
-@pytest.mark.parametrize("broker", ["mosquitto", "embedded"])
-def test_demo_runs_end_to_end(tmp_path: Path, broker: str) -> None:
-    done = subprocess.run(
+
+def run_demo(tmp_path: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    # No CREV_DEMO_POSTGRES_URL in this environment: --store postgres starts a server of its own.
+    return subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "crev_cli.main",
-            "demo",
-            "--minutes",
-            "0.3",
-            "--no-live",
-            "--broker",
-            broker,
-            "--workdir",
-            str(tmp_path / "demo"),
+            *(sys.executable, "-m", "crev_cli.main", "demo", "--minutes", "0.3", "--no-live"),
+            *(*options, "--workdir", str(tmp_path / "demo")),
         ],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=240,
         check=False,
         cwd=tmp_path,
         env={"COLUMNS": "120", "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"},
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("broker", ["mosquitto", "embedded"])
+def test_demo_runs_end_to_end(tmp_path: Path, broker: str) -> None:
+    done = run_demo(tmp_path, "--broker", broker)
+    workdir = tmp_path / "demo"
+    issued = check_demo_outcome(done, workdir)
+    assert "ledger store: SQLite, %s" % (workdir / "crev.sqlite") in done.stdout, done.stdout
+    # Meters -> gateways -> broker -> ingest -> issuance: every lot recomputed by hand.
+    assert check_issuance_by_hand(workdir / "crev.sqlite") == issued
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_on_a_postgres_it_starts(tmp_path: Path) -> None:
+    """`--store postgres`: the same day on a server the demo starts in its work directory, and stops."""
+    done = run_demo(tmp_path, "--broker", "mosquitto", "--store", "postgres")
+    workdir = tmp_path / "demo"
+    issued = check_demo_outcome(done, workdir)
+    assert "ledger store: PostgreSQL, database crev_demo on the demo's own server" in done.stdout, done.stdout
+    config = load(workdir / "ingest.toml")
+    assert config.storage_url is not None and "host=" in config.storage_url
+    assert not (workdir / "crev.sqlite").exists()
+    # The server is down at the end, cleanly, with the ledger kept: start it again and recompute every lot.
+    server = local_postgres.LocalPostgres((workdir / "postgres").resolve())
+    assert not server.running()
+    server.start()
+    try:
+        assert check_issuance_by_hand(config.store_location) == issued
+    finally:
+        assert server.stop()
+
+
+def check_demo_outcome(done: subprocess.CompletedProcess[str], workdir: Path) -> int:
+    """What every demo run shows, on either store; the number of slots issued."""
     assert done.returncode == 0, done.stdout + done.stderr
     assert re.search(r"crev audit ledger: OK \(full\): \d+ leaves", done.stdout)
     # The auditor's path: one site's bundle, exported and verified offline.
@@ -44,7 +75,7 @@ def test_demo_runs_end_to_end(tmp_path: Path, broker: str) -> None:
     # The market service ran beside ingest and issued as blocks sealed; the dashboard and market were announced.
     assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/\s+\(login token: \S+\)", done.stdout), done.stdout
     assert re.search(r"market:\s+http://127\.0\.0\.1:\d+/", done.stdout), done.stdout
-    assert "issued" in (tmp_path / "demo" / "market.log").read_text()
+    assert "issued" in (workdir / "market.log").read_text()
     for owner in ("tokyo-home", "osaka-office", "sapporo-wind"):
         held = re.search(r"%s\s+holds\s+([\d.]+) kg-CO2 in (\d+) lots" % owner, done.stdout)
         assert held is not None and float(held.group(1)) > 0, done.stdout
@@ -61,7 +92,6 @@ def test_demo_runs_end_to_end(tmp_path: Path, broker: str) -> None:
     assert re.search(
         r"registry\s+replayed:\s+\d+\s+leaves,\s+\d+\s+issuances\s+\(\d+\s+g\),\s+1\s+retirements", done.stdout
     )
-    workdir = tmp_path / "demo"
     bundle = workdir / "dgc-demo-tokyo-0001.bundle"
     verified = subprocess.run(
         [
@@ -88,11 +118,10 @@ def test_demo_runs_end_to_end(tmp_path: Path, broker: str) -> None:
         readings = int(row.split("│")[2])
         assert readings >= 10, row
     assert "BAD_SIGNATURE 1" in done.stdout and "UNKNOWN_KEY 1" in done.stdout
-    # Meters -> gateways -> broker -> ingest -> issuance: every lot recomputed by hand.
-    assert check_issuance_by_hand(workdir / "crev.sqlite") == int(issued.group(1))
+    return int(issued.group(1))
 
 
-def check_issuance_by_hand(db_path: Path) -> int:
+def check_issuance_by_hand(location: Path | str) -> int:
     """Every issuance of the demo's ledger, recomputed here from its devices' signed readings.
 
     For each (device, slot): the readings it covers are exactly the device's
@@ -104,7 +133,7 @@ def check_issuance_by_hand(db_path: Path) -> int:
     from crev.reading import Reading
     from crev.registry_format import Issuance
 
-    db = sqlite3.connect(db_path)
+    db = connect(location, read_only=True)
     by_dev: dict[str, dict[int, list[tuple[int, Reading]]]] = {}
     for leaf, cose in db.execute("SELECT leaf_idx, cose FROM readings ORDER BY leaf_idx"):
         reading = Reading.from_cose(bytes(cose))
@@ -122,7 +151,38 @@ def check_issuance_by_hand(db_path: Path) -> int:
         assert issuance.lots == [["solar", self_mwh, carry, total // 10**9, total % 10**9]]
         carries[issuance.dev] = total % 10**9
         checked += 1
+    db.close()
     return checked
+
+
+def test_demo_on_postgres_without_postgresql_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("CREV_DEMO_POSTGRES_URL", raising=False)
+    monkeypatch.setattr(glob, "glob", lambda pattern: [])
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert main(["demo", "--store", "postgres", "--workdir", str(tmp_path / "demo")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "apt-get install postgresql" in error and "CREV_DEMO_POSTGRES_URL" in error
+    assert not (tmp_path / "demo" / "ingest.toml").exists()
+
+
+def test_demo_refuses_a_postgres_url_that_is_not_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CREV_DEMO_POSTGRES_URL", "sqlite:///crev.sqlite")
+    assert main(["demo", "--store", "postgres", "--workdir", str(tmp_path / "demo")]) == 2
+    error = capsys.readouterr().err
+    assert error == "crev: CREV_DEMO_POSTGRES_URL must be a postgresql:// URL, got 'sqlite:///crev.sqlite'\n"
+
+
+def test_demo_keeps_a_postgres_password_out_of_ingest_toml(tmp_path: Path) -> None:
+    from crev_cli.demo import storage_toml
+
+    (tmp_path / "ingest.toml").write_text(storage_toml(tmp_path, "postgresql://crev:p%40ss@db.example:5433/crev"))
+    assert "p%40ss" not in (tmp_path / "ingest.toml").read_text()
+    assert (tmp_path / "postgres.password").stat().st_mode & 0o077 == 0
+    assert load(tmp_path / "ingest.toml").storage_url == "postgresql://crev:p%40ss@db.example:5433/crev"
 
 
 @pytest.mark.slow

@@ -21,11 +21,14 @@ from trace_support import ACCOUNT, ORIGIN
 
 from crev import merkle
 from crev.keys import SigningKey
+from crev.reading import Reading
 from crev_ingest import LedgerError, StoreUnavailable
 from crev_ingest.audit import verify_ledger
+from crev_ingest.integrate import Item, integrate
 from crev_ingest.ledger import Ledger
 from crev_ingest.registry_audit import replay_registry
 from crev_ingest.store import SCHEMA_VERSION, Store
+from crev_ingest.validate import Rejected
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -37,8 +40,10 @@ def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def ingest(location: str, tmp_path: Path) -> Iterator[LocalIngest]:
+def ingest(location: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LocalIngest]:
     local = LocalIngest(tmp_path, location)
+    if local.store.db.dialect == "postgresql":
+        local.twin_server = request.getfixturevalue("postgres")  # type: ignore[attr-defined]
     yield local
     local.store.close()
 
@@ -280,3 +285,93 @@ def test_an_unreachable_server_is_one_line(tmp_path: Path) -> None:
         Store("postgresql://nobody@/crev?host=%s&connect_timeout=2" % tmp_path)
     message = str(caught.value)
     assert message.startswith("cannot reach PostgreSQL at postgresql://nobody@/crev") and "\n" not in message
+
+
+# ------------------------------------------------------------ a batch at a time (crev_ingest.integrate)
+
+
+def _items(ingest: LocalIngest, dev: str, raws: list[bytes]) -> list[Item]:
+    items: list[Item] = []
+    topic = "crev/v1/%s/reading" % dev
+    for raw in raws:
+        try:
+            checked: Reading | Rejected = ingest.ingestor.check_message(topic, raw)
+        except Rejected as rejected:
+            checked = rejected
+        items.append((NOW * 1000, topic, raw, checked))
+    return items
+
+
+def test_a_batch_gives_what_one_message_at_a_time_gives(ingest: LocalIngest, tmp_path: Path) -> None:
+    device = Device("dgc-conf-batch", SigningKey(bytes([24]) * 32))
+    ingest.enroll(device)
+    raws = [device.next() for _ in range(6)]
+    other = Device("dgc-conf-batch", SigningKey(bytes([24]) * 32))  # the same key, another seq 1
+    other.next()
+    conflicting = other.next(gen=1)
+    forged = resign({1: "not a reading"}, device.key)
+    batch = [raws[0], raws[1], raws[3], raws[1], conflicting, raws[2], forged, raws[5]]
+    outcomes = integrate(ingest.store, ingest.ledger, ingest.ingestor, _items(ingest, device.dev, batch))
+    statuses = [(o.status, o.reason) for o in outcomes]
+    assert (
+        statuses
+        == [
+            ("accepted", None),
+            ("accepted", None),
+            ("accepted", None),
+            ("duplicate", "DUPLICATE"),
+            ("quarantined", "CONFLICT"),
+            ("accepted", None),
+            ("quarantined", statuses[6][1]),
+            ("accepted", None),
+        ]
+        and statuses[6][1] != "CONFLICT"
+    )
+    store = ingest.store
+    assert [r[0] for r in store.readings_between(device.dev, 0, 2**40)] == [0, 1, 2, 3, 5]
+    assert store.open_gaps(device.dev) == [(device.dev, 4, 4)]
+    assert store.stat("accepted") == 5 and store.stat("duplicates") == 1 and store.stat("quarantined") == 2
+    fleet = store.db.execute("SELECT readings, quarantined FROM devices WHERE dev = ?", (device.dev,)).fetchone()
+    assert (int(fleet[0]), int(fleet[1])) == (5, 2)
+    assert int(store.db.execute("SELECT sum(readings) FROM daily").fetchone()[0]) == 5
+    assert int(store.db.execute("SELECT count(*) FROM series").fetchone()[0]) == 4  # seq 0 has no energies
+    # The same messages one at a time, into a second store of the same kind, give the same rows.
+    twin_location = str(tmp_path / "twin.sqlite") if store.db.dialect == "sqlite" else None
+    if twin_location is None:
+        server: PostgresServer = ingest.twin_server  # type: ignore[attr-defined]
+        twin_location = server.create_database()
+    twin = LocalIngest(tmp_path, twin_location)
+    twin.enroll(device)
+    for raw in batch:
+        twin.send(raw, dev=device.dev)
+    query = "SELECT dev, seq, t0, t1, leaf_idx, cose, gs FROM readings ORDER BY leaf_idx"
+    assert [tuple(r) for r in twin.store.db.execute(query)] == [tuple(r) for r in store.db.execute(query)]
+    assert merkle.root_of(store.leaf_count(), store.node) == merkle.root_of(twin.store.leaf_count(), twin.store.node)
+    twin.store.close()
+
+
+def test_a_batch_that_trips_a_bug_is_done_again_one_at_a_time(
+    ingest: LocalIngest, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    device = Device("dgc-conf-bug", SigningKey(bytes([25]) * 32))
+    ingest.enroll(device)
+    raws = [device.next() for _ in range(4)]
+    store_reading = ingest.ingestor._store_reading
+
+    def buggy(reading: Reading, raw: bytes, received_ms: int) -> None:
+        if reading.seq == 2:
+            raise RuntimeError("a bug that this reading trips")
+        store_reading(reading, raw, received_ms)
+
+    monkeypatch.setattr(ingest.ingestor, "_store_reading", buggy)
+    outcomes = integrate(ingest.store, ingest.ledger, ingest.ingestor, _items(ingest, device.dev, raws))
+    assert [(o.status, o.reason) for o in outcomes] == [
+        ("accepted", None),
+        ("accepted", None),
+        ("quarantined", "INTERNAL_ERROR"),
+        ("accepted", None),
+    ]
+    assert "storing them one at a time" in caplog.text
+    assert [r[0] for r in ingest.store.readings_between(device.dev, 0, 2**40)] == [0, 1, 3]
+    assert ingest.store.quarantine_counts() == {"INTERNAL_ERROR": 1}
+    verify_ledger(ingest.store, LEDGER_KEY.public_key, ORIGIN)

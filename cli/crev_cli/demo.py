@@ -7,6 +7,12 @@ site's self-consumption, demand, renewable ratio, CO2 avoided and counts;
 halfway, the demo sends a forged and an unknown-key reading to show the
 quarantine. It ends with a summary, the result of `crev audit ledger`, and one site's
 evidence bundle exported and verified offline (`crev audit export|verify`).
+
+The ledger store is SQLite (``--store sqlite``, a file in the work directory)
+or PostgreSQL (``--store postgres``): the database CREV_DEMO_POSTGRES_URL
+names, else a server the demo starts in its work directory and stops at the
+end (crev_cli.local_postgres). Everything the demo reads of the ledger goes
+through crev_ingest.database, so both stores show the same.
 """
 
 import argparse
@@ -22,8 +28,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -34,6 +43,9 @@ from rich.table import Table
 from crev.keys import SigningKey
 from crev.reading import ChainHead
 from crev_cli import UsageError
+from crev_cli.local_postgres import LocalPostgres
+from crev_ingest import StoreUnavailable
+from crev_ingest.database import Database, connect, is_postgres_url, redacted
 
 
 @dataclass
@@ -169,17 +181,108 @@ class WebPorts:
         )
 
 
+ENV_URL = "CREV_DEMO_POSTGRES_URL"
+DATABASE = "crev_demo"
+
+
+@dataclass
+class DemoStore:
+    """The demo's ledger store: where it is, how ingest.toml names it, and the server to stop, if any."""
+
+    location: Path | str  # what crev_ingest.database.connect takes
+    toml: str  # the [storage] table of ingest.toml
+    label: str  # for the summary; never a password
+    server: LocalPostgres | None = None
+
+    def start(self, console: Console) -> None:
+        """Make the store ready: start the demo's own server and create its database, or check the given one."""
+        if self.server is not None:
+            self.server.start()
+            self.server.create_database(DATABASE)
+            if self.server.note:
+                console.print("PostgreSQL: %s" % self.server.note)
+        elif isinstance(self.location, str):
+            db = open_ledger(self.location)
+            try:
+                # A ledger there has another ledger key: the demo would fail its audit, or worse, add to it.
+                if db.has_table("leaves"):
+                    raise UsageError("%s names a database that already holds a ledger; give an empty one" % ENV_URL)
+            finally:
+                db.close()
+        console.print("ledger store: %s" % self.label)
+
+    def stop(self, console: Console) -> None:
+        if self.server is not None and not self.server.stop():
+            console.print("PostgreSQL did not stop; stop it with: pg_ctl -D %s -m fast stop" % self.server.data)
+
+
+def choose_store(workdir: Path, kind: str) -> DemoStore:
+    """The store for ``--store``; nothing is started yet."""
+    if kind == "sqlite":
+        path = workdir / "crev.sqlite"
+        return DemoStore(path, '[storage]\npath = "crev.sqlite"\n', "SQLite, %s" % path)
+    url = os.environ.get(ENV_URL, "").strip()
+    if url:
+        if not is_postgres_url(url):
+            raise UsageError("%s must be a postgresql:// URL, got %r" % (ENV_URL, url))
+        return DemoStore(url, storage_toml(workdir, url), "PostgreSQL, %s (from %s)" % (redacted(url), ENV_URL))
+    server = LocalPostgres.create(workdir)
+    url = server.url(DATABASE)
+    return DemoStore(
+        url,
+        storage_toml(workdir, url),
+        "PostgreSQL, database %s on the demo's own server in %s (stopped at the end, data kept)"
+        % (DATABASE, server.root),
+        server,
+    )
+
+
+def storage_toml(workdir: Path, url: str) -> str:
+    """[storage] url, with a password in a 0600 password_file rather than in ingest.toml."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return "[storage]\nurl = %s\n" % json.dumps(url)
+    password = workdir / "postgres.password"
+    fd = os.open(password, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(unquote(parts.password) + "\n")
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    bare = urlunsplit((parts.scheme, "%s@%s" % (userinfo.split(":", 1)[0], host), parts.path, parts.query, ""))
+    return '[storage]\nurl = %s\npassword_file = "postgres.password"\n' % json.dumps(bare)
+
+
+def open_ledger(location: Path | str) -> Database:
+    """A read-only connection to the demo's ledger, on either store; a UsageError if it cannot be opened."""
+    try:
+        return connect(location, read_only=True)
+    except StoreUnavailable as err:
+        raise UsageError(str(err)) from None
+    except sqlite3.Error as err:  # read-only SQLite: the file is missing or unreadable
+        raise UsageError("cannot open %s: %s" % (location, err)) from None
+
+
+def query(location: Path | str, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    """The rows of one read of the ledger; the store's errors as one line, not a traceback."""
+    db = open_ledger(location)
+    try:
+        return db.execute(sql, params).fetchall()
+    except db.errors as err:
+        raise UsageError("reading the ledger store %s: %s" % (db.label, err)) from None
+    finally:
+        db.close()
+
+
 def write_configs(
-    workdir: Path, broker_port: int, v5: bool, speed: float, web: WebPorts
+    workdir: Path, broker_port: int, v5: bool, speed: float, web: WebPorts, storage: str
 ) -> list[tuple[Site, Path, Path, list[int]]]:
     (workdir / "dashboard.token").write_text(web.token + "\n")
     os.chmod(workdir / "dashboard.token", 0o600)
     (workdir / "ingest.toml").write_text(
         '[mqtt]\nurl = "mqtt://127.0.0.1:%d"\nprotocol = "%s"\nclient_id = "crev-demo-ingest"\n\n'
-        '[storage]\npath = "crev.sqlite"\n\n[ledger]\nkey = "ledger.key"\norigin = "crev.demo/ledger"\n'
+        '%s\n[ledger]\nkey = "ledger.key"\norigin = "crev.demo/ledger"\n'
         "block_interval_s = 5\nblock_max_leaves = 1000\n\n[emission]\ndefault_g_per_kwh = %d\n\n"
         '[dashboard]\nlisten = "127.0.0.1:%d"\ntoken_file = "dashboard.token"\n\n[market]\nlisten = "127.0.0.1:%d"\n'
-        % (broker_port, "5" if v5 else "3.1.1", G_PER_KWH, web.dashboard, web.market)
+        % (broker_port, "5" if v5 else "3.1.1", storage, G_PER_KWH, web.dashboard, web.market)
     )
     sites = []
     for site in SITES:
@@ -238,33 +341,47 @@ def write_configs(
     return sites
 
 
-def site_totals(db_path: Path) -> tuple[dict[str, dict[str, float]], dict[str, int], int, int]:
-    """Per device: readings, self, demand, generation, CO2; quarantine by reason; ledger size and height."""
+LIVE_TABLES = ("readings", "series", "quarantine", "leaves", "blocks")
+
+
+def site_totals(location: Path | str) -> tuple[dict[str, dict[str, float]], dict[str, int], int, int]:
+    """Per device: readings, self, demand, generation, CO2; quarantine by reason; ledger size and height.
+
+    For the live table: a store not there yet, busy or unreachable shows as empty rather than
+    ending the demo. Sums are converted, as PostgreSQL sums integers to Decimal.
+    """
     totals: dict[str, dict[str, float]] = {}
     quarantine: dict[str, int] = {}
-    if not db_path.exists():
+    if isinstance(location, Path) and not location.exists():
         return totals, quarantine, 0, -1
-    with sqlite3.connect("file:%s?mode=ro" % db_path, uri=True, timeout=5) as db:
-        try:
-            for dev, count in db.execute("SELECT dev, count(*) FROM readings GROUP BY dev"):
-                totals[dev] = {"readings": count, "self": 0, "demand": 0, "gen": 0, "co2": 0}
-            for dev, self_mwh, demand, gen, co2 in db.execute(
-                "SELECT dev, sum(self_mwh), sum(demand_mwh), sum(gen_mwh), sum(co2_g) FROM series GROUP BY dev"
-            ):
-                totals.setdefault(dev, {"readings": 0})
-                totals[dev].update(self=self_mwh or 0, demand=demand or 0, gen=gen or 0, co2=co2 or 0)
-            quarantine = {
-                str(r): int(n) for r, n in db.execute("SELECT reason, count(*) FROM quarantine GROUP BY reason")
-            }
-            size = int(db.execute("SELECT count(*) FROM leaves").fetchone()[0])
-            height = int(db.execute("SELECT coalesce(max(height), -1) FROM blocks").fetchone()[0])
-        except sqlite3.OperationalError:  # ingest has not created its tables yet
+    try:
+        db = open_ledger(location)
+    except UsageError:
+        return totals, quarantine, 0, -1
+    try:
+        if not all(db.has_table(name) for name in LIVE_TABLES):  # ingest has not created its tables yet
             return totals, quarantine, 0, -1
+        for dev, count in db.execute("SELECT dev, count(*) FROM readings GROUP BY dev"):
+            totals[str(dev)] = {"readings": int(count), "self": 0, "demand": 0, "gen": 0, "co2": 0}
+        for dev, self_mwh, demand, gen, co2 in db.execute(
+            "SELECT dev, sum(self_mwh), sum(demand_mwh), sum(gen_mwh), sum(co2_g) FROM series GROUP BY dev"
+        ):
+            totals.setdefault(str(dev), {"readings": 0})
+            totals[str(dev)].update(
+                self=float(self_mwh or 0), demand=float(demand or 0), gen=float(gen or 0), co2=float(co2 or 0)
+            )
+        quarantine = {str(r): int(n) for r, n in db.execute("SELECT reason, count(*) FROM quarantine GROUP BY reason")}
+        size = int(db.execute("SELECT count(*) FROM leaves").fetchone()[0])
+        height = int(db.execute("SELECT coalesce(max(height), -1) FROM blocks").fetchone()[0])
+    except db.errors:  # locked, or the server went away: the next refresh tries again
+        return {}, {}, 0, -1
+    finally:
+        db.close()
     return totals, quarantine, size, height
 
 
-def render(db_path: Path, elapsed: float, duration: float, speed: float) -> Table:
-    totals, quarantine, size, height = site_totals(db_path)
+def render(location: Path | str, elapsed: float, duration: float, speed: float) -> Table:
+    totals, quarantine, size, height = site_totals(location)
     simulated_h = min(elapsed, duration) * speed / 3600
     table = Table(
         title="crev demo: simulated %02d:%02d of 24:00, ledger %d leaves, block height %d"
@@ -288,13 +405,13 @@ def render(db_path: Path, elapsed: float, duration: float, speed: float) -> Tabl
     return table
 
 
-def inject_hostile(broker_port: int, db_path: Path) -> None:
+def inject_hostile(broker_port: int, location: Path | str) -> None:
     """Send a forged copy of a stored reading and one from an unknown key."""
-    with sqlite3.connect("file:%s?mode=ro" % db_path, uri=True) as db:
-        row = db.execute("SELECT dev, cose FROM readings ORDER BY rowid DESC LIMIT 1").fetchone()
-    if row is None:
+    # The latest stored reading: leaf order (SQLite's rowid is not there on PostgreSQL).
+    rows = query(location, "SELECT dev, cose FROM readings ORDER BY leaf_idx DESC LIMIT 1")
+    if not rows:
         return
-    dev, cose = str(row[0]), bytearray(row[1])
+    dev, cose = str(rows[0][0]), bytearray(rows[0][1])
     cose[-5] ^= 0xFF  # a changed signature byte
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="crev-demo-intruder")
     client.connect("127.0.0.1", broker_port)
@@ -309,10 +426,9 @@ def inject_hostile(broker_port: int, db_path: Path) -> None:
     client.disconnect()
 
 
-def export_and_verify_bundle(console: Console, workdir: Path, device: str) -> bool:
+def export_and_verify_bundle(console: Console, workdir: Path, location: Path | str, device: str) -> bool:
     """What an auditor gets: one site's evidence bundle, verified offline."""
-    with sqlite3.connect(workdir / "crev.sqlite") as db:
-        first, last = db.execute("SELECT min(t0), max(t1) FROM readings WHERE dev = ?", (device,)).fetchone()
+    first, last = query(location, "SELECT min(t0), max(t1) FROM readings WHERE dev = ?", (device,))[0]
     if first is None:
         console.print("crev audit export: %s stored no readings" % device)
         return False
@@ -320,7 +436,7 @@ def export_and_verify_bundle(console: Console, workdir: Path, device: str) -> bo
     exported = run_crev(
         workdir,
         *("audit", "export", "--config", "ingest.toml", "--device", device),
-        *("--from", str(first), "--to", str(last + 1), "--out", bundle),
+        *("--from", str(int(first)), "--to", str(int(last) + 1), "--out", bundle),
     )
     console.print("crev audit export: %s" % exported.splitlines()[0])
     verified = subprocess.run(
@@ -352,25 +468,25 @@ def register_sites(workdir: Path) -> None:
         )
 
 
-def issue_and_retire(console: Console, workdir: Path) -> int | None:
+def issue_and_retire(console: Console, workdir: Path, location: Path | str) -> int | None:
     """The registry's and market's part: what is left is issued, owners sell, buyers trade, one buyer retires."""
     console.print("crev registry issue: %s" % run_crev(workdir, "registry", "issue", "--config", "ingest.toml").strip())
     time.sleep(6)  # a pass of `crev market run`: it places the controllers' sells of the slots just issued
-    with sqlite3.connect(workdir / "crev.sqlite") as db:
-        slots, grams = db.execute(
-            "SELECT count(DISTINCT i.leaf_idx), coalesce(sum(l.grams), 0) FROM issuances i "
-            "JOIN lots l ON l.issuance_leaf = i.leaf_idx"
-        ).fetchone()
+    slots, grams = query(
+        location,
+        "SELECT count(DISTINCT i.leaf_idx), coalesce(sum(l.grams), 0) FROM issuances i "
+        "JOIN lots l ON l.issuance_leaf = i.leaf_idx",
+    )[0]
     console.print(
         "C-REV issued in all: %d slots, %.3f kg-CO2 (most of it by `crev market run` as blocks sealed)"
-        % (slots, grams / 1000)
+        % (int(slots), int(grams) / 1000)
     )
     for owner in OWNERS:
         held = json.loads(
             run_crev(workdir, "registry", "holdings", "--config", "ingest.toml", "--account", owner, "--json")
         )
         console.print("  %-14s holds %8.3f kg-CO2 in %d lots" % (owner, held["grams"] / 1000, len(held["lots"])))
-    trade(console, workdir)
+    trade(console, workdir, location)
     buyer = BUYERS[0][0]
     retired = subprocess.run(
         [
@@ -394,20 +510,20 @@ def issue_and_retire(console: Console, workdir: Path) -> int | None:
     return int(result["retirement"])
 
 
-def trade(console: Console, workdir: Path) -> None:
+def trade(console: Console, workdir: Path, location: Path | str) -> None:
     """Two controllers have offered their sites' C-REV slot by slot; two buyers bid with conditions."""
-    with sqlite3.connect(workdir / "crev.sqlite") as db:
-        for owner in CONTROLLER_SELLS:
-            placed, refused, grams = db.execute(
-                "SELECT count(*) FILTER (WHERE i.state = 'placed'), count(*) FILTER (WHERE i.state = 'refused'), "
-                "coalesce(sum(o.grams), 0) FROM order_inbox i LEFT JOIN orders o ON o.leaf_idx = i.order_leaf "
-                "WHERE i.dev = ?",
-                (SITES[OWNERS.index(owner)].device,),
-            ).fetchone()
-            console.print(
-                "controller of %s: %d sell orders placed (%.3f kg-CO2 at %s yen/kg), %d refused"
-                % (owner, placed, grams / 1000, CONTROLLER_SELLS[owner], refused)
-            )
+    for owner in CONTROLLER_SELLS:
+        placed, refused, grams = query(
+            location,
+            "SELECT count(*) FILTER (WHERE i.state = 'placed'), count(*) FILTER (WHERE i.state = 'refused'), "
+            "coalesce(sum(o.grams), 0) FROM order_inbox i LEFT JOIN orders o ON o.leaf_idx = i.order_leaf "
+            "WHERE i.dev = ?",
+            (SITES[OWNERS.index(owner)].device,),
+        )[0]
+        console.print(
+            "controller of %s: %d sell orders placed (%.3f kg-CO2 at %s yen/kg), %d refused"
+            % (owner, int(placed), int(grams) / 1000, CONTROLLER_SELLS[owner], int(refused))
+        )
     for buyer, name, condition, kg, price in BUYERS:
         pubkey = run_crev(workdir, "registry", "keygen", "--out", "%s.key" % buyer).split()[1]
         run_crev(
@@ -467,17 +583,20 @@ def demo(args: argparse.Namespace) -> int:
     console = Console()
     workdir = Path(args.workdir).resolve() if args.workdir else Path(tempfile.mkdtemp(prefix="crev-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    if (workdir / "crev.sqlite").exists():
+    # A config or ledger there is an earlier demo's: never write over it.
+    if (workdir / "crev.sqlite").exists() or (workdir / "ingest.toml").exists():
         raise UsageError("%s already holds a demo; give an empty --workdir" % workdir)
     speed = 86400 / (args.minutes * 60)
     duration = args.minutes * 60
-    processes = Processes(workdir)
     console.print("crev demo in %s (logs and databases stay there)" % workdir)
+    store = choose_store(workdir, getattr(args, "store", "sqlite"))
+    processes = Processes(workdir)
     try:
+        store.start(console)
         broker_port, v5 = start_broker(processes, args.broker)
         console.print("broker: %s on port %d" % ("mosquitto" if v5 else "embedded amqtt (MQTT 3.1.1)", broker_port))
         web = WebPorts(_free_port(), _free_port(), secrets.token_urlsafe(18))
-        sites = write_configs(workdir, broker_port, v5, speed, web)
+        sites = write_configs(workdir, broker_port, v5, speed, web, store.toml)
         ledger_pubkey = next(
             line.split()[1]
             for line in run_crev(workdir, "ingest", "init", "--config", "ingest.toml").splitlines()
@@ -507,26 +626,26 @@ def demo(args: argparse.Namespace) -> int:
         _wait_port(web.market, 20, "the market")
         web.announce(console)
         gateways = [processes.crev(site.device, "gateway", "run", "--config", str(cfg)) for site, _s, cfg, _p in sites]
-        db_path = workdir / "crev.sqlite"
+        location = store.location
         start = time.monotonic()
         injected = False
         with Live(
-            render(db_path, 0, duration, speed), console=console, refresh_per_second=2, transient=not args.live
+            render(location, 0, duration, speed), console=console, refresh_per_second=2, transient=not args.live
         ) as live:
             while (elapsed := time.monotonic() - start) < duration:
                 if not injected and elapsed > duration / 2:
-                    inject_hostile(broker_port, db_path)
+                    inject_hostile(broker_port, location)
                     injected = True
                 time.sleep(0.5)
                 if args.live:
-                    live.update(render(db_path, elapsed, duration, speed))
+                    live.update(render(location, elapsed, duration, speed))
             for process in gateways:
                 processes.stop(process)
             time.sleep(6)  # ingest drains and seals its last block
             processes.stop(ingest)
-            live.update(render(db_path, duration, duration, speed))
-        console.print(render(db_path, duration, duration, speed))
-        retirement = issue_and_retire(console, workdir)
+            live.update(render(location, duration, duration, speed))
+        console.print(render(location, duration, duration, speed))
+        retirement = issue_and_retire(console, workdir, location)
         audit = subprocess.run(
             [sys.executable, "-m", "crev_cli.main", "audit", "ledger", "--config", "ingest.toml"],
             capture_output=True,
@@ -535,11 +654,17 @@ def demo(args: argparse.Namespace) -> int:
             check=False,
         )
         console.print("crev audit ledger: %s" % audit.stdout.strip())
-        bundle_ok = export_and_verify_bundle(console, workdir, SITES[0].device)
+        bundle_ok = export_and_verify_bundle(console, workdir, location, SITES[0].device)
         trace_ok = retirement is not None and trace_and_verify(console, workdir, retirement)
+        console.print("ledger store: %s" % store.label)
         code = 0 if audit.returncode == 0 and bundle_ok and trace_ok else 1
         if args.keep:
             keep_running(console, processes, web, market)
         return code
     finally:
-        processes.stop_all()
+        # The services first, so that they close their connections and ingest seals its last
+        # block; the demo's own PostgreSQL server last, also after an error or Ctrl-C.
+        try:
+            processes.stop_all()
+        finally:
+            store.stop(console)

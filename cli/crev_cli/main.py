@@ -162,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo_parser.add_argument(
         "--broker", choices=("auto", "mosquitto", "embedded"), default="auto", help="auto: mosquitto if installed"
     )
+    demo_parser.add_argument(
+        "--store",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="the ledger store; postgres: CREV_DEMO_POSTGRES_URL, else a server started for the demo",
+    )
     demo_parser.add_argument("--workdir", metavar="DIR", help="where to keep configs, logs and databases")
     demo_parser.add_argument("--no-live", dest="live", action="store_false", help="print only the final table")
     demo_parser.add_argument(

@@ -18,7 +18,6 @@ frees the lock and another worker's integrator takes over within a second.
 import logging
 import threading
 import time
-import traceback
 
 from crev.keys import SigningKey
 from crev.reading import Reading
@@ -26,10 +25,11 @@ from crev_ingest import StoreUnavailable
 from crev_ingest.config import IngestConfig
 from crev_ingest.database import WRITER_LOCK, first_line
 from crev_ingest.influx import InfluxWriter, reading_point
+from crev_ingest.integrate import Item, integrate
 from crev_ingest.ledger import Ledger
 from crev_ingest.metrics import IngestMetrics
 from crev_ingest.store import Store
-from crev_ingest.validate import Ingestor
+from crev_ingest.validate import Ingestor, Rejected
 
 log = logging.getLogger("crev.ingest.integrator")
 
@@ -131,43 +131,39 @@ class Integrator:
     def integrate_once(self, store: Store, ledger: Ledger, ingestor: Ingestor) -> int:
         """Integrate the oldest pending readings in one transaction; how many were taken."""
         waiting = store.db.execute("SELECT id FROM pending LIMIT 1").fetchone() is not None
-        if not waiting and not ledger.due():
+        if not waiting:
+            if ledger.due():
+                with store.transaction():
+                    ledger.sync()
+                    if ledger.due():
+                        ledger.seal(int(time.time() * 1000))
             return 0
         started = time.monotonic()
+        rows = store.pending_batch(BATCH)
+        items: list[Item] = []
+        for _id, received_ms, topic, cose in rows:
+            try:
+                # The worker verified the signature before committing it here: decode only.
+                checked: Reading | Rejected = Reading.from_cose(cose)
+            except Exception as err:  # nothing a worker committed should fail this: keep it for inspection
+                checked = Rejected("INTERNAL_ERROR", "pending reading does not decode: %s" % err)
+            items.append((received_ms, topic, cose, checked))
+        ids = [row[0] for row in rows]
+        # Read outside the transaction, which is fine: only the lock holder takes from pending,
+        # and the transaction that integrates these rows is the one that deletes them.
+        outcomes = integrate(store, ledger, ingestor, items, lambda: store.drop_pending(ids))
         accepted: list[Reading] = []
-        counts = {"accepted": 0, "duplicate": 0, "quarantined": 0}
-        with store.transaction():
-            ledger.sync()
-            rows = store.pending_batch(BATCH)
-            for _id, received_ms, topic, cose in rows:
-                store.savepoint()
-                try:
-                    # The worker verified the signature before committing it here: decode only.
-                    outcome = ingestor.store_checked(topic, cose, received_ms, Reading.from_cose(cose))
-                    store.release()
-                except Exception:  # a bug must not lose the reading: keep it for inspection
-                    store.rollback_to_savepoint()
-                    ledger.sync()
-                    store.quarantine(received_ms, topic, "INTERNAL_ERROR", traceback.format_exc(limit=3), cose)
-                    log.exception("integrator: internal error on a reading from %s; quarantined", topic)
-                    counts["quarantined"] += 1
-                    self.metrics.quarantined.labels("INTERNAL_ERROR").inc()
-                    continue
-                counts[outcome.status] += 1
-                if outcome.status == "accepted":
-                    self.metrics.accepted.inc()
-                elif outcome.status == "duplicate":
-                    self.metrics.duplicates.inc()
-                else:
-                    self.metrics.quarantined.labels(outcome.reason or "UNKNOWN").inc()
-                    log.warning("quarantined %s from %s: %s", outcome.reason, topic, outcome.detail)
-                if outcome.reading is not None:
-                    accepted.append(outcome.reading)
-            store.drop_pending([row[0] for row in rows])
-            if ledger.due():
-                ledger.seal(int(time.time() * 1000))
-        for status, count in counts.items():
-            self.counts[status] += count
+        for (_ms, topic, _raw, _checked), outcome in zip(items, outcomes, strict=True):
+            self.counts[outcome.status] += 1
+            if outcome.status == "accepted":
+                self.metrics.accepted.inc()
+            elif outcome.status == "duplicate":
+                self.metrics.duplicates.inc()
+            else:
+                self.metrics.quarantined.labels(outcome.reason or "UNKNOWN").inc()
+                log.warning("quarantined %s from %s: %s", outcome.reason, topic, outcome.detail)
+            if outcome.reading is not None:
+                accepted.append(outcome.reading)
         self.metrics.commit.observe(time.monotonic() - started)
         self.metrics.height.set(ledger.height)
         self.metrics.pending.set(store.pending_count())

@@ -16,7 +16,6 @@ import socket
 import ssl
 import threading
 import time
-import traceback
 from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
@@ -30,6 +29,7 @@ from crev_ingest import StoreUnavailable
 from crev_ingest.config import IngestConfig
 from crev_ingest.database import first_line
 from crev_ingest.influx import InfluxWriter, reading_point
+from crev_ingest.integrate import integrate
 from crev_ingest.integrator import Integrator
 from crev_ingest.keyfile import load_key
 from crev_ingest.ledger import Ledger
@@ -209,37 +209,23 @@ class IngestService:
         if self.integrator is not None:
             self._sequence(batch, checked)
             return
-        with self.store.transaction():
-            self.ledger.sync()
-            for message, (received_ms, result) in zip(batch, checked, strict=True):
-                self.store.savepoint()
-                try:
-                    outcome = self.ingestor.store_checked(message.topic, bytes(message.payload), received_ms, result)
-                    self.store.release()
-                except Exception:  # a bug must not lose the message: keep it for inspection
-                    # Undo this message's partial rows, and the frontier with them.
-                    self.store.rollback_to_savepoint()
-                    self.ledger.sync()
-                    detail = traceback.format_exc(limit=3)
-                    self.store.quarantine(received_ms, message.topic, "INTERNAL_ERROR", detail, bytes(message.payload))
-                    log.exception("internal error on a message from %s; quarantined", message.topic)
-                    self.counts["quarantined"] += 1
-                    self.metrics.quarantined.labels("INTERNAL_ERROR").inc()
-                    continue
-                self.counts[outcome.status] += 1
-                self._count(outcome.status, outcome.reason)
-                if outcome.reading is not None:
-                    accepted.append(outcome.reading)
-                if outcome.status == "quarantined":
-                    log.warning(
-                        "quarantined %s from %s: %s",
-                        outcome.reason,
-                        message.topic,
-                        outcome.detail,
-                        extra={"fields": {"event": "quarantine", "reason": outcome.reason, "topic": message.topic}},
-                    )
-            if self.ledger.due():
-                self.ledger.seal(int(time.time() * 1000))
+        items = [
+            (received_ms, message.topic, bytes(message.payload), result)
+            for message, (received_ms, result) in zip(batch, checked, strict=True)
+        ]
+        for message, outcome in zip(batch, integrate(self.store, self.ledger, self.ingestor, items), strict=True):
+            self.counts[outcome.status] += 1
+            self._count(outcome.status, outcome.reason)
+            if outcome.reading is not None:
+                accepted.append(outcome.reading)
+            if outcome.status == "quarantined":
+                log.warning(
+                    "quarantined %s from %s: %s",
+                    outcome.reason,
+                    message.topic,
+                    outcome.detail,
+                    extra={"fields": {"event": "quarantine", "reason": outcome.reason, "topic": message.topic}},
+                )
         self.metrics.commit.observe(time.monotonic() - started)
         now = time.time()
         for reading in accepted:

@@ -35,8 +35,9 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from crev import merkle
 from crev_ingest import ConfigError, LedgerError
@@ -217,6 +218,49 @@ def open_configured(config: "IngestConfig", read_only: bool = False) -> "Store":
 # without any DDL.
 SCHEMA_VERSION = 3
 
+SERIES_INSERT = (
+    "INSERT INTO series (dev, seq, t1, site, gen_mwh, import_mwh, export_mwh, self_mwh, demand_mwh, co2_g) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+DEVICE_UPSERT = (
+    "INSERT INTO devices (dev, site, last_t1, last_received_ms, readings) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (dev) DO UPDATE SET site = excluded.site, readings = devices.readings + excluded.readings, "
+    "last_t1 = CASE WHEN devices.last_t1 > excluded.last_t1 THEN devices.last_t1 ELSE excluded.last_t1 END, "
+    "last_received_ms = CASE WHEN devices.last_received_ms > excluded.last_received_ms "
+    "THEN devices.last_received_ms ELSE excluded.last_received_ms END"
+)
+DAILY_UPSERT = (
+    "INSERT INTO daily (dev, day, self_mwh, gen_mwh, co2_g, readings, flags) VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (dev, day) DO UPDATE SET self_mwh = daily.self_mwh + excluded.self_mwh, "
+    "gen_mwh = daily.gen_mwh + excluded.gen_mwh, co2_g = daily.co2_g + excluded.co2_g, "
+    "readings = daily.readings + excluded.readings, flags = daily.flags | excluded.flags"
+)
+STATS_UPSERT = (
+    "INSERT INTO stats (name, value) VALUES (?, ?) "
+    "ON CONFLICT (name) DO UPDATE SET value = stats.value + excluded.value"
+)
+# Reading keys per prefetch query (two parameters each).
+PREFETCH_CHUNK = 400
+
+
+@dataclass
+class _Batch:
+    """The rows of a batch of readings, written at commit in a few statements instead of a dozen a reading.
+
+    ``known`` holds the stored readings the batch's chain checks will ask
+    for, read in one query up front (None: known not to be stored).
+    """
+
+    known: dict[tuple[str, int], bytes | None]
+    max_seq: dict[str, int | None]
+    leaves: list[tuple[int, int, int, bytes, bytes]] = field(default_factory=list)
+    readings: dict[tuple[str, int], tuple[str, int, int, int, int, bytes, str | None]] = field(default_factory=dict)
+    series: list[tuple[str, int, int, str, int, int, int, int, int, float]] = field(default_factory=list)
+    devices: dict[str, list[Any]] = field(default_factory=dict)
+    daily: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
+    stats: dict[str, int] = field(default_factory=dict)
+
+
 # Decoded tiles kept by node(): a proof touches a few tiles per tile level, and
 # a full tile's seven inner heights cost 255 hashes to rebuild.
 CACHED_TILES = 256
@@ -239,6 +283,7 @@ class Store(RegistryRows):
         # PostgreSQL UPDATE of a row of up to 8 KiB rewrites it whole (and its WAL) every time.
         self._edges: dict[int, tuple[int, bytes, int]] = {}
         self._edges_at_savepoint: dict[int, tuple[int, bytes, int]] = {}
+        self._batch: _Batch | None = None
         try:
             if not read_only:
                 with self.transaction():
@@ -406,8 +451,55 @@ class Store(RegistryRows):
         self.commit()
 
     def commit(self) -> None:
+        self._flush_batch()
         self._flush_edges()
         self.db.commit()
+
+    def begin_batch(self, readings: list[tuple[str, int]]) -> None:
+        """Inside a write transaction, buffer the rows of these (dev, seq) readings until commit.
+
+        Prefetches what their chain checks read: each one's own seq and its
+        neighbours, and each device's highest seq. No savepoints while it is
+        on: a batch that fails is rolled back whole and done again without it.
+        """
+        wanted = sorted({(dev, seq + d) for dev, seq in readings for d in (-1, 0, 1) if seq + d >= 0})
+        known: dict[tuple[str, int], bytes | None] = dict.fromkeys(wanted)
+        for start in range(0, len(wanted), PREFETCH_CHUNK):
+            chunk = wanted[start : start + PREFETCH_CHUNK]
+            rows = self.db.execute(
+                "SELECT dev, seq, cose FROM readings WHERE (dev, seq) IN (VALUES %s)"
+                % ", ".join(["(?, ?)"] * len(chunk)),
+                [value for key in chunk for value in key],
+            )
+            for dev, seq, cose in rows:
+                known[(str(dev), int(seq))] = bytes(cose)
+        devices = sorted({dev for dev, _seq in readings})
+        max_seq: dict[str, int | None] = dict.fromkeys(devices)
+        for start in range(0, len(devices), PREFETCH_CHUNK):
+            names = devices[start : start + PREFETCH_CHUNK]
+            rows = self.db.execute(
+                "SELECT dev, max(seq) FROM readings WHERE dev IN (%s) GROUP BY dev" % ", ".join("?" * len(names)),
+                names,
+            )
+            for dev, highest in rows:
+                max_seq[str(dev)] = int(highest)
+        self._batch = _Batch(known, max_seq)
+
+    def _flush_batch(self) -> None:
+        batch, self._batch = self._batch, None
+        if batch is None:
+            return
+        self.db.executemany(
+            "INSERT INTO leaves (idx, type, received_ms, data, leaf_hash) VALUES (?, ?, ?, ?, ?)", batch.leaves
+        )
+        self.db.executemany(
+            "INSERT INTO readings (dev, seq, t0, t1, leaf_idx, cose, gs) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            list(batch.readings.values()),
+        )
+        self.db.executemany(SERIES_INSERT, batch.series)
+        self.db.executemany(DEVICE_UPSERT, [(dev, *seen) for dev, seen in sorted(batch.devices.items())])
+        self.db.executemany(DAILY_UPSERT, [(*key, *sums) for key, sums in sorted(batch.daily.items())])
+        self.db.executemany(STATS_UPSERT, sorted(batch.stats.items()))
 
     def begin_snapshot(self) -> None:
         """Start a read transaction that sees one state of the store throughout, while others write."""
@@ -416,6 +508,7 @@ class Store(RegistryRows):
     def rollback(self) -> None:
         self._tiles.clear()
         self._edges.clear()
+        self._batch = None
         self.db.rollback()
 
     def savepoint(self) -> None:
@@ -437,6 +530,9 @@ class Store(RegistryRows):
     # ------------------------------------------------------------ ledger rows
 
     def add_leaf(self, idx: int, leaf_type: int, received_ms: int, data: bytes, leaf_hash: bytes) -> None:
+        if self._batch is not None:
+            self._batch.leaves.append((idx, leaf_type, received_ms, data, leaf_hash))
+            return
         self.db.execute(
             "INSERT INTO leaves (idx, type, received_ms, data, leaf_hash) VALUES (?, ?, ?, ?, ?)",
             (idx, leaf_type, received_ms, data, leaf_hash),
@@ -566,7 +662,8 @@ class Store(RegistryRows):
         self._tiles.clear()
 
     def leaf_count(self) -> int:
-        return int(self.db.execute("SELECT count(*) FROM leaves").fetchone()[0])
+        stored = int(self.db.execute("SELECT count(*) FROM leaves").fetchone()[0])
+        return stored + (len(self._batch.leaves) if self._batch is not None else 0)
 
     def add_block(
         self, height: int, header: bytes, block_hash: bytes, size: int, root: bytes, time_ms: int, checkpoint: str
@@ -623,16 +720,30 @@ class Store(RegistryRows):
     def add_reading(
         self, dev: str, seq: int, t0: int, t1: int, leaf_idx: int, cose: bytes, gs: str | None = None
     ) -> None:
+        if self._batch is not None:
+            self._batch.readings[(dev, seq)] = (dev, seq, t0, t1, leaf_idx, cose, gs)
+            highest = self._batch.max_seq.get(dev)
+            self._batch.max_seq[dev] = seq if highest is None else max(highest, seq)
+            return
         self.db.execute(
             "INSERT INTO readings (dev, seq, t0, t1, leaf_idx, cose, gs) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (dev, seq, t0, t1, leaf_idx, cose, gs),
         )
 
     def reading(self, dev: str, seq: int) -> bytes | None:
+        batch = self._batch
+        if batch is not None:
+            added = batch.readings.get((dev, seq))
+            if added is not None:
+                return added[5]
+            if (dev, seq) in batch.known:
+                return batch.known[(dev, seq)]
         row = self.db.execute("SELECT cose FROM readings WHERE dev = ? AND seq = ?", (dev, seq)).fetchone()
         return None if row is None else bytes(row[0])
 
     def max_seq(self, dev: str) -> int | None:
+        if self._batch is not None and dev in self._batch.max_seq:
+            return self._batch.max_seq[dev]
         row = self.db.execute("SELECT max(seq) FROM readings WHERE dev = ?", (dev,)).fetchone()
         return None if row[0] is None else int(row[0])
 
@@ -670,13 +781,10 @@ class Store(RegistryRows):
         return [(int(r[0]), bytes(r[1])) for r in rows]
 
     def add_series(self, row: tuple[str, int, int, str, int, int, int, int, int, float]) -> None:
-        self.db.execute(
-            "INSERT INTO series (dev, seq, t1, site, gen_mwh, import_mwh, export_mwh, self_mwh, demand_mwh, co2_g) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            row,
-        )
-
-    # ------------------------------------------------------------ sequenced, not yet integrated
+        if self._batch is not None:
+            self._batch.series.append(row)
+            return
+        self.db.execute(SERIES_INSERT, row)
 
     def add_pending(self, dev: str, seq: int, received_ms: int, topic: str, cose: bytes) -> bool:
         """Keep one verified reading for the integrator; False if this very reading is already waiting."""
@@ -702,26 +810,28 @@ class Store(RegistryRows):
 
     # ------------------------------------------------------------ the fleet (for the dashboard)
 
-    def note_reading(self, dev: str, site: str, t1: int, received_ms: int) -> None:
-        self.db.execute(
-            "INSERT INTO devices (dev, site, last_t1, last_received_ms, readings) VALUES (?, ?, ?, ?, 1) "
-            "ON CONFLICT (dev) DO UPDATE SET site = excluded.site, readings = devices.readings + 1, "
-            "last_t1 = CASE WHEN devices.last_t1 > excluded.last_t1 THEN devices.last_t1 "
-            "ELSE excluded.last_t1 END, "
-            "last_received_ms = CASE WHEN devices.last_received_ms > excluded.last_received_ms "
-            "THEN devices.last_received_ms ELSE excluded.last_received_ms END",
-            (dev, site, t1, received_ms),
-        )
+    def note_reading(self, dev: str, site: str, t1: int, received_ms: int, count: int = 1) -> None:
+        if self._batch is not None:
+            seen = self._batch.devices.get(dev)
+            if seen is None:
+                self._batch.devices[dev] = [site, t1, received_ms, count]
+            else:
+                seen[:] = [site, max(seen[1], t1), max(seen[2], received_ms), seen[3] + count]
+            return
+        self.db.execute(DEVICE_UPSERT, (dev, site, t1, received_ms, count))
 
-    def note_daily(self, dev: str, day: str, self_mwh: int, gen_mwh: int, co2_g: float, flags: int) -> None:
+    def note_daily(
+        self, dev: str, day: str, self_mwh: int, gen_mwh: int, co2_g: float, flags: int, readings: int = 1
+    ) -> None:
         """Today's sums per device, and every flag its readings carried (bitwise or)."""
-        self.db.execute(
-            "INSERT INTO daily (dev, day, self_mwh, gen_mwh, co2_g, readings, flags) VALUES (?, ?, ?, ?, ?, 1, ?) "
-            "ON CONFLICT (dev, day) DO UPDATE SET self_mwh = daily.self_mwh + excluded.self_mwh, "
-            "gen_mwh = daily.gen_mwh + excluded.gen_mwh, co2_g = daily.co2_g + excluded.co2_g, "
-            "readings = daily.readings + 1, flags = daily.flags | excluded.flags",
-            (dev, day, self_mwh, gen_mwh, co2_g, flags),
-        )
+        if self._batch is not None:
+            sums = self._batch.daily.get((dev, day))
+            if sums is None:
+                self._batch.daily[(dev, day)] = [self_mwh, gen_mwh, co2_g, readings, flags]
+            else:
+                sums[:] = [sums[0] + self_mwh, sums[1] + gen_mwh, sums[2] + co2_g, sums[3] + readings, sums[4] | flags]
+            return
+        self.db.execute(DAILY_UPSERT, (dev, day, self_mwh, gen_mwh, co2_g, readings, flags))
 
     def note_quarantined(self, dev: str, site: str) -> None:
         self.db.execute(
@@ -787,11 +897,10 @@ class Store(RegistryRows):
         )
 
     def bump(self, name: str, by: int = 1) -> None:
-        self.db.execute(
-            "INSERT INTO stats (name, value) VALUES (?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET value = stats.value + excluded.value",
-            (name, by),
-        )
+        if self._batch is not None:
+            self._batch.stats[name] = self._batch.stats.get(name, 0) + by
+            return
+        self.db.execute(STATS_UPSERT, (name, by))
 
     def stat(self, name: str) -> int:
         row = self.db.execute("SELECT value FROM stats WHERE name = ?", (name,)).fetchone()
