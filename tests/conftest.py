@@ -49,3 +49,11 @@ def postgres() -> Iterator["PostgresServer"]:
 def pg_url(postgres: "PostgresServer") -> str:
     """A fresh, empty database on the session's server."""
     return postgres.create_database()
+
+
+@pytest.fixture
+def pure_cbor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The core's pure CBOR decoder alone, without the fast path crev_ingest installs on import."""
+    from crev import cbor
+
+    monkeypatch.setattr(cbor, "_fast_loads", None)

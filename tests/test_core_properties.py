@@ -2,6 +2,7 @@
 
 import contextlib
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -9,6 +10,10 @@ from crev import cbor, dgcc
 from crev.errors import CborError, ReadingError
 from crev.keys import SigningKey
 from crev.reading import ChainHead, Reading, verify_reading
+
+# The core's own decoder, not ingest's fast path, which another test module may have installed.
+pytestmark = pytest.mark.usefixtures("pure_cbor")
+
 
 KEY = SigningKey(bytes(range(32)))
 

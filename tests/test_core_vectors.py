@@ -14,6 +14,10 @@ from support import ROOT, RUNNER_MODULE, VECTORS, load_vectors, run_micropython
 
 from crev.keys import BACKENDS
 
+# The core's own decoder, not ingest's fast path, which another test module may have installed.
+pytestmark = pytest.mark.usefixtures("pure_cbor")
+
+
 DOC = load_vectors()
 READINGS = DOC["readings"]
 

@@ -347,6 +347,13 @@ def test_a_batch_gives_what_one_message_at_a_time_gives(ingest: LocalIngest, tmp
     query = "SELECT dev, seq, t0, t1, leaf_idx, cose, gs FROM readings ORDER BY leaf_idx"
     assert [tuple(r) for r in twin.store.db.execute(query)] == [tuple(r) for r in store.db.execute(query)]
     assert merkle.root_of(store.leaf_count(), store.node) == merkle.root_of(twin.store.leaf_count(), twin.store.node)
+    gaps = "SELECT dev, first_seq, last_seq, opened_ms, closed_ms FROM gaps"
+    assert sorted(map(tuple, twin.store.db.execute(gaps))) == sorted(map(tuple, store.db.execute(gaps)))
+    # The gap at 2, opened and closed within the batch, is kept as history; the one at 4 is open.
+    assert [(*row[1:3], row[4] is None) for row in sorted(map(tuple, store.db.execute(gaps)))] == [
+        (2, 2, False),
+        (4, 4, True),
+    ]
     twin.store.close()
 
 

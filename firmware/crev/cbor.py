@@ -10,6 +10,10 @@ Tag, True, False and None.
 
 from crev.errors import CborError, MisuseError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 MAX_DEPTH = 16
 
 # Decoder error codes. "canonical" codes mean the bytes are well-formed CBOR
@@ -292,8 +296,25 @@ class _Decoder:
         raise CborError(UNSUPPORTED_SIMPLE, "simple value at offset %d" % start)
 
 
+# A faster decoder of the same subset, where the platform has one: CPython installs
+# cbor2's C decoder (crev_ingest.fastcbor). It must return exactly what the decoder
+# below returns, or raise to hand the bytes back to it, which then names the error.
+_fast_loads: "Callable[[bytes], object] | None" = None
+
+
+def use_fast_decoder(decoder: "Callable[[bytes], object] | None") -> None:
+    """Install ``decoder(data) -> value`` (raising to decline), or None to remove it."""
+    global _fast_loads
+    _fast_loads = decoder
+
+
 def loads(data: bytes, max_depth: int = MAX_DEPTH) -> object:
     """Decode exactly one deterministic CBOR item that fills all of ``data``."""
+    if _fast_loads is not None and max_depth == MAX_DEPTH and type(data) is bytes:
+        try:
+            return _fast_loads(data)
+        except Exception:  # declined: the pure decoder decides, and says why
+            pass
     if not isinstance(data, (bytes, bytearray)):
         raise MisuseError("loads() takes bytes, not %s" % type(data).__name__)
     if not data:

@@ -258,6 +258,9 @@ class _Batch:
     series: list[tuple[str, int, int, str, int, int, int, int, int, float]] = field(default_factory=list)
     devices: dict[str, list[Any]] = field(default_factory=dict)
     daily: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
+    # dev -> [id (None: new), first_seq, last_seq, opened_ms, closed_ms (None: open)]: the device's
+    # open gaps when the batch began, and those it opened, as the rows they will be.
+    gaps: dict[str, list[list[Any]]] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=dict)
 
 
@@ -483,7 +486,17 @@ class Store(RegistryRows):
             )
             for dev, highest in rows:
                 max_seq[str(dev)] = int(highest)
-        self._batch = _Batch(known, max_seq)
+        gaps: dict[str, list[list[Any]]] = {dev: [] for dev in devices}
+        for start in range(0, len(devices), PREFETCH_CHUNK):
+            names = devices[start : start + PREFETCH_CHUNK]
+            rows = self.db.execute(
+                "SELECT id, dev, first_seq, last_seq, opened_ms FROM gaps WHERE closed_ms IS NULL AND dev IN (%s) "
+                "ORDER BY id" % ", ".join("?" * len(names)),
+                names,
+            )
+            for gap_id, dev, first, last, opened in rows:
+                gaps[str(dev)].append([int(gap_id), int(first), int(last), int(opened), None])
+        self._batch = _Batch(known, max_seq, gaps=gaps)
 
     def _flush_batch(self) -> None:
         batch, self._batch = self._batch, None
@@ -500,6 +513,15 @@ class Store(RegistryRows):
         self.db.executemany(DEVICE_UPSERT, [(dev, *seen) for dev, seen in sorted(batch.devices.items())])
         self.db.executemany(DAILY_UPSERT, [(*key, *sums) for key, sums in sorted(batch.daily.items())])
         self.db.executemany(STATS_UPSERT, sorted(batch.stats.items()))
+        rows = [gap for dev_gaps in batch.gaps.values() for gap in dev_gaps]
+        self.db.executemany(
+            "UPDATE gaps SET closed_ms = ? WHERE id = ?",
+            [(g[4], g[0]) for g in rows if g[0] is not None and g[4] is not None],
+        )
+        self.db.executemany(
+            "INSERT INTO gaps (dev, first_seq, last_seq, opened_ms, closed_ms) VALUES (?, ?, ?, ?, ?)",
+            [(dev, *g[1:]) for dev, dev_gaps in batch.gaps.items() for g in dev_gaps if g[0] is None],
+        )
 
     def begin_snapshot(self) -> None:
         """Start a read transaction that sees one state of the store throughout, while others write."""
@@ -850,12 +872,28 @@ class Store(RegistryRows):
     # ------------------------------------------------------------ bookkeeping
 
     def open_gap(self, dev: str, first: int, last: int, now_ms: int) -> None:
+        if self._batch is not None:
+            self._batch.gaps.setdefault(dev, []).append([None, first, last, now_ms, None])
+            return
         self.db.execute(
             "INSERT INTO gaps (dev, first_seq, last_seq, opened_ms) VALUES (?, ?, ?, ?)", (dev, first, last, now_ms)
         )
 
     def fill_gap(self, dev: str, seq: int, now_ms: int) -> bool:
         """Close the open gap holding ``seq``, reopening what is still missing around it."""
+        if self._batch is not None and dev in self._batch.gaps:
+            for gap in self._batch.gaps[dev]:
+                if gap[4] is None and gap[1] <= seq <= gap[2]:
+                    gap[4] = now_ms
+                    first, last = gap[1], gap[2]
+                    break
+            else:
+                return False
+            if first < seq:
+                self.open_gap(dev, first, seq - 1, now_ms)
+            if seq < last:
+                self.open_gap(dev, seq + 1, last, now_ms + 1 if first < seq else now_ms)
+            return True
         row = self.db.execute(
             "SELECT first_seq, last_seq, opened_ms FROM gaps WHERE dev = ? AND closed_ms IS NULL "
             "AND first_seq <= ? AND last_seq >= ?",

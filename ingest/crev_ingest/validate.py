@@ -28,6 +28,13 @@ from crev_ingest.store import Store
 
 MAX_MESSAGE = 16384
 
+try:  # cbor2's C decoder, checked against the core's encoder, for the readings' hot path
+    from crev_ingest import fastcbor
+except ImportError:  # crev[ingest] installs cbor2; without it the pure decoder does all
+    pass
+else:
+    fastcbor.install()
+
 
 @dataclass
 class Outcome:
