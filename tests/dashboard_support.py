@@ -15,28 +15,34 @@ AUTH = {"Authorization": "Bearer " + TOKEN}
 SITES = {"dgc-dash-0001": "tokyo", "dgc-dash-0002": "tokyo", "dgc-dash-0003": "osaka"}
 
 
-def ingest_toml(directory: Path) -> str:
+def ingest_toml(directory: Path, location: str | None = None) -> str:
+    storage = 'url = "%s"' % location if location else 'path = "crev.sqlite"'
     return (
-        '[storage]\npath = "crev.sqlite"\n[ledger]\nkey = "ledger.key"\norigin = "crev.test/ledger"\n'
+        "[storage]\n" + storage + '\n[ledger]\nkey = "ledger.key"\norigin = "crev.test/ledger"\n'
         'block_max_leaves = 8\n[dashboard]\nlisten = "127.0.0.1:18080"\ntoken_file = "dashboard.token"\n'
         "[emission]\ndefault_g_per_kwh = 423\n[emission.sites]\nosaka = 450\n"
         '[sites]\n"dgc-dash-0001" = "tokyo"\n"dgc-dash-0002" = "tokyo"\n"dgc-dash-0003" = "osaka"\n'
     )
 
 
-def build(directory: Path, readings: int = 12) -> tuple[LocalIngest, FastAPI]:
-    """Three devices on two sites, readings over the last hours, two quarantined messages."""
-    (directory / "ingest.toml").write_text(ingest_toml(directory))
+def build(
+    directory: Path, readings: int = 12, location: str | None = None, now: int | None = None
+) -> tuple[LocalIngest, FastAPI]:
+    """Three devices on two sites, readings over the last hours, two quarantined messages.
+
+    On ``directory``/crev.sqlite, or on the PostgreSQL database ``location``; ``now``: the minute they end at.
+    """
+    (directory / "ingest.toml").write_text(ingest_toml(directory, location))
     (directory / "dashboard.token").write_text(TOKEN + "\n")
     key = directory / "ledger.key"
     key.write_text(LEDGER_KEY.seed_bytes().hex() + "\n")
     key.chmod(0o600)
-    ingest = LocalIngest(directory)
+    ingest = LocalIngest(directory, location)
     import tomllib
 
-    ingest.config = parse(tomllib.loads(ingest_toml(directory)), directory / "ingest.toml")
+    ingest.config = parse(tomllib.loads(ingest_toml(directory, location)), directory / "ingest.toml")
     ingest.ingestor.config = ingest.config
-    now = int(time.time()) // 60 * 60
+    now = now or int(time.time()) // 60 * 60
     devices = [
         Device(dev, SigningKey(bytes([60 + i]) * 32), t1=now - 60 * (readings + 2)) for i, dev in enumerate(SITES)
     ]

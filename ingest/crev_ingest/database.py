@@ -172,7 +172,7 @@ class PostgresDatabase(Database):
         self.errors = (psycopg.OperationalError, psycopg.errors.LockNotAvailable)
         self.integrity_errors = (psycopg.IntegrityError,)
         try:
-            self.connection = psycopg.connect(url, autocommit=True, application_name=application_name)
+            self.connection = _connect(url, application_name)
         except psycopg.Error as err:
             raise StoreUnavailable("cannot reach PostgreSQL at %s: %s" % (self.label, first_line(err))) from None
         self._url = url
@@ -187,7 +187,8 @@ class PostgresDatabase(Database):
         return translated
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
-        return self.connection.execute(self._translate(sql), params)  # type: ignore[return-value]
+        cursor: Cursor = self.connection.execute(self._translate(sql), params)
+        return cursor
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         with self.connection.cursor() as cursor:
@@ -220,7 +221,7 @@ class PostgresDatabase(Database):
             import psycopg
 
             try:
-                self.connection = psycopg.connect(self._url, autocommit=True, application_name=self._application_name)
+                self.connection = _connect(self._url, self._application_name)
             except psycopg.Error as err:
                 raise StoreUnavailable("cannot reach PostgreSQL at %s: %s" % (self.label, first_line(err))) from None
 
@@ -246,6 +247,21 @@ class PostgresDatabase(Database):
 
     def close(self) -> None:
         self.connection.close()
+
+
+def _connect(url: str, application_name: str) -> Any:
+    """A psycopg connection that reads numeric (what sum() of integers gives) as int, as SQLite does."""
+    import psycopg
+    from psycopg.adapt import Loader
+
+    class WholeNumbers(Loader):
+        def load(self, data: Any) -> int | float:
+            text = bytes(data).decode("ascii")
+            return int(text) if text.lstrip("-").isdigit() else float(text)
+
+    connection = psycopg.connect(url, autocommit=True, application_name=application_name)
+    connection.adapters.register_loader("numeric", WholeNumbers)
+    return connection
 
 
 def first_line(err: BaseException) -> str:
