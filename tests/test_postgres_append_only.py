@@ -1,6 +1,8 @@
 """Append-only on PostgreSQL: the application role cannot change ledger rows, triggers refuse
 everyone, and a change the owner forces through is caught by `crev audit ledger`, naming the row."""
 
+import random
+import time
 from pathlib import Path
 
 import psycopg
@@ -10,6 +12,8 @@ from postgres_support import PostgresServer
 
 from crev.keys import SigningKey
 from crev_cli.main import main
+from crev_ingest import LedgerError
+from crev_ingest.audit import verify_ledger
 from crev_ingest.store import Store
 
 ROLE = "crev_app_test"
@@ -121,3 +125,70 @@ def test_init_creates_the_schema_and_print_grants_needs_postgres(
     sqlite_config.write_text('[storage]\npath = "crev.sqlite"\n')
     assert main(["ingest", "init", "--config", str(sqlite_config), "--print-grants"]) == 2
     assert "--print-grants is for PostgreSQL" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------ tampering, as in test_ledger_tamper, on PostgreSQL
+
+TAMPERED_COLUMNS = [
+    # (table, the column that orders its rows, the bytea column changed, what the audit names)
+    ("leaves", "idx", "data", "leaves"),
+    ("leaves", "idx", "leaf_hash", "leaves"),
+    ("tile_edge", "level", "data", "tiles"),
+    ("tiles", "idx", "data", "tiles"),
+    ("blocks", "height", "header", "blocks"),
+    ("blocks", "height", "block_hash", "blocks"),
+    ("blocks", "height", "root", "blocks"),
+    ("readings", "leaf_idx", "cose", "readings"),
+    ("key_events", "leaf_idx", "pubkey", "key_events"),
+]
+
+
+@pytest.fixture(scope="module")
+def template(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A ledger of 300 readings (one full tile and an edge), as a template database to copy per case."""
+    url = postgres.create_database("tamper_template")
+    ingest = LocalIngest(tmp_path_factory.mktemp("tamper"), url)
+    device = Device("dgc-tamper-pg", SigningKey(bytes([32]) * 32), t1=int(time.time()) // 60 * 60 - 60 * 400)
+    ingest.enroll(device)
+    for _ in range(300):
+        assert ingest.send(device.next()).status == "accepted"
+    with ingest.store.transaction():
+        ingest.ledger.sync()
+        ingest.ledger.seal(int(time.time()) * 1000)
+    ingest.store.close()
+    return "tamper_template"
+
+
+@pytest.mark.parametrize(("table", "order", "column", "named"), TAMPERED_COLUMNS)
+@pytest.mark.parametrize("seed", [1, 2])
+def test_any_changed_byte_is_caught_and_named_on_postgres(
+    postgres: PostgresServer, template: str, table: str, order: str, column: str, named: str, seed: int
+) -> None:
+    name = "tamper_%s_%s_%d" % (table, column, seed)
+    with postgres.admin() as admin:
+        admin.execute('CREATE DATABASE "%s" TEMPLATE "%s"' % (name, template))
+    url = postgres.url(name)
+    rng = random.Random(seed)
+    with psycopg.connect(url, autocommit=True) as owner:
+        owner.execute("SET session_replication_role = replica")  # the superuser skips the triggers
+        keys = [r[0] for r in owner.execute("SELECT %s FROM %s ORDER BY %s" % (order, table, order))]
+        chosen = rng.choice(keys)
+        found = owner.execute("SELECT length(%s) FROM %s WHERE %s = %%s" % (column, table, order), (chosen,))
+        length = found.fetchone()[0]  # type: ignore[index]
+        position, xor = rng.randrange(length), rng.randrange(1, 256)
+        owner.execute(
+            "UPDATE %s SET %s = set_byte(%s, %%s, get_byte(%s, %%s) # %%s) WHERE %s = %%s"
+            % (table, column, column, column, order),
+            (position, position, xor, chosen),
+        )
+    store = Store(url)
+    try:
+        with pytest.raises(LedgerError) as caught:
+            verify_ledger(store, LEDGER_KEY.public_key, "crev.test/ledger")
+    finally:
+        store.close()
+    assert str(caught.value).startswith(named), "%s.%s changed but the failure names: %s" % (
+        table,
+        column,
+        caught.value,
+    )
