@@ -8,7 +8,6 @@ the market recorded against what its orders alone imply.
 """
 
 import hashlib
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from crev.registry_format import (
     Retirement,
     lot_id,
 )
-from crev_ingest.database import Database
+from crev_ingest.database import Database, connect
 from crev_market.market import Market, Placed, new_nonce, sign_order
 from crev_market.matching import Buy, Cancel, MatchingEngine, MemoryHoldings, Sell
 
@@ -212,9 +211,9 @@ def _leaf(data: bytes) -> tuple[int, int, bytes]:
     return int(decoded[0]), int(decoded[1]), bytes(decoded[2])
 
 
-def replay_market(db_path: Path, ledger_public_key: bytes = LEDGER_KEY.public_key) -> MarketReplay:
-    """Replay the order leaves of the ledger file alone, in ledger order, through a fresh engine."""
-    db = sqlite3.connect(str(db_path))
+def replay_market(location: Path | str, ledger_public_key: bytes = LEDGER_KEY.public_key) -> MarketReplay:
+    """Replay the order leaves of the ledger (an SQLite file or a PostgreSQL URL) alone, through a fresh engine."""
+    db = connect(location, read_only=True)
     try:
         rows = [(int(r[0]), bytes(r[1])) for r in db.execute("SELECT idx, data FROM leaves ORDER BY idx")]
         last = db.execute("SELECT max(tree_size) FROM blocks").fetchone()[0]

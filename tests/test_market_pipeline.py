@@ -10,11 +10,11 @@ one ledger, interleaved, and the audit's replay agrees with what was recorded.
 """
 
 import json
-import sqlite3
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from harness import (
@@ -35,6 +35,7 @@ from crev import cbor
 from crev.keyfile import load_key
 from crev.market_format import SIDE_BUY, Order
 from crev.registry_format import LEAF_ORDER
+from crev_ingest.database import connect
 from crev_market.market import new_nonce, sign_order
 
 DEVICE = "dgc-seller-0001"
@@ -58,16 +59,22 @@ def account(workdir: Path, config: str, name: str) -> Path:
     return workdir / ("%s.key" % name)
 
 
-def controller_orders(db_path: Path) -> list[tuple[int, str, str | None]]:
+def _rows(location: str, query: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+    db = connect(location, read_only=True)
+    try:
+        return [tuple(r) for r in db.execute(query, params)]
+    finally:
+        db.close()
+
+
+def controller_orders(location: str) -> list[tuple[int, str, str | None]]:
     """(inbox id, state, reason) of every controller order ingest kept."""
-    with sqlite3.connect(db_path, timeout=10) as db:
-        return [(int(r[0]), str(r[1]), r[2]) for r in db.execute("SELECT id, state, reason FROM order_inbox")]
+    return [(int(r[0]), str(r[1]), r[2]) for r in _rows(location, "SELECT id, state, reason FROM order_inbox")]
 
 
-def placed_controller_orders(db_path: Path) -> list[int]:
-    with sqlite3.connect(db_path, timeout=10) as db:
-        rows = db.execute("SELECT order_leaf FROM order_inbox WHERE state = 'placed' ORDER BY order_leaf")
-        return [int(r[0]) for r in rows]
+def placed_controller_orders(location: str) -> list[int]:
+    query = "SELECT order_leaf FROM order_inbox WHERE state = 'placed' ORDER BY order_leaf"
+    return [int(r[0]) for r in _rows(location, query)]
 
 
 def post(port: int, signed: bytes) -> tuple[int, dict[str, object]]:
@@ -82,9 +89,14 @@ def post(port: int, signed: bytes) -> tuple[int, dict[str, object]]:
 
 
 @pytest.mark.slow
-def test_controller_cli_and_api_orders_interleave_in_one_sequence(tmp_path: Path, broker: Mosquitto) -> None:
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_controller_cli_and_api_orders_interleave_in_one_sequence(
+    tmp_path: Path, broker: Mosquitto, store: str, request: pytest.FixtureRequest
+) -> None:
     market_port = free_port()
-    config_path = ingest_config(tmp_path, broker.url)
+    store_url = request.getfixturevalue("postgres").create_database() if store == "postgresql" else None
+    location = store_url or str(tmp_path / "crev.sqlite")
+    config_path = ingest_config(tmp_path, broker.url, store_url=store_url)
     config_path.write_text(config_path.read_text() + '\n[market]\nlisten = "127.0.0.1:%d"\n' % market_port)
     config = str(config_path)
     initialised = checked(tmp_path, "ingest", "init", "--config", config)
@@ -134,8 +146,7 @@ def test_controller_cli_and_api_orders_interleave_in_one_sequence(tmp_path: Path
         assert market.alive(), market.log()
         seller = Service("gateway", ["gateway", "run", "--config", str(gateway)], tmp_path).start()
         services.append(seller)
-        db_path = tmp_path / "crev.sqlite"
-        wait_for(lambda: len(placed_controller_orders(db_path)) >= 2, 60, "two controller sells on the book")
+        wait_for(lambda: len(placed_controller_orders(location)) >= 2, 60, "two controller sells on the book")
 
         # A buyer bids with the CLI, while the controller goes on selling.
         bought = json.loads(
@@ -148,7 +159,7 @@ def test_controller_cli_and_api_orders_interleave_in_one_sequence(tmp_path: Path
         cli_order = int(bought["order"])
         assert bought["fills"], "the controller's resting sells fill the CLI's buy"
         wait_for(
-            lambda: any(leaf > cli_order for leaf in placed_controller_orders(db_path)),
+            lambda: any(leaf > cli_order for leaf in placed_controller_orders(location)),
             60,
             "a controller sell after the CLI's buy",
         )
@@ -158,7 +169,7 @@ def test_controller_cli_and_api_orders_interleave_in_one_sequence(tmp_path: Path
         assert status == 200, answer
         api_order = int(answer["order"])  # type: ignore[call-overload]
         wait_for(
-            lambda: any(leaf > api_order for leaf in placed_controller_orders(db_path)),
+            lambda: any(leaf > api_order for leaf in placed_controller_orders(location)),
             60,
             "a controller sell after the API's buy",
         )
@@ -170,26 +181,25 @@ def test_controller_cli_and_api_orders_interleave_in_one_sequence(tmp_path: Path
         for service in services:
             service.stop()
 
-    controller = placed_controller_orders(db_path)
+    controller = placed_controller_orders(location)
     # One sequence: controller orders before, between and after the CLI's and the API's.
     assert controller[0] < cli_order < api_order < controller[-1]
     assert any(cli_order < leaf < api_order for leaf in controller) or controller[0] < cli_order
-    assert not [row for row in controller_orders(db_path) if row[1] == "refused"], controller_orders(db_path)
-    with sqlite3.connect(db_path) as db:
-        signed_by = {}
-        for idx, data in db.execute("SELECT idx, data FROM leaves WHERE type = ?", (LEAF_ORDER,)):
-            leaf = cbor.loads(bytes(data))
-            assert isinstance(leaf, list)
-            order = Order.parse(bytes(leaf[2]), None)
-            signed_by[int(idx)] = "controller" if order.by_controller else order.account
-        trades = [tuple(r) for r in db.execute("SELECT buyer, seller, buy, sell FROM trades ORDER BY leaf_idx")]
+    assert not [row for row in controller_orders(location) if row[1] == "refused"], controller_orders(location)
+    signed_by = {}
+    for idx, data in _rows(location, "SELECT idx, data FROM leaves WHERE type = ?", (LEAF_ORDER,)):
+        leaf = cbor.loads(bytes(data))
+        assert isinstance(leaf, list)
+        order = Order.parse(bytes(leaf[2]), None)
+        signed_by[int(idx)] = "controller" if order.by_controller else order.account
+    trades = _rows(location, "SELECT buyer, seller, buy, sell FROM trades ORDER BY leaf_idx")
     assert {signed_by[leaf] for leaf in controller} == {"controller"}
     assert (signed_by[cli_order], signed_by[api_order]) == ("buyer-cli", "buyer-api")
     buyers = {t[0] for t in trades}
     assert buyers == {"buyer-cli", "buyer-api"} and {t[1] for t in trades} == {OWNER}
     assert all(signed_by[t[3]] == "controller" for t in trades)
     # The ledger alone gives the same book as the market recorded, and the full audit replays it all.
-    replayed = replay_market(db_path, ledger_pubkey)
+    replayed = replay_market(location, ledger_pubkey)
     assert [t[:2] for t in replayed.trades] == [(t[2], t[3]) for t in trades]
     audit = checked(tmp_path, "audit", "ledger", "--config", config)
     assert "OK" in audit, audit
