@@ -8,6 +8,7 @@ stores and seals on without waiting.
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -17,13 +18,18 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from crev import note
 from crev.keys import SigningKey
+from crev_ingest.database import connect
 
 ORIGIN = "crev.test/ledger"
 
 
-def rows(db_path: Path, query: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(db_path, timeout=10) as db:
+def rows(location: Path | str, query: str) -> list[tuple[Any, ...]]:
+    """Rows of the ledger store, an SQLite file or a PostgreSQL URL."""
+    db = connect(location, read_only=True)
+    try:
         return [tuple(r) for r in db.execute(query)]
+    finally:
+        db.close()
 
 
 def publish(broker: Mosquitto, device: Device, count: int) -> None:
@@ -37,8 +43,12 @@ def publish(broker: Mosquitto, device: Device, count: int) -> None:
 
 
 @pytest.mark.slow
-def test_every_block_is_cosigned_and_a_witness_back_from_sigkill_catches_up(tmp_path: Path, broker: Mosquitto) -> None:
-    config = ingest_config(tmp_path, broker.url, block_interval_s=0.5)
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_every_block_is_cosigned_and_a_witness_back_from_sigkill_catches_up(
+    tmp_path: Path, broker: Mosquitto, store: str, request: pytest.FixtureRequest
+) -> None:
+    store_url = request.getfixturevalue("postgres").create_database() if store == "postgresql" else None
+    config = ingest_config(tmp_path, broker.url, block_interval_s=0.5, store_url=store_url)
     initialised = run_crev(tmp_path, "ingest", "init", "--config", str(config))
     assert initialised.returncode == 0, initialised.stderr
     printed = dict(line.split(None, 1) for line in initialised.stdout.splitlines())
@@ -65,7 +75,7 @@ def test_every_block_is_cosigned_and_a_witness_back_from_sigkill_catches_up(tmp_
         "--pubkey", device.key.public_key.hex(),
     )  # fmt: skip
     assert enrolled.returncode == 0, enrolled.stderr
-    db = tmp_path / "crev.sqlite"
+    db: Path | str = store_url or tmp_path / "crev.sqlite"
 
     witness = Service("witness", ["witness", "run", "--config", str(witness_toml)], witness_dir)
     ingest = Service("ingest", ["ingest", "run", "--config", str(config)], tmp_path).start()
@@ -113,18 +123,14 @@ def test_every_block_is_cosigned_and_a_witness_back_from_sigkill_catches_up(tmp_
     for _height, size, line, checkpoint in kept:
         opened = note.open_checkpoint(str(checkpoint) + str(line).rstrip("\n") + "\n", [ledger_vkey, witness_vkey])
         assert opened[0].size == size and len(opened[1].verified) == 2
-    state = rows(witness_dir / "w.sqlite", "SELECT * FROM sqlite_master WHERE type = 'table'")
-    assert state, "the witness kept its state file"
+    with sqlite3.connect(witness_dir / "w.sqlite", timeout=10) as state:
+        assert state.execute("SELECT * FROM sqlite_master WHERE type = 'table'").fetchall(), "the witness's state"
     assert rows(db, "SELECT witness, size, error FROM witness_state") == [("witness.test", cosigned_size(db), None)]
 
 
-def cosigned_size(db: Path) -> int:
-    with sqlite3.connect(db, timeout=10) as conn:
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'cosignatures'").fetchone() is None:
-            return 0
-        return int(conn.execute("SELECT coalesce(max(size), 0) FROM cosignatures").fetchone()[0])
+def cosigned_size(db: Path | str) -> int:
+    return int(rows(db, "SELECT coalesce(max(size), 0) FROM cosignatures")[0][0])
 
 
-def latest_size(db: Path) -> int:
-    with sqlite3.connect(db, timeout=10) as conn:
-        return int(conn.execute("SELECT coalesce(max(tree_size), 0) FROM blocks").fetchone()[0])
+def latest_size(db: Path | str) -> int:
+    return int(rows(db, "SELECT coalesce(max(tree_size), 0) FROM blocks")[0][0])
