@@ -130,13 +130,16 @@ def check_issuance_by_hand(location: Path | str) -> int:
     from the device's previous issuance.
     """
     from crev import cbor
+    from crev.ledger_format import leaf_data
     from crev.reading import Reading
     from crev.registry_format import Issuance
 
     db = connect(location, read_only=True)
     by_dev: dict[str, dict[int, list[tuple[int, Reading]]]] = {}
-    for leaf, cose in db.execute("SELECT leaf_idx, cose FROM readings ORDER BY leaf_idx"):
-        reading = Reading.from_cose(bytes(cose))
+    for leaf, data in db.execute(
+        "SELECT r.leaf_idx, l.data FROM readings r JOIN leaves l ON l.idx = r.leaf_idx ORDER BY r.leaf_idx"
+    ):
+        reading = Reading.from_cose(leaf_data(bytes(data)))
         slot = (reading.t1 - 1) // 1800 * 1800
         by_dev.setdefault(reading.dev, {}).setdefault(slot, []).append((int(leaf), reading))
     carries: dict[str, int] = {}

@@ -21,6 +21,7 @@ from harness import (
 from test_gateway_pipeline import DAY_SPEED, DEVICE, start_sim, sunspec_site, sunspec_site_with_gateway
 
 from crev.keys import SigningKey
+from crev.ledger_format import leaf_data
 from crev.reading import Reading
 
 
@@ -66,7 +67,8 @@ def test_readings_flow_into_the_ledger_exactly_once(tmp_path: Path, broker: Mosq
         tuple(r["meters"]["site"]["certified"][k] for k in ("generation", "import", "export")): i
         for i, r in enumerate(truth)
     }
-    readings = [Reading.from_cose(bytes(c[0])) for c in _rows(db_path, "SELECT cose FROM readings ORDER BY seq")]
+    stored = _rows(db_path, "SELECT l.data FROM readings r JOIN leaves l ON l.idx = r.leaf_idx ORDER BY r.seq")
+    readings = [Reading.from_cose(leaf_data(bytes(row[0]))) for row in stored]
     first, last_position = (counters[tuple(c[3] for c in r.channels)] for r in (readings[0], readings[-1]))
     series_self = _rows(db_path, "SELECT sum(self_mwh), sum(co2_g) FROM series")[0]
     true_self = sum(int(rec["self_wh"]) * 1000 for rec in truth[first + 1 : last_position + 1])

@@ -22,7 +22,6 @@ BLOB_COLUMNS = [
     ("blocks", "height", "header"),
     ("blocks", "height", "block_hash"),
     ("blocks", "height", "root"),
-    ("readings", "rowid", "cose"),
     ("key_events", "leaf_idx", "pubkey"),
 ]
 

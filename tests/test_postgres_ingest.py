@@ -48,13 +48,36 @@ class Worker:
         return self.service.alive() and "integrating:" in self.new_log()
 
 
-def _wait_subscribed(workers: list[Worker]) -> None:
+def _start_workers(workdir: Path, broker: Mosquitto, url: str, count: int) -> list[Worker]:
+    """`crev ingest init`, then ``count`` workers, each subscribed before any gateway publishes:
+    from then on its persistent session makes the broker keep what it has not acknowledged."""
+    workers = [Worker(workdir, broker.url, url, n) for n in range(count)]
+    assert run_crev(workdir, "ingest", "init", "--config", str(workers[0].config)).returncode == 0
+    for worker in workers:
+        worker.start()
     for worker in workers:
 
         def subscribed(worker: Worker = worker) -> bool:
             return "subscribed" in worker.new_log()
 
         wait_for(subscribed, 30, "%s to subscribe" % worker.name)
+    return workers
+
+
+def _drain_and_stop(
+    workdir: Path, url: str, workers: list[Worker], sim: Service, gateways: list[Service], devices: list[str]
+) -> None:
+    """Stop the gateways, wait until every reading they published is in the ledger, stop the workers, check."""
+    for gateway in gateways:
+        assert gateway.stop() == 0, gateway.log()
+    sim.stop()
+    last = _last_seqs(workdir, devices)
+    total = sum(seq + 1 for seq in last.values())
+    wait_for(lambda: _count(url, "SELECT count(*) FROM readings") >= total, 90, "the workers to catch up")
+    wait_for(lambda: _count(url, "SELECT count(*) FROM pending") == 0, 30, "the integrator to drain pending")
+    for worker in workers:
+        assert worker.service.stop() == 0, worker.service.log()
+    _check_all_stored_once(workdir, url, workers[0].config, last)
 
 
 def _fleet(
@@ -103,13 +126,7 @@ def test_the_integrator_killed_10_times_under_5_gateways_loses_nothing(
     tmp_path: Path, broker: Mosquitto, postgres: PostgresServer
 ) -> None:
     url = postgres.create_database()
-    workers = [Worker(tmp_path, broker.url, url, n) for n in range(3)]
-    assert run_crev(tmp_path, "ingest", "init", "--config", str(workers[0].config)).returncode == 0
-    # Each worker subscribes once before any gateway publishes: from then on its
-    # persistent session makes the broker keep what it has not acknowledged.
-    for worker in workers:
-        worker.start()
-    _wait_subscribed(workers)
+    workers = _start_workers(tmp_path, broker, url, 3)
     devices = ["dgc-pg-crash-%04d" % i for i in range(5)]
     sim, gateways = _fleet(tmp_path, broker, url, workers, devices)
     rng = random.Random(14)
@@ -124,16 +141,7 @@ def test_the_integrator_killed_10_times_under_5_gateways_loses_nothing(
         killed.append(leader.name)
         leader.start()  # the same host comes back, under its client id
     wait_for(lambda: any(w.integrating() for w in workers), 20, "a worker to integrate")
-    for gateway in gateways:
-        assert gateway.stop() == 0, gateway.log()
-    sim.stop()
-    last = _last_seqs(tmp_path, devices)
-    total = sum(seq + 1 for seq in last.values())
-    wait_for(lambda: _count(url, "SELECT count(*) FROM readings") >= total, 60, "the workers to catch up")
-    wait_for(lambda: _count(url, "SELECT count(*) FROM pending") == 0, 30, "the integrator to drain pending")
-    for worker in workers:
-        assert worker.service.stop() == 0, worker.service.log()
-    _check_all_stored_once(tmp_path, url, workers[0].config, last)
+    _drain_and_stop(tmp_path, url, workers, sim, gateways, devices)
     assert len(set(killed)) >= 2, "the integrator moved between workers: %s" % killed
 
 
@@ -144,11 +152,7 @@ def test_postgres_stopped_for_30_s_under_load_loses_nothing(tmp_path: Path, brok
     server.start()
     try:
         url = server.create_database()
-        workers = [Worker(tmp_path, broker.url, url, n) for n in range(2)]
-        assert run_crev(tmp_path, "ingest", "init", "--config", str(workers[0].config)).returncode == 0
-        for worker in workers:
-            worker.start()
-        _wait_subscribed(workers)
+        workers = _start_workers(tmp_path, broker, url, 2)
         devices = ["dgc-pg-down-%04d" % i for i in range(3)]
         sim, gateways = _fleet(tmp_path, broker, url, workers, devices)
         wait_for(lambda: _count(url, "SELECT count(*) FROM readings") > 10, 30, "readings to flow")
@@ -160,15 +164,6 @@ def test_postgres_stopped_for_30_s_under_load_loses_nothing(tmp_path: Path, brok
         assert any("cannot write the store" in w.new_log() for w in workers), workers[0].new_log()[-2000:]
         server.start()
         assert time.monotonic() - down_at >= 30
-        for gateway in gateways:
-            assert gateway.stop() == 0, gateway.log()
-        sim.stop()
-        last = _last_seqs(tmp_path, devices)
-        total = sum(seq + 1 for seq in last.values())
-        wait_for(lambda: _count(url, "SELECT count(*) FROM readings") >= total, 90, "the workers to drain")
-        wait_for(lambda: _count(url, "SELECT count(*) FROM pending") == 0, 30, "the integrator to drain pending")
-        for worker in workers:
-            assert worker.service.stop() == 0, worker.service.log()
-        _check_all_stored_once(tmp_path, url, workers[0].config, last)
+        _drain_and_stop(tmp_path, url, workers, sim, gateways, devices)
     finally:
         server.destroy()

@@ -34,7 +34,7 @@ from harness import (
 
 from crev import cbor
 from crev.dgcc import SOURCE_NAMES
-from crev.ledger_format import LEAF_READING
+from crev.ledger_format import LEAF_READING, leaf_data
 from crev.reading import Reading
 from crev.registry_format import LEAF_ISSUANCE, NANOGRAMS_PER_GRAM, Issuance, slot_of
 
@@ -170,8 +170,12 @@ def test_two_generator_types_are_issued_exactly_on_real_components(tmp_path: Pat
         assert db.execute("SELECT count(*) FROM leaves").fetchone()[0] == sealed, "the registry sealed its leaves"
         assert db.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 0
         readings = {
-            int(leaf): Reading.from_cose(bytes(cose))
-            for leaf, cose in db.execute("SELECT leaf_idx, cose FROM readings WHERE dev = ? ORDER BY seq", (DEVICE,))
+            int(leaf): Reading.from_cose(leaf_data(bytes(data)))
+            for leaf, data in db.execute(
+                "SELECT r.leaf_idx, l.data FROM readings r JOIN leaves l ON l.idx = r.leaf_idx WHERE r.dev = ? "
+                "ORDER BY r.seq",
+                (DEVICE,),
+            )
         }
         reading_leaves = {
             int(idx): signed_payload(bytes(data))

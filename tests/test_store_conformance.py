@@ -6,6 +6,7 @@ fleet tables, blocks, tiles and proofs, issuance, trades and retirement,
 the schema's version, and one writer at a time.
 """
 
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from trace_support import ACCOUNT, ORIGIN
 
 from crev import merkle
 from crev.keys import SigningKey
+from crev.ledger_format import leaf_data
 from crev.reading import Reading
 from crev_ingest import LedgerError, StoreUnavailable
 from crev_ingest.audit import verify_ledger
@@ -255,6 +257,44 @@ def test_a_version_1_store_is_upgraded(tmp_path: Path) -> None:
         upgraded.close()
 
 
+def test_a_version_3_store_drops_the_second_cose_once_it_matches_the_leaves(tmp_path: Path) -> None:
+    # SQLite, the store that had readings.cose in the wild.
+    def version_3(directory: Path, change_one: bool) -> str:
+        directory.mkdir()
+        location = str(directory / "crev.sqlite")
+        ingest = LocalIngest(directory, location)
+        device = Device("dgc-conf-v3", SigningKey(bytes([26]) * 32))
+        ingest.enroll(device)
+        for _ in range(5):
+            assert ingest.send(device.next()).status == "accepted"
+        db = ingest.store.db
+        db.execute("ALTER TABLE readings ADD COLUMN cose BLOB")
+        for leaf_idx, data in db.execute("SELECT idx, data FROM leaves WHERE type = 1").fetchall():
+            db.execute("UPDATE readings SET cose = ? WHERE leaf_idx = ?", (leaf_data(bytes(data)), leaf_idx))
+        if change_one:
+            db.execute("UPDATE readings SET cose = zeroblob(10) WHERE seq = 3")
+        db.execute("UPDATE schema_version SET version = 3")
+        ingest.store.close()
+        return location
+
+    upgraded = Store(version_3(tmp_path / "honest", False))
+    try:
+        assert "cose" not in upgraded.db.columns("readings")
+        assert int(upgraded.db.execute("SELECT version FROM schema_version").fetchone()[0]) == SCHEMA_VERSION
+        assert upgraded.reading("dgc-conf-v3", 3) is not None
+        verify_ledger(upgraded, LEDGER_KEY.public_key, ORIGIN)
+    finally:
+        upgraded.close()
+    changed = version_3(tmp_path / "changed", True)
+    with pytest.raises(LedgerError) as caught:
+        Store(changed)
+    assert "readings row (dgc-conf-v3, 3): its cose differs from its ledger leaf" in str(caught.value)
+    assert "\n" not in str(caught.value)
+    with sqlite3.connect(changed) as left:  # all or nothing: the store is as it was
+        assert "cose" in [row[1] for row in left.execute("PRAGMA table_info(readings)")]
+        assert left.execute("SELECT version FROM schema_version").fetchone()[0] == 3
+
+
 # ------------------------------------------------------------ one writer at a time
 
 
@@ -344,7 +384,7 @@ def test_a_batch_gives_what_one_message_at_a_time_gives(ingest: LocalIngest, tmp
     twin.enroll(device)
     for raw in batch:
         twin.send(raw, dev=device.dev)
-    query = "SELECT dev, seq, t0, t1, leaf_idx, cose, gs FROM readings ORDER BY leaf_idx"
+    query = "SELECT dev, seq, t0, t1, leaf_idx, gs FROM readings ORDER BY leaf_idx"
     assert [tuple(r) for r in twin.store.db.execute(query)] == [tuple(r) for r in store.db.execute(query)]
     assert merkle.root_of(store.leaf_count(), store.node) == merkle.root_of(twin.store.leaf_count(), twin.store.node)
     gaps = "SELECT dev, first_seq, last_seq, opened_ms, closed_ms FROM gaps"

@@ -41,6 +41,7 @@ from rich.live import Live
 from rich.table import Table
 
 from crev.keys import SigningKey
+from crev.ledger_format import leaf_data
 from crev.reading import ChainHead
 from crev_cli import UsageError
 from crev_cli.local_postgres import LocalPostgres
@@ -408,10 +409,13 @@ def render(location: Path | str, elapsed: float, duration: float, speed: float) 
 def inject_hostile(broker_port: int, location: Path | str) -> None:
     """Send a forged copy of a stored reading and one from an unknown key."""
     # The latest stored reading: leaf order (SQLite's rowid is not there on PostgreSQL).
-    rows = query(location, "SELECT dev, cose FROM readings ORDER BY leaf_idx DESC LIMIT 1")
+    rows = query(
+        location,
+        "SELECT r.dev, l.data FROM readings r JOIN leaves l ON l.idx = r.leaf_idx ORDER BY r.leaf_idx DESC LIMIT 1",
+    )
     if not rows:
         return
-    dev, cose = str(rows[0][0]), bytearray(rows[0][1])
+    dev, cose = str(rows[0][0]), bytearray(leaf_data(bytes(rows[0][1])))
     cose[-5] ^= 0xFF  # a changed signature byte
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="crev-demo-intruder")
     client.connect("127.0.0.1", broker_port)

@@ -29,6 +29,7 @@ from crev.ledger_format import (
     LEAF_READING,
     ZERO_HASH,
     LedgerFormatError,
+    leaf_data,
     parse_block_header,
     parse_key_event,
 )
@@ -220,14 +221,14 @@ def verify_ledger(
     tiles.finish(frontier.size)
 
     readings = 0
-    for dev, seq, t0, t1, leaf_idx, cose, gs in db.execute(
-        "SELECT dev, seq, t0, t1, leaf_idx, cose, gs FROM readings WHERE leaf_idx >= ?", (first_leaf,)
+    for dev, seq, t0, t1, leaf_idx, gs in db.execute(
+        "SELECT dev, seq, t0, t1, leaf_idx, gs FROM readings WHERE leaf_idx >= ?", (first_leaf,)
     ):
         where = "readings row (%s, %d)" % (dev, seq)
         leaf = leaf_types.get(leaf_idx)
-        if leaf is None or leaf[0] != LEAF_READING or leaf[1] != bytes(cose):
-            raise LedgerError("%s: differs from ledger leaf %d" % (where, leaf_idx))
-        reading = Reading.from_cose(bytes(cose))
+        if leaf is None or leaf[0] != LEAF_READING:
+            raise LedgerError("%s: ledger leaf %d is not a reading" % (where, leaf_idx))
+        reading = Reading.from_cose(leaf[1])
         if (reading.dev, reading.seq, reading.t0, reading.t1) != (dev, seq, t0, t1):
             raise LedgerError("%s: columns differ from the signed reading" % where)
         if gs is not None and json.loads(gs) != generation_entries(reading):
@@ -252,13 +253,14 @@ def verify_ledger(
             raise LedgerError("%s: columns differ from the signed key event" % where)
 
     for row in db.execute(
-        "SELECT s.dev, s.seq, s.gen_mwh, s.import_mwh, s.export_mwh, s.self_mwh, s.demand_mwh, r.cose "
+        "SELECT s.dev, s.seq, s.gen_mwh, s.import_mwh, s.export_mwh, s.self_mwh, s.demand_mwh, l.data "
         "FROM series s LEFT JOIN readings r ON r.dev = s.dev AND r.seq = s.seq "
+        "LEFT JOIN leaves l ON l.idx = r.leaf_idx "
         "WHERE r.leaf_idx IS NULL OR r.leaf_idx >= ?",
         (first_leaf,),
     ):
-        dev, seq, *values, cose = row
-        if cose is None or Reading.from_cose(bytes(cose)).energies != values:
+        dev, seq, *values, leaf = row
+        if leaf is None or Reading.from_cose(leaf_data(bytes(leaf))).energies != values:
             raise LedgerError("series row (%s, %d): differs from its reading" % (dev, seq))
     state = since
     if blocks:

@@ -13,6 +13,8 @@ readings of closed slots, stored after a reading of the slot still open).
 
 from typing import TYPE_CHECKING, Any
 
+from crev.ledger_format import leaf_data
+
 if TYPE_CHECKING:
     from crev_ingest.database import Database
 
@@ -283,12 +285,13 @@ class RegistryRows:
 
         The COSE bytes come only for rows without a gs column (written before the registry existed).
         """
-        rows: list[tuple[int, int, str | None, bytes | None]] = self.db.execute(
-            "SELECT leaf_idx, t1, gs, CASE WHEN gs IS NULL THEN cose END FROM readings "
-            "WHERE dev = ? AND leaf_idx >= ? AND leaf_idx < ? ORDER BY leaf_idx",
+        rows = self.db.execute(
+            "SELECT r.leaf_idx, r.t1, r.gs, CASE WHEN r.gs IS NULL THEN l.data END FROM readings r "
+            "JOIN leaves l ON l.idx = r.leaf_idx "
+            "WHERE r.dev = ? AND r.leaf_idx >= ? AND r.leaf_idx < ? ORDER BY r.leaf_idx",
             (dev, first_leaf, sealed_size),
         ).fetchall()
-        return rows
+        return [(int(i), int(t1), gs, None if leaf is None else leaf_data(bytes(leaf))) for i, t1, gs, leaf in rows]
 
     def issued_ahead(self, dev: str) -> set[int]:
         return {int(r[0]) for r in self.db.execute("SELECT reading_leaf FROM issued_ahead WHERE dev = ?", (dev,))}

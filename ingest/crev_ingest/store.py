@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crev import merkle
+from crev.ledger_format import LEAF_READING, leaf_data
 from crev_ingest import ConfigError, LedgerError
 from crev_ingest.database import Database, connect
 from crev_ingest.grants import install_triggers
@@ -114,8 +115,8 @@ CREATE TABLE IF NOT EXISTS readings (
     seq INTEGER NOT NULL,
     t0 INTEGER NOT NULL,
     t1 INTEGER NOT NULL,
+    -- The reading's COSE bytes are its leaf's data (leaves.data): kept once, not here too.
     leaf_idx INTEGER NOT NULL,
-    cose BLOB NOT NULL,
     -- What issuance needs of key 9, so it need not decode the COSE again:
     -- JSON [[meter_id, source, self_mwh], ...], or 'null' without energies.
     -- NULL only in rows written before the registry existed.
@@ -213,10 +214,11 @@ def open_configured(config: "IngestConfig", read_only: bool = False) -> "Store":
 
 
 # 1: tiles grew in place in ``tiles``; 2: partial tiles in ``tile_edge``, a schema_version row,
-# the witness tables; 3: pending (readings sequenced, not yet integrated). Every change to the
+# the witness tables; 3: pending (readings sequenced, not yet integrated); 4: a reading's COSE
+# bytes only in its leaf, no longer in readings.cose too. Every change to the
 # schema raises it, with its upgrade in _create_or_upgrade: a store at this version is opened
 # without any DDL.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SERIES_INSERT = (
     "INSERT INTO series (dev, seq, t1, site, gen_mwh, import_mwh, export_mwh, self_mwh, demand_mwh, co2_g) "
@@ -324,12 +326,32 @@ class Store(RegistryRows):
         self.db.script(REGISTRY_SCHEMA)
         if version is None or version < 2:
             self._move_partial_tiles_to_the_edge()
+        if "cose" in self.db.columns("readings"):
+            self._drop_the_second_cose()
         if version is None:
             self.db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
         elif version < SCHEMA_VERSION:
             self.db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
         if self.db.dialect == "postgresql":
             install_triggers(self.db)
+
+    def _drop_the_second_cose(self) -> None:
+        """Before version 4 each reading's COSE was in readings.cose as well as in its leaf.
+
+        The copy goes only once every row has been checked to equal its
+        leaf's data: a row that differs is a changed store, and the upgrade
+        refuses (LedgerError, naming the row) and leaves it as it was.
+        """
+        rows = self.db.execute(
+            "SELECT r.dev, r.seq, r.cose, l.type, l.data FROM readings r LEFT JOIN leaves l ON l.idx = r.leaf_idx"
+        )
+        for dev, seq, cose, leaf_type, leaf in rows:
+            if leaf is None or int(leaf_type) != LEAF_READING or leaf_data(bytes(leaf)) != bytes(cose):
+                raise LedgerError(
+                    "%s: not upgrading to schema version 4 (the store is left as it was): readings row (%s, %d): "
+                    "its cose differs from its ledger leaf; run crev audit ledger" % (self.db.label, dev, seq)
+                )
+        self.db.execute("ALTER TABLE readings DROP COLUMN cose")
 
     def _move_partial_tiles_to_the_edge(self) -> None:
         """Version 1 grew partial tiles in place in ``tiles``; from 2 they live in ``tile_edge``."""
@@ -470,12 +492,12 @@ class Store(RegistryRows):
         for start in range(0, len(wanted), PREFETCH_CHUNK):
             chunk = wanted[start : start + PREFETCH_CHUNK]
             rows = self.db.execute(
-                "SELECT dev, seq, cose FROM readings WHERE (dev, seq) IN (VALUES %s)"
-                % ", ".join(["(?, ?)"] * len(chunk)),
+                "SELECT r.dev, r.seq, l.data FROM readings r JOIN leaves l ON l.idx = r.leaf_idx "
+                "WHERE (r.dev, r.seq) IN (VALUES %s)" % ", ".join(["(?, ?)"] * len(chunk)),
                 [value for key in chunk for value in key],
             )
-            for dev, seq, cose in rows:
-                known[(str(dev), int(seq))] = bytes(cose)
+            for dev, seq, leaf in rows:
+                known[(str(dev), int(seq))] = leaf_data(bytes(leaf))
         devices = sorted({dev for dev, _seq in readings})
         max_seq: dict[str, int | None] = dict.fromkeys(devices)
         for start in range(0, len(devices), PREFETCH_CHUNK):
@@ -506,8 +528,8 @@ class Store(RegistryRows):
             "INSERT INTO leaves (idx, type, received_ms, data, leaf_hash) VALUES (?, ?, ?, ?, ?)", batch.leaves
         )
         self.db.executemany(
-            "INSERT INTO readings (dev, seq, t0, t1, leaf_idx, cose, gs) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            list(batch.readings.values()),
+            "INSERT INTO readings (dev, seq, t0, t1, leaf_idx, gs) VALUES (?, ?, ?, ?, ?, ?)",
+            [(*row[:5], row[6]) for row in batch.readings.values()],
         )
         self.db.executemany(SERIES_INSERT, batch.series)
         self.db.executemany(DEVICE_UPSERT, [(dev, *seen) for dev, seen in sorted(batch.devices.items())])
@@ -748,8 +770,8 @@ class Store(RegistryRows):
             self._batch.max_seq[dev] = seq if highest is None else max(highest, seq)
             return
         self.db.execute(
-            "INSERT INTO readings (dev, seq, t0, t1, leaf_idx, cose, gs) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (dev, seq, t0, t1, leaf_idx, cose, gs),
+            "INSERT INTO readings (dev, seq, t0, t1, leaf_idx, gs) VALUES (?, ?, ?, ?, ?, ?)",
+            (dev, seq, t0, t1, leaf_idx, gs),
         )
 
     def reading(self, dev: str, seq: int) -> bytes | None:
@@ -760,8 +782,11 @@ class Store(RegistryRows):
                 return added[5]
             if (dev, seq) in batch.known:
                 return batch.known[(dev, seq)]
-        row = self.db.execute("SELECT cose FROM readings WHERE dev = ? AND seq = ?", (dev, seq)).fetchone()
-        return None if row is None else bytes(row[0])
+        row = self.db.execute(
+            "SELECT l.data FROM readings r JOIN leaves l ON l.idx = r.leaf_idx WHERE r.dev = ? AND r.seq = ?",
+            (dev, seq),
+        ).fetchone()
+        return None if row is None else leaf_data(bytes(row[0]))
 
     def max_seq(self, dev: str) -> int | None:
         if self._batch is not None and dev in self._batch.max_seq:
@@ -778,20 +803,20 @@ class Store(RegistryRows):
     def readings_between(self, dev: str, from_s: int, to_s: int) -> Iterator[tuple[int, int, int, bytes]]:
         """(seq, leaf_idx, received_ms, cose) of the readings overlapping [from_s, to_s), by seq."""
         for row in self.db.execute(
-            "SELECT r.seq, r.leaf_idx, l.received_ms, r.cose FROM readings r JOIN leaves l ON l.idx = r.leaf_idx "
+            "SELECT r.seq, r.leaf_idx, l.received_ms, l.data FROM readings r JOIN leaves l ON l.idx = r.leaf_idx "
             "WHERE r.dev = ? AND r.t1 > ? AND r.t0 < ? ORDER BY r.seq",
             (dev, from_s, to_s),
         ):
-            yield int(row[0]), int(row[1]), int(row[2]), bytes(row[3])
+            yield int(row[0]), int(row[1]), int(row[2]), leaf_data(bytes(row[3]))
 
     def reading_row(self, dev: str, seq: int) -> tuple[int, int, int, bytes] | None:
         """(seq, leaf_idx, received_ms, cose) of one stored reading."""
         row = self.db.execute(
-            "SELECT r.seq, r.leaf_idx, l.received_ms, r.cose FROM readings r JOIN leaves l ON l.idx = r.leaf_idx "
+            "SELECT r.seq, r.leaf_idx, l.received_ms, l.data FROM readings r JOIN leaves l ON l.idx = r.leaf_idx "
             "WHERE r.dev = ? AND r.seq = ?",
             (dev, seq),
         ).fetchone()
-        return None if row is None else (int(row[0]), int(row[1]), int(row[2]), bytes(row[3]))
+        return None if row is None else (int(row[0]), int(row[1]), int(row[2]), leaf_data(bytes(row[3])))
 
     def key_event_leaves(self, dev: str) -> list[tuple[int, bytes]]:
         """(leaf_idx, leaf bytes) of a device's key events, in ledger order."""
