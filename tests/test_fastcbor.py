@@ -115,3 +115,26 @@ def test_ingest_installs_the_fast_path() -> None:
     import crev_ingest.validate  # noqa: F401  (installs it on import)
 
     assert cbor._fast_loads is fast_loads
+
+
+def test_the_core_vectors_read_the_same_through_the_fast_path(
+    vectors: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cbor, "_fast_loads", fast_loads)
+    for case in vectors["cbor_reject"]:
+        data = bytes.fromhex(case["hex"])
+        assert _fast(data) == "declined", case["name"]
+        with pytest.raises(CborError) as caught:
+            cbor.loads(data)  # the fast path installed: the pure decoder still names it
+        assert caught.value.code == case["code"], case["name"]
+    for case in vectors["cbor_encode"]:
+        data = bytes.fromhex(case["hex"])
+        assert _fast(data) == _pure(data) != "declined", case["name"]
+
+
+def test_nesting_deeper_than_a_reading_goes_to_the_pure_decoder() -> None:
+    value: Any = 0
+    for _ in range(cbor.MAX_DEPTH + 1):
+        value = [value]
+    data = cbor.dumps(value)  # the encoder allows what the decoder refuses as TOO_DEEP
+    assert _fast(data) == "declined" and _pure(data) == ("error", cbor.TOO_DEEP)
