@@ -55,6 +55,16 @@ def meter_images(i):
 # ---------------------------------------------------------------- "timing"
 
 
+def _choose_signing(ed25519):
+    # As firmware/main.py does: the table, or else the limbs; "ints" is the comb in Python ints.
+    signing = PARAMS.get("signing", "table" if PARAMS.get("signing_table") else "limbs")
+    ed25519.use_base_table(signing == "table")
+    if signing == "limbs":
+        from dgc.limbs25519 import install
+
+        install()
+
+
 def timing():
     from fakes import FakeTime, FakeUart, install_socket
 
@@ -69,7 +79,7 @@ def timing():
     from crev import ed25519
     from crev.keys import SigningKey
 
-    ed25519.use_base_table(PARAMS["signing_table"])
+    _choose_signing(ed25519)
     iterations = PARAMS["iterations"]
     clock_source = FakeTime(START)
     uart = FakeUart()
@@ -113,7 +123,7 @@ def timing():
                 "us_per_reading": elapsed / iterations,
                 "alloc_per_reading": per_reading,
                 "uart_requests_per_reading": uart.requests / (iterations + 3),
-                "signing_table": PARAMS["signing_table"],
+                "signing": PARAMS.get("signing"),
             }
         )
     )
@@ -160,9 +170,12 @@ class Received:
         self.duplicates = 0  # at least once: a reading resent after a lost PUBACK
         self.gaps = 0
         self.last = -1
+        self.online = 0  # status "online" messages: one per connection
 
     def __call__(self, topic, payload):
         if not topic.endswith("/reading"):
+            if topic.endswith("/status") and bytes(payload) == b"online":
+                self.online += 1
             return
         seq = reading_seq(payload)
         if seq <= self.last:
@@ -175,11 +188,14 @@ class Received:
 
 
 # Every key from the start: a key added later would grow the dict, and the live heap with it.
-STATE = {"phase": "interpreter", "n": 0, "pass": 0, "tail": 0}
+app = None  # made by _setup_app
+STATE = {"phase": "interpreter", "n": 0, "pass": 0, "tail": 0, "failed": None, "no_reading": 0}
 
 
 def _setup_firmware():
     global App, Clock, Files, Outbox, RtuBus, Uplink, SigningKey, ed25519, modbus_rtu, SEGMENT_RECORDS, MAX_SEGMENTS
+    if PARAMS.get("signing", "limbs") == "limbs":
+        from dgc import limbs25519  # noqa: F401  (main.py imports it for this mode: its code counts)
     from dgc.app import App
     from dgc.clock import Clock
     from dgc.outbox import MAX_SEGMENTS, SEGMENT_RECORDS, Files, Outbox
@@ -215,7 +231,7 @@ def _setup_stand_in_objects():
 
 def _setup_app():
     global app
-    ed25519.use_base_table(PARAMS["signing_table"])
+    _choose_signing(ed25519)
     clock = Clock(lambda: None, clock_source)
     clock.synchronise()
     records = PARAMS.get("segment_records", SEGMENT_RECORDS)
@@ -230,8 +246,14 @@ def _setup_app():
         Uplink(lambda: MQTTClient(DEV, "broker", 1883, keepalive=60), DEV, clock_source),
         clock,
         None,
-        lambda line: None,
+        _log,
     )
+
+
+def _log(line):
+    # A meter read that failed (a MemoryError inside it counts as one) leaves an interval without a reading.
+    if line.startswith("no reading"):
+        STATE["no_reading"] += 1
 
 
 # Each setup step prints the live heap before it runs: the interpreter alone, then after each part.
@@ -342,7 +364,140 @@ def step(i):
         )
 
 
+# ---------------------------------------------------------------- "floor"
+
+
+def _floor_pass():
+    if STATE["pass"] == 0:  # the meters move on once an interval
+        uart.images = meter_images(STATE["n"])
+    app.run(clock_source.sleep_ms, 1)
+
+
+def _floor_interval_done(phase):
+    STATE["n"] += 1
+    if phase == "warm-up" and STATE["n"] >= 2:
+        STATE["phase"] = "steady"
+    elif phase == "steady" and STATE["n"] >= 2 + PARAMS["steady"]:
+        if PARAMS.get("outage"):
+            STATE["phase"] = "outage"
+            BROKER.up = False
+        else:
+            STATE["phase"] = "done"
+    elif phase == "outage" and app.paused:
+        BROKER.up = True
+        STATE["phase"] = "replay"
+    elif phase == "replay" and app.outbox.pending() == 0:
+        STATE["phase"] = "after"
+    elif phase == "after":
+        STATE["tail"] += 1
+        if STATE["tail"] >= 2:
+            STATE["phase"] = "done"
+
+
+# One module a step at boot, leaves first: a board collects while main.py imports them,
+# this port only between steps.
+FLOOR_IMPORTS = (
+    "crev.errors",
+    "crev.cbor",
+    "crev.sha512",
+    "crev.ed25519",
+    "crev.keys",
+    "crev.registers",
+    "crev.modbus_rtu",
+    "crev.dgcc",
+    "crev.cose",
+    "crev.reading",
+    "dgc",
+    "dgc.limbs25519",
+    "dgc.clock",
+    "dgc.rtu_bus",
+    "dgc.meters",
+    "dgc.outbox",
+    "dgc.uplink",
+    "dgc.app",
+)
+
+
+def floor_step(i):
+    global STEPS
+    phase = STATE["phase"]
+    if phase == "interpreter" and STATE["n"] < len(FLOOR_IMPORTS):
+        try:
+            name = FLOOR_IMPORTS[STATE["n"]]
+            if name != "dgc.limbs25519" or PARAMS["signing"] == "limbs":  # as firmware/main.py imports
+                __import__(name)
+        except MemoryError:
+            STATE["failed"] = FLOOR_IMPORTS[STATE["n"]]
+            STATE["phase"] = "MemoryError"
+            return
+        STATE["n"] += 1
+        if STATE["n"] == len(FLOOR_IMPORTS):
+            STATE["n"] = 0
+        else:
+            return
+    # Once booted no list is made per step: what a step allocates is the firmware's.
+    setup = [] if app is not None else [k for k, (name, work) in enumerate(SETUP) if name == phase and work]
+    if setup:
+        try:
+            SETUP[setup[0]][1]()
+        except MemoryError:  # the heap is too small to boot
+            STATE["failed"] = phase
+            STATE["phase"] = "MemoryError"
+            return
+        STATE["phase"] = SETUP[setup[0] + 1][0]
+        return
+    if phase == "MemoryError" and app is None:
+        STEPS = 0
+        print(json.dumps({"phase": "floor", "ok": False, "failed_in": STATE["failed"], "intervals": 0}))
+        return
+    if phase in ("done", "MemoryError"):
+        STEPS = 0
+        connections = 2 if PARAMS.get("outage") else 1
+        ok = (
+            phase == "done"
+            and STATE["no_reading"] == 0
+            and received.gaps == 0
+            and received.duplicates == 0
+            and received.readings == app.outbox.head.next_seq
+            and app.outbox.pending() == 0
+            and received.online == connections
+        )
+        print(
+            json.dumps(
+                {
+                    "phase": "floor",
+                    "ok": ok,
+                    "failed_in": STATE["failed"],
+                    "intervals": STATE["n"],
+                    "readings": received.readings,
+                    "next_seq": app.outbox.head.next_seq,
+                    "gaps": received.gaps,
+                    "duplicates": received.duplicates,
+                    "no_reading": STATE["no_reading"],
+                    "connections": received.online,
+                    "heap": gc.mem_alloc() + gc.mem_free() - (128 << 20),
+                }
+            )
+        )
+        return
+    try:
+        _floor_pass()
+    except MemoryError:
+        # Nothing more may be allocated here (the heap is full until the step returns and
+        # the runner collects): the next step reports.
+        STATE["failed"] = phase
+        STATE["phase"] = "MemoryError"
+        return
+    STATE["pass"] += 1
+    if STATE["pass"] >= PASSES:
+        STATE["pass"] = 0
+        _floor_interval_done(phase)
+
+
 if MODE == "timing":
     timing()
+elif MODE == "floor":
+    step = floor_step
+    STEPS = 1 << 30  # until the report lowers it
 else:
     STEPS = 1 << 30  # until the "done" step lowers it

@@ -9,8 +9,9 @@ column, as ingest stores them.
 Issuance: one ``Registry.issue()`` pass over every closed slot, timed on a
 fresh copy of the ledger each round. The baseline, in the same run and on the
 same copy, is reading the same rows from the store
-(``SELECT leaf_idx, t1, gs, cose ... ORDER BY leaf_idx`` for each device,
-every row fetched).
+(``SELECT leaf_idx, t1, gs ... ORDER BY leaf_idx`` for each device, every
+row fetched: what issuance reads, the COSE bytes being needed only for rows
+without gs).
 
 Trace: the owner retires everything it holds, so the retirement takes one
 lot per (device, slot) and every reading issued stands behind it. The bundle
@@ -57,7 +58,7 @@ PLACE = "Japan/Fukushima/Koriyama"
 FACTOR_MG = 441_234
 START = 1_700_000_000 // SLOT_S * SLOT_S  # a slot boundary
 BLOCK_LEAVES = 1000
-RAW_READ = "SELECT leaf_idx, t1, gs, cose FROM readings WHERE dev = ? AND leaf_idx >= ? ORDER BY leaf_idx"
+RAW_READ = "SELECT leaf_idx, t1, gs FROM readings WHERE dev = ? AND leaf_idx >= ? ORDER BY leaf_idx"
 
 
 def device_keys(devices: int) -> list[tuple[str, SigningKey]]:

@@ -21,12 +21,32 @@ from umqtt.simple import MQTTClient
 
 from crev import ed25519
 
+# Without the signing table (200 kB, boards with PSRAM only): the mode whose loop ran in the
+# smallest fixed heap under a garbage collector that runs within a pass, as a board's does
+# (MicroPython's unix port), and the faster (docs/provisioning-a-microcontroller.md).
+DEFAULT_SIGNING = "ints"
+
+
+def choose_signing(device):
+    """The signature's base multiplication: the table if signing_table, else device["signing"]."""
+    mode = "table" if device.get("signing_table", False) else device.get("signing", DEFAULT_SIGNING)
+    if mode == "table":
+        ed25519.use_base_table(True)
+    elif mode == "limbs":
+        # Imported only here: its 11 kB of bytecode would stay in the heap of the other modes.
+        from dgc.limbs25519 import install
+
+        install()  # 12-bit limbs: slower, no garbage per field operation
+    elif mode == "ints":
+        ed25519.use_base_table(False)  # the comb in Python ints: faster, 240 kB of garbage a signature
+    else:
+        raise ValueError("device.signing must be table, limbs or ints, not %r" % mode)
+
 
 def main():
     with open("/config.json") as f:
         config = json.load(f)
-    # The signing table costs about 200 kB of heap: only boards with PSRAM can keep it.
-    ed25519.use_base_table(config["device"].get("signing_table", False))
+    choose_signing(config["device"])
     files = Files(os)
     key, created = load_or_create(files, os.urandom)
     print(announce(key, config["device"]["id"]))

@@ -44,6 +44,10 @@ _use_table = True
 # the nine multiplications of an addition.
 _comb = None  # type: list | None
 
+# A function that gives the encoding of [s]B in place of _encode_point(_base_multiply(s)):
+# the firmware's allocation-free one (firmware/dgc/limbs25519.py), or None.
+_encoded_base_multiply = None  # type: object
+
 # The last seed's expanded secret (a, prefix): a device signs with one key,
 # and expanding it is a SHA-512 of its own at every signature otherwise.
 _expanded = None  # type: tuple | None
@@ -51,10 +55,17 @@ _expanded = None  # type: tuple | None
 
 def use_base_table(enabled: bool) -> None:
     """Choose the fast fixed-base table (200 kB of heap) or the small comb (3 kB, slower)."""
-    global _base_table, _use_table
+    global _base_table, _use_table, _encoded_base_multiply
     _use_table = enabled
+    _encoded_base_multiply = None
     if not enabled:
         _base_table = None
+
+
+def use_encoded_base_multiply(function: object) -> None:
+    """Sign with ``function(s)``, which must return the encoding of [s]B (None: this module's own)."""
+    global _encoded_base_multiply
+    _encoded_base_multiply = function
 
 
 class SignatureError(Exception):
@@ -125,27 +136,32 @@ def _multiply(scalar: int, point: tuple) -> tuple:
 def _comb_table() -> list:
     global _comb
     if _comb is None:
-        teeth = [_BASE]
-        for _ in range(3):
-            point = teeth[-1]
-            for _ in range(64):
-                point = _double(point)
-            teeth.append(point)
-        table = []
-        for v in range(1, 16):
-            point = _IDENTITY
-            for i in range(4):
-                if v >> i & 1:
-                    point = _add(point, teeth[i])
-            x, y, z, _ = point
-            zinv = pow(z, P - 2, P)
-            x = x * zinv % P
-            y = y * zinv % P
-            entry = ((y + x) % P, (y - x) % P, _D2 * x % P * y % P)
-            # A remainder keeps the size its dividend was given; from_bytes makes it the 32 bytes it needs.
-            table.append(tuple(int.from_bytes(n.to_bytes(32, "little"), "little") for n in entry))
-        _comb = table
+        _comb = _comb_points()
     return _comb
+
+
+def _comb_points() -> list:
+    """The comb's 15 entries, computed (the firmware's limb version keeps only its own copy)."""
+    teeth = [_BASE]
+    for _ in range(3):
+        point = teeth[-1]
+        for _ in range(64):
+            point = _double(point)
+        teeth.append(point)
+    table = []
+    for v in range(1, 16):
+        point = _IDENTITY
+        for i in range(4):
+            if v >> i & 1:
+                point = _add(point, teeth[i])
+        x, y, z, _ = point
+        zinv = pow(z, P - 2, P)
+        x = x * zinv % P
+        y = y * zinv % P
+        entry = ((y + x) % P, (y - x) % P, _D2 * x % P * y % P)
+        # A remainder keeps the size its dividend was given; from_bytes makes it the 32 bytes it needs.
+        table.append(tuple(int.from_bytes(n.to_bytes(32, "little"), "little") for n in entry))
+    return table
 
 
 def _comb_multiply(scalar: int) -> tuple:
@@ -246,19 +262,29 @@ def _hash_int(first: bytes, second: bytes, message: bytes) -> int:
     return int.from_bytes(h.digest(), "little")  # type: ignore[attr-defined]
 
 
+def _encoded_multiple_of_base(scalar: int) -> bytes:
+    # With the firmware's limb multiplication installed, the key at boot is made by it too:
+    # the comb in ints would otherwise be built (and its garbage made) for that one product.
+    if _encoded_base_multiply is not None:
+        encoded = _encoded_base_multiply(scalar)  # type: ignore[operator]
+        result = encoded  # type: bytes
+        return result
+    return _encode_point(_base_multiply(scalar))
+
+
 def public_key(seed: bytes) -> bytes:
     """The 32-byte public key of a 32-byte seed."""
     a, _ = _secret_expand(seed)
-    return _encode_point(_base_multiply(a))
+    return _encoded_multiple_of_base(a)
 
 
 def sign(seed: bytes, message: bytes, public: bytes | None = None) -> bytes:
     """RFC 8032 §5.1.6: the 64-byte signature of ``message``."""
     a, prefix = _secret_expand(seed)
     if public is None:
-        public = _encode_point(_base_multiply(a))
+        public = _encoded_multiple_of_base(a)
     r = _hash_int(prefix, b"", message) % L
-    r_bytes = _encode_point(_base_multiply(r))
+    r_bytes = _encoded_multiple_of_base(r)
     k = _hash_int(r_bytes, public, message) % L
     s = (r + k * a) % L
     signature = r_bytes + s.to_bytes(32, "little")  # type: bytes

@@ -286,8 +286,8 @@ class RegistryRows:
         The COSE bytes come only for rows without a gs column (written before the registry existed).
         """
         rows = self.db.execute(
-            "SELECT r.leaf_idx, r.t1, r.gs, CASE WHEN r.gs IS NULL THEN l.data END FROM readings r "
-            "JOIN leaves l ON l.idx = r.leaf_idx "
+            "SELECT r.leaf_idx, r.t1, r.gs, CASE WHEN r.gs IS NULL THEN (SELECT l.data FROM leaves l "
+            "WHERE l.idx = r.leaf_idx) END FROM readings r "
             "WHERE r.dev = ? AND r.leaf_idx >= ? AND r.leaf_idx < ? ORDER BY r.leaf_idx",
             (dev, first_leaf, sealed_size),
         ).fetchall()

@@ -7,24 +7,58 @@ from crev import modbus_rtu
 # ---------------------------------------------------------------- time
 
 
+# A board's ticks_ms() counts modulo 2**30 (MicroPython's TICKS_PERIOD), so it is
+# always a small int; milliseconds since 1970 are not (a bigint on a 32-bit port,
+# and every sum or quotient of one is a new object on the heap).
+TICKS_PERIOD = 1 << 30
+_TICKS_MASK = TICKS_PERIOD - 1
+_TICKS_HALF = TICKS_PERIOD // 2
+
+
 class FakeTime:
+    """A board's two clocks, moved by the test: time() in whole seconds, ticks_ms() wrapping.
+
+    They count as a board does, in small ints, so that sleeping and reading the
+    clock allocate nothing a board would not: the firmware's heap is measured
+    through this stand-in. The ticks start 5 minutes before they wrap, so every
+    test runs through a wrap (a board's wraps after 12.4 days).
+    """
+
     def __init__(self, start):
-        self.now_ms = start * 1000
+        self.wall = start  # seconds (a bigint after 2004, kept rather than rebuilt per call)
+        self.ms = 0  # into the current second
+        self.ticks = TICKS_PERIOD - 300 * 1000
 
     def time(self):
-        return self.now_ms // 1000
+        return self.wall
 
     def ticks_ms(self):
-        return self.now_ms
+        return self.ticks
 
     def ticks_add(self, a, b):
-        return a + b
+        return (a + b) & _TICKS_MASK
 
     def ticks_diff(self, a, b):
-        return a - b
+        return ((a - b + _TICKS_HALF) & _TICKS_MASK) - _TICKS_HALF
 
     def sleep_ms(self, ms):
-        self.now_ms += ms
+        self.ticks = (self.ticks + ms) & _TICKS_MASK
+        ms += self.ms
+        if ms >= 1000:
+            self.wall += ms // 1000
+            ms %= 1000
+        self.ms = ms
+
+    @property
+    def now_ms(self):
+        return self.wall * 1000 + self.ms
+
+    @now_ms.setter
+    def now_ms(self, value):
+        # Setting the time moves both clocks, as time passing does (not a clock step).
+        self.ticks = (self.ticks + (value - self.now_ms)) & _TICKS_MASK
+        self.wall = value // 1000
+        self.ms = value % 1000
 
 
 # ---------------------------------------------------------------- UART

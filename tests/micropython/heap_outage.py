@@ -22,12 +22,12 @@ from fakes import BROKER, FakeTime, FakeUart, install_socket
 install_socket()
 from dgc.app import App
 from dgc.clock import Clock
+from dgc.limbs25519 import install as sign_without_allocating
 from dgc.outbox import Files, Outbox
 from dgc.rtu_bus import RtuBus
 from dgc.uplink import Uplink
 from umqtt.simple import MQTTClient
 
-from crev import ed25519
 from crev.keys import SigningKey
 
 with open("/test/params.json") as f:
@@ -67,7 +67,7 @@ def on_publish(topic, payload):
 
 BROKER.keep = False
 BROKER.on_publish = on_publish
-ed25519.use_base_table(False)  # as firmware/main.py does by default
+sign_without_allocating()  # as firmware/main.py does by default (no signing table)
 clock_source = FakeTime(START - INTERVAL_S // 2)  # mid-interval: one boundary per App.run call
 uart = FakeUart()
 clock = Clock(lambda: None, clock_source)
