@@ -1,10 +1,9 @@
 """A populated ledger and its dashboard app, for the API and browser tests."""
 
-import time
 from pathlib import Path
 
 from fastapi import FastAPI
-from ingest_support import LEDGER_KEY, Device, LocalIngest
+from ingest_support import LEDGER_KEY, NOW, Device, LocalIngest
 
 from crev.keys import SigningKey
 from crev_ingest.config import parse
@@ -42,7 +41,9 @@ def build(
 
     ingest.config = parse(tomllib.loads(ingest_toml(directory, location)), directory / "ingest.toml")
     ingest.ingestor.config = ingest.config
-    now = now or int(time.time()) // 60 * 60
+    # LocalIngest stamps what it receives with NOW, taken when the test session started: readings made
+    # against the wall clock would run ahead of it (FUTURE_TIMESTAMP) once the session is long enough.
+    now = now or NOW
     devices = [
         Device(dev, SigningKey(bytes([60 + i]) * 32), t1=now - 60 * (readings + 2)) for i, dev in enumerate(SITES)
     ]
