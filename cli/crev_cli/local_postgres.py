@@ -124,11 +124,12 @@ class LocalPostgres:
             raise UsageError("PostgreSQL: %s failed: %s" % (what, detail))
         return done
 
-    def init(self) -> None:
-        self._run("initdb", "initdb", "-D", str(self.data), "-A", "trust", "-U", self.superuser, "-E", "UTF8")
+    def init(self, *flags: str) -> None:
+        self._run("initdb", "initdb", "-D", str(self.data), "-A", "trust", "-U", self.superuser, "-E", "UTF8", *flags)
 
-    def start(self) -> None:
-        options = "-k %s -c listen_addresses=''" % self.root
+    def start(self, settings: str = "") -> None:
+        """Start it; ``settings``: more ``-c name=value`` for the server."""
+        options = ("-k %s -c listen_addresses='' %s" % (self.root, settings)).strip()
         self._run(
             "pg_ctl start",
             *("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start"),
