@@ -65,7 +65,7 @@ print(state["n"], state["last"] - state["first"], state["bad"])
 
 def fleet(devices: int, per_device: int) -> tuple[list[tuple[str, bytes]], list[tuple[str, SigningKey]]]:
     keys = [("dgc-fleet-%05d" % i, SigningKey(i.to_bytes(4, "big") * 8)) for i in range(devices)]
-    messages = []
+    timed: list[tuple[int, bytes, str, bytes]] = []
     for dev, key in keys:
         head = ChainHead()
         counters = [1_000_000, 500_000, 200_000]
@@ -81,10 +81,11 @@ def fleet(devices: int, per_device: int) -> tuple[list[tuple[str, bytes]], list[
             reading = head.next_reading(dev, t1, 1, channels, "bench/1", t0=t1 - 60)
             cose = reading.sign(key)
             head = head.advance(reading, cose)
-            messages.append(("crev/v1/%s/reading" % dev, cose))
-    # Interleave devices, as a fleet's traffic would be.
-    messages.sort(key=lambda m: m[1][-8:])
-    return messages, keys
+            timed.append((t1, cose[-8:], "crev/v1/%s/reading" % dev, cose))
+    # Interleave devices, as a fleet's traffic would be: every device's reading of one interval, in
+    # no particular order (their signatures' order), before the next interval's.
+    timed.sort()
+    return [(topic, cose) for _t1, _order, topic, cose in timed], keys
 
 
 def publish_all(port: int, messages: list[tuple[str, bytes]]) -> None:

@@ -9,7 +9,7 @@ from ingest_support import LEDGER_KEY, NOW, Device
 from crev.keys import SigningKey
 from crev_ingest.audit import verify_ledger
 from crev_ingest.config import parse
-from crev_ingest.ledger import ACTION_ENROL
+from crev_ingest.ledger import ACTION_ENROL, ACTION_REVOKE
 from crev_ingest.service import IngestService
 from crev_ingest.store import Store
 
@@ -79,3 +79,28 @@ def test_a_message_failing_half_way_leaves_no_partial_rows(tmp_path: Path, monke
     seqs = [r[0] for r in worker.store.db.execute("SELECT seq FROM readings ORDER BY seq")]
     assert seqs == [0, 2]
     assert worker.store.open_gaps(device.dev) == [(device.dev, 1, 1)], "the failed seq shows as a gap"
+
+
+def test_a_worker_sees_keys_enrolled_and_revoked_by_another_process_at_its_next_batch(tmp_path: Path) -> None:
+    # The worker keeps the keys it has read between batches; a key event written through another
+    # connection to the same file must still count from the very next batch.
+    device = Device("dgc-worker-700", SigningKey(bytes([70]) * 32))
+    other = Device("dgc-worker-701", SigningKey(bytes([71]) * 32))
+    enrol(tmp_path, [other])
+    worker = service(tmp_path, "worker-keys")
+    worker.process_batch([message(other.next(), other.dev, 1), message(device.next(advance=False), device.dev, 2)])
+    enrol(tmp_path, [device])
+    worker.process_batch([message(device.next(), device.dev, 3)])
+    elsewhere = service(tmp_path, "revoker")
+    elsewhere.store.begin()
+    elsewhere.ledger.key_event(ACTION_REVOKE, device.dev, device.key.public_key, NOW - 3600, NOW * 1000)
+    elsewhere.store.commit()
+    elsewhere.store.close()
+    worker.process_batch([message(device.next(), device.dev, 4), message(other.next(), other.dev, 5)])
+    reasons = [r[0] for r in worker.store.db.execute("SELECT reason FROM quarantine ORDER BY id")]
+    assert reasons == ["UNKNOWN_KEY", "REVOKED_KEY"]
+    assert [r[0] for r in worker.store.db.execute("SELECT dev FROM readings ORDER BY leaf_idx")] == [
+        other.dev,
+        device.dev,
+        other.dev,
+    ]

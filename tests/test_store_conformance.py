@@ -29,7 +29,7 @@ from crev_ingest.audit import verify_ledger
 from crev_ingest.integrate import Item, integrate
 from crev_ingest.ledger import Ledger
 from crev_ingest.registry_audit import replay_registry
-from crev_ingest.store import SCHEMA_VERSION, Store
+from crev_ingest.store import SCHEMA_VERSION, ChainHead, Store
 from crev_ingest.validate import Rejected
 
 
@@ -295,6 +295,49 @@ def test_a_version_3_store_drops_the_second_cose_once_it_matches_the_leaves(tmp_
         assert left.execute("SELECT version FROM schema_version").fetchone()[0] == 3
 
 
+def _plain(value: object) -> object:
+    return bytes(value) if isinstance(value, memoryview) else value
+
+
+def _head_from_readings(store: Store, dev: str) -> ChainHead:
+    """What a device's chain head must be, worked out from its readings' leaves."""
+    seq, _leaf, _ms, raw = list(store.readings_between(dev, 0, 2**40))[-1]
+    return ChainHead(seq, sha256(raw).digest(), Reading.from_cose(raw).channels)
+
+
+def test_a_version_4_store_gets_its_chain_heads_from_its_readings(location: str, tmp_path: Path) -> None:
+    ingest = LocalIngest(tmp_path, location)
+    devices = [Device("dgc-conf-head-%d" % i, SigningKey(bytes([30 + i]) * 32)) for i in range(3)]
+    for device in devices:
+        ingest.enroll(device)
+    sent = {device.dev: [device.next() for _ in range(4)] for device in devices}
+    for device in devices[:2]:  # the third has no readings, so no head
+        for raw in sent[device.dev][:3] + (sent[device.dev][3:] if device is devices[0] else []):
+            assert ingest.send(raw).status == "accepted"
+    expected = {device.dev: ingest.store.chain_head(device.dev) for device in devices}
+    assert expected[devices[0].dev] == _head_from_readings(ingest.store, devices[0].dev)
+    assert expected[devices[0].dev] is not None and expected[devices[0].dev].seq == 3  # type: ignore[union-attr]
+    assert expected[devices[2].dev] is None
+    db = ingest.store.db
+    db.execute("DROP TABLE chain_heads")
+    db.execute("UPDATE schema_version SET version = 4")
+    ingest.store.close()
+    upgraded = LocalIngest(tmp_path, location)
+    try:
+        store = upgraded.store
+        assert int(store.db.execute("SELECT version FROM schema_version").fetchone()[0]) == SCHEMA_VERSION
+        assert {device.dev: store.chain_head(device.dev) for device in devices} == expected
+        # The upgraded heads are what the next reading is checked against.
+        late = sent[devices[1].dev][3]
+        other = Device(devices[1].dev, devices[1].key)  # the same key, a second history
+        forks = [other.next(gen=7) for _ in range(4)]
+        assert upgraded.send(forks[3], dev=devices[1].dev).reason == "CONFLICT"
+        assert upgraded.send(late, dev=devices[1].dev).status == "accepted"
+        assert store.chain_head(devices[1].dev) == _head_from_readings(store, devices[1].dev)
+    finally:
+        upgraded.store.close()
+
+
 # ------------------------------------------------------------ one writer at a time
 
 
@@ -389,6 +432,11 @@ def test_a_batch_gives_what_one_message_at_a_time_gives(ingest: LocalIngest, tmp
     assert merkle.root_of(store.leaf_count(), store.node) == merkle.root_of(twin.store.leaf_count(), twin.store.node)
     gaps = "SELECT dev, first_seq, last_seq, opened_ms, closed_ms FROM gaps"
     assert sorted(map(tuple, twin.store.db.execute(gaps))) == sorted(map(tuple, store.db.execute(gaps)))
+    heads = "SELECT dev, seq, hash, channels FROM chain_heads"
+    assert [tuple(map(_plain, r)) for r in store.db.execute(heads)] == [
+        tuple(map(_plain, r)) for r in twin.store.db.execute(heads)
+    ]
+    assert store.chain_head(device.dev) == _head_from_readings(store, device.dev)
     # The gap at 2, opened and closed within the batch, is kept as history; the one at 4 is open.
     assert [(*row[1:3], row[4] is None) for row in sorted(map(tuple, store.db.execute(gaps)))] == [
         (2, 2, False),
@@ -422,3 +470,24 @@ def test_a_batch_that_trips_a_bug_is_done_again_one_at_a_time(
     assert [r[0] for r in ingest.store.readings_between(device.dev, 0, 2**40)] == [0, 1, 3]
     assert ingest.store.quarantine_counts() == {"INTERNAL_ERROR": 1}
     verify_ledger(ingest.store, LEDGER_KEY.public_key, ORIGIN)
+
+
+def test_pending_keeps_each_reading_once_and_a_conflicting_one_beside_it(ingest: LocalIngest) -> None:
+    device = Device("dgc-conf-pending", SigningKey(bytes([27]) * 32))
+    raws = [device.next() for _ in range(3)]
+    other = Device(device.dev, device.key)  # the same key, a second seq 0
+    conflicting = other.next(gen=9)
+    topic = "crev/v1/%s/reading" % device.dev
+    store = ingest.store
+    store.begin(lock=False)
+    assert store.add_pending(device.dev, 0, 1, topic, raws[0])
+    rows = [(device.dev, seq, 2, topic, raw) for seq, raw in ((0, raws[0]), (1, raws[1]), (1, raws[1]), (2, raws[2]))]
+    assert store.add_pending_many([*rows, (device.dev, 0, 3, topic, conflicting)]) == [False, True, False, True, True]
+    store.commit()
+    waiting = store.pending_batch(10)
+    assert [cose for _id, _ms, _topic, cose in waiting] == [raws[0], raws[1], raws[2], conflicting]
+    store.begin()
+    store.drop_pending([waiting[1][0], waiting[3][0]])
+    store.commit()
+    assert [cose for _id, _ms, _topic, cose in store.pending_batch(10)] == [raws[0], raws[2]]
+    assert store.pending_count() == 2

@@ -18,6 +18,8 @@ from typing import Any
 import cbor2
 
 from crev import cbor
+from crev.cose import COSE_SIGN1_TAG
+from crev.reading import K_CH, K_CLK, K_DEV, K_E, K_FLAGS, K_FW, K_GS, K_PREV, K_SEQ, K_T0, K_T1, Reading
 
 # Readings nest four deep; anything deeper is left to the pure decoder and its MAX_DEPTH.
 MAX_FAST_DEPTH = 8
@@ -64,3 +66,30 @@ def fast_loads(data: bytes) -> object:
 
 def install() -> None:
     cbor.use_fast_decoder(fast_loads)
+
+
+def decode_verified(raw: bytes) -> Reading:
+    """A reading that a worker verified in full (SPEC §5 steps 1-6) before committing it: decoded only.
+
+    The integrator takes pending readings that passed every check in the
+    worker, so it need not check determinism, the schema or the signature
+    again. Anything unexpected raises, and the caller falls back to the
+    checking decoder, which names the problem.
+    """
+    envelope = cbor2.loads(raw)
+    if type(envelope) is not cbor2.CBORTag or envelope.tag != COSE_SIGN1_TAG:
+        raise ValueError("not a COSE_Sign1")
+    fields = cbor2.loads(envelope.value[2])
+    return Reading(
+        fields[K_DEV],
+        fields[K_SEQ],
+        fields[K_PREV],
+        fields[K_T0],
+        fields[K_T1],
+        fields[K_CLK],
+        [tuple(channel) for channel in fields[K_CH]],
+        fields.get(K_E),
+        fields.get(K_GS),
+        fields[K_FLAGS],
+        fields[K_FW],
+    )

@@ -35,6 +35,7 @@ APPEND_ONLY_TABLES = (
 BOOKKEEPING_TABLES = (
     "tile_edge",
     "pending",
+    "chain_heads",
     "schema_version",
     "gaps",
     "alarms",

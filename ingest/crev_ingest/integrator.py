@@ -31,6 +31,11 @@ from crev_ingest.metrics import IngestMetrics
 from crev_ingest.store import Store
 from crev_ingest.validate import Ingestor, Rejected
 
+try:
+    from crev_ingest.fastcbor import decode_verified
+except ImportError:  # without cbor2 the checking decoder does all
+    decode_verified = None  # type: ignore[assignment]
+
 log = logging.getLogger("crev.ingest.integrator")
 
 # A database that went away is retried at least this often, so ingest resumes soon after it is back.
@@ -142,11 +147,7 @@ class Integrator:
         rows = store.pending_batch(BATCH)
         items: list[Item] = []
         for _id, received_ms, topic, cose in rows:
-            try:
-                # The worker verified the signature before committing it here: decode only.
-                checked: Reading | Rejected = Reading.from_cose(cose)
-            except Exception as err:  # nothing a worker committed should fail this: keep it for inspection
-                checked = Rejected("INTERNAL_ERROR", "pending reading does not decode: %s" % err)
+            checked = _decode_pending(cose)
             items.append((received_ms, topic, cose, checked))
         ids = [row[0] for row in rows]
         # Read outside the transaction, which is fine: only the lock holder takes from pending,
@@ -184,6 +185,19 @@ class Integrator:
             ledger.sync()
             if ledger.size > ledger.sealed_size:
                 ledger.seal(int(time.time() * 1000))
+
+
+def _decode_pending(cose: bytes) -> "Reading | Rejected":
+    if decode_verified is not None:
+        try:
+            # The worker verified it in full before committing it to pending: decode only.
+            return decode_verified(cose)
+        except Exception:
+            pass  # the checking decoder, below, names what is wrong
+    try:
+        return Reading.from_cose(cose)
+    except Exception as err:  # nothing a worker committed should fail this: keep it for inspection
+        return Rejected("INTERNAL_ERROR", "pending reading does not decode: %s" % err)
 
 
 def retryable(store: Store | None) -> tuple[type[BaseException], ...]:

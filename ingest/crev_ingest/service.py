@@ -194,6 +194,7 @@ class IngestService:
         # several workers verify in parallel.
         checked: list[tuple[int, Reading | Rejected]] = []
         self.store.db.ensure_connected()  # the key lookups below run outside a transaction
+        self.ingestor.refresh_keys()
         for message in batch:
             received_ms = int(time.time() * 1000)
             try:
@@ -246,6 +247,7 @@ class IngestService:
         """
         started = time.monotonic()
         with self.store.transaction(lock=False):
+            verified: list[tuple[str, int, int, str, bytes]] = []
             for message, (received_ms, result) in zip(batch, checked, strict=True):
                 raw = bytes(message.payload)
                 if isinstance(result, Rejected):
@@ -253,10 +255,10 @@ class IngestService:
                     self.counts["quarantined"] += 1
                     self._count("quarantined", outcome.reason)
                     log.warning("quarantined %s from %s: %s", outcome.reason, message.topic, outcome.detail)
-                elif self.store.add_pending(result.dev, result.seq, received_ms, message.topic, raw):
-                    self.counts["accepted"] += 1
                 else:
-                    self.counts["duplicate"] += 1
+                    verified.append((result.dev, result.seq, received_ms, message.topic, raw))
+            for added in self.store.add_pending_many(verified):
+                self.counts["accepted" if added else "duplicate"] += 1
         self.metrics.commit.observe(time.monotonic() - started)
         for message in batch:  # only now, after the durable commit
             self._ack(message)

@@ -39,8 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crev import merkle
+from crev import cbor, merkle
+from crev.errors import CrevError
 from crev.ledger_format import LEAF_READING, leaf_data
+from crev.reading import Reading
 from crev_ingest import ConfigError, LedgerError
 from crev_ingest.database import Database, connect
 from crev_ingest.grants import install_triggers
@@ -87,6 +89,18 @@ CREATE TABLE IF NOT EXISTS pending (
     topic TEXT NOT NULL,
     cose BLOB NOT NULL,
     UNIQUE (dev, seq, digest)
+);
+-- Each device's chain head: its highest stored reading's seq, the SHA-256 of
+-- that reading's COSE_Sign1 (what the next reading's prev must be) and its
+-- channels as deterministic CBOR (where the next one's recomputation starts).
+-- Bookkeeping kept with the readings in the same transaction, so that a
+-- reading that extends its chain is checked without reading or decoding its
+-- neighbour; every value follows from the readings and their leaves.
+CREATE TABLE IF NOT EXISTS chain_heads (
+    dev TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    channels BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER NOT NULL
@@ -215,10 +229,10 @@ def open_configured(config: "IngestConfig", read_only: bool = False) -> "Store":
 
 # 1: tiles grew in place in ``tiles``; 2: partial tiles in ``tile_edge``, a schema_version row,
 # the witness tables; 3: pending (readings sequenced, not yet integrated); 4: a reading's COSE
-# bytes only in its leaf, no longer in readings.cose too. Every change to the
+# bytes only in its leaf, no longer in readings.cose too; 5: chain_heads. Every change to the
 # schema raises it, with its upgrade in _create_or_upgrade: a store at this version is opened
 # without any DDL.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 SERIES_INSERT = (
     "INSERT INTO series (dev, seq, t1, site, gen_mwh, import_mwh, export_mwh, self_mwh, demand_mwh, co2_g) "
@@ -237,12 +251,30 @@ DAILY_UPSERT = (
     "gen_mwh = daily.gen_mwh + excluded.gen_mwh, co2_g = daily.co2_g + excluded.co2_g, "
     "readings = daily.readings + excluded.readings, flags = daily.flags | excluded.flags"
 )
+HEAD_UPSERT = (
+    "INSERT INTO chain_heads (dev, seq, hash, channels) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (dev) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, channels = excluded.channels "
+    "WHERE excluded.seq > chain_heads.seq"
+)
 STATS_UPSERT = (
     "INSERT INTO stats (name, value) VALUES (?, ?) "
     "ON CONFLICT (name) DO UPDATE SET value = stats.value + excluded.value"
 )
 # Reading keys per prefetch query (two parameters each).
 PREFETCH_CHUNK = 400
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    """A device's highest stored reading, as its successor's chain check needs it."""
+
+    seq: int
+    hash: bytes  # SHA-256 of its COSE_Sign1
+    channels: list[tuple[int, str, int, int]]
+
+
+def _decode_channels(data: bytes) -> list[tuple[int, str, int, int]]:
+    return [tuple(channel) for channel in cbor.loads(data)]  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -254,7 +286,8 @@ class _Batch:
     """
 
     known: dict[tuple[str, int], bytes | None]
-    max_seq: dict[str, int | None]
+    # dev -> its chain head (None: no reading stored yet), for every device in the batch.
+    heads: dict[str, "ChainHead | None"]
     leaves: list[tuple[int, int, int, bytes, bytes]] = field(default_factory=list)
     readings: dict[tuple[str, int], tuple[str, int, int, int, int, bytes, str | None]] = field(default_factory=dict)
     series: list[tuple[str, int, int, str, int, int, int, int, int, float]] = field(default_factory=list)
@@ -264,6 +297,7 @@ class _Batch:
     # open gaps when the batch began, and those it opened, as the rows they will be.
     gaps: dict[str, list[list[Any]]] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=dict)
+    moved_heads: set[str] = field(default_factory=set)
 
 
 # Decoded tiles kept by node(): a proof touches a few tiles per tile level, and
@@ -328,6 +362,8 @@ class Store(RegistryRows):
             self._move_partial_tiles_to_the_edge()
         if "cose" in self.db.columns("readings"):
             self._drop_the_second_cose()
+        if version is None or version < 5:
+            self._fill_chain_heads()
         if version is None:
             self.db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
         elif version < SCHEMA_VERSION:
@@ -352,6 +388,24 @@ class Store(RegistryRows):
                     "its cose differs from its ledger leaf; run crev audit ledger" % (self.db.label, dev, seq)
                 )
         self.db.execute("ALTER TABLE readings DROP COLUMN cose")
+
+    def _fill_chain_heads(self) -> None:
+        """Before version 5 the chain heads were read from the readings: derive them once."""
+        rows = self.db.execute(
+            "SELECT r.dev, r.seq, l.data FROM readings r JOIN leaves l ON l.idx = r.leaf_idx "
+            "JOIN (SELECT dev, max(seq) AS seq FROM readings GROUP BY dev) top ON top.dev = r.dev AND top.seq = r.seq"
+        ).fetchall()
+        for dev, seq, leaf in rows:
+            try:
+                raw = leaf_data(bytes(leaf))
+                channels = Reading.from_cose(raw).channels
+            except CrevError as err:
+                raise LedgerError(
+                    "%s: not upgrading to schema version 5 (the store is left as it was): readings row (%s, %d): "
+                    "its leaf is not a reading (%s); run crev audit ledger" % (self.db.label, dev, seq, err)
+                ) from None
+            head = ChainHead(int(seq), hashlib.sha256(raw).digest(), channels)
+            self.db.execute(HEAD_UPSERT, _head_row(str(dev), head))
 
     def _move_partial_tiles_to_the_edge(self) -> None:
         """Version 1 grew partial tiles in place in ``tiles``; from 2 they live in ``tile_edge``."""
@@ -483,14 +537,34 @@ class Store(RegistryRows):
     def begin_batch(self, readings: list[tuple[str, int]]) -> None:
         """Inside a write transaction, buffer the rows of these (dev, seq) readings until commit.
 
-        Prefetches what their chain checks read: each one's own seq and its
-        neighbours, and each device's highest seq. No savepoints while it is
-        on: a batch that fails is rolled back whole and done again without it.
+        Prefetches what their chain checks read: each device's chain head
+        and, for a reading that does not simply extend its device's chain
+        (a gap filled, a duplicate, a conflict), the stored readings at its
+        seq and beside it. No savepoints while it is on: a batch that fails
+        is rolled back whole and done again without it.
         """
-        wanted = sorted({(dev, seq + d) for dev, seq in readings for d in (-1, 0, 1) if seq + d >= 0})
+        devices = sorted({dev for dev, _seq in readings})
+        heads: dict[str, ChainHead | None] = dict.fromkeys(devices)
+        for start in range(0, len(devices), PREFETCH_CHUNK):
+            names = devices[start : start + PREFETCH_CHUNK]
+            rows = self.db.execute(
+                "SELECT dev, seq, hash, channels FROM chain_heads WHERE dev IN (%s)" % ", ".join("?" * len(names)),
+                names,
+            )
+            for dev, seq, digest, channels in rows:
+                heads[str(dev)] = ChainHead(int(seq), bytes(digest), _decode_channels(bytes(channels)))
+        # Which readings will not extend their chain, assuming the others are accepted: those
+        # need their neighbours. A guess that turns out wrong only costs a query later.
+        highest = {dev: (-1 if head is None else head.seq) for dev, head in heads.items()}
+        wanted: set[tuple[str, int]] = set()
+        for dev, seq in readings:
+            if seq != highest[dev] + 1:
+                wanted.update((dev, seq + d) for d in (-1, 0, 1) if seq + d >= 0)
+            highest[dev] = max(highest[dev], seq)
         known: dict[tuple[str, int], bytes | None] = dict.fromkeys(wanted)
-        for start in range(0, len(wanted), PREFETCH_CHUNK):
-            chunk = wanted[start : start + PREFETCH_CHUNK]
+        ordered = sorted(wanted)
+        for start in range(0, len(ordered), PREFETCH_CHUNK):
+            chunk = ordered[start : start + PREFETCH_CHUNK]
             rows = self.db.execute(
                 "SELECT r.dev, r.seq, l.data FROM readings r JOIN leaves l ON l.idx = r.leaf_idx "
                 "WHERE (r.dev, r.seq) IN (VALUES %s)" % ", ".join(["(?, ?)"] * len(chunk)),
@@ -498,27 +572,19 @@ class Store(RegistryRows):
             )
             for dev, seq, leaf in rows:
                 known[(str(dev), int(seq))] = leaf_data(bytes(leaf))
-        devices = sorted({dev for dev, _seq in readings})
-        max_seq: dict[str, int | None] = dict.fromkeys(devices)
-        for start in range(0, len(devices), PREFETCH_CHUNK):
-            names = devices[start : start + PREFETCH_CHUNK]
+        self._batch = _Batch(known, heads)
+
+    def _batch_gaps(self, batch: _Batch, dev: str) -> list[list[Any]]:
+        """The device's open gaps, and those the batch opened, read from the store on first use."""
+        gaps = batch.gaps.get(dev)
+        if gaps is None:
             rows = self.db.execute(
-                "SELECT dev, max(seq) FROM readings WHERE dev IN (%s) GROUP BY dev" % ", ".join("?" * len(names)),
-                names,
+                "SELECT id, first_seq, last_seq, opened_ms FROM gaps WHERE closed_ms IS NULL AND dev = ? ORDER BY id",
+                (dev,),
             )
-            for dev, highest in rows:
-                max_seq[str(dev)] = int(highest)
-        gaps: dict[str, list[list[Any]]] = {dev: [] for dev in devices}
-        for start in range(0, len(devices), PREFETCH_CHUNK):
-            names = devices[start : start + PREFETCH_CHUNK]
-            rows = self.db.execute(
-                "SELECT id, dev, first_seq, last_seq, opened_ms FROM gaps WHERE closed_ms IS NULL AND dev IN (%s) "
-                "ORDER BY id" % ", ".join("?" * len(names)),
-                names,
-            )
-            for gap_id, dev, first, last, opened in rows:
-                gaps[str(dev)].append([int(gap_id), int(first), int(last), int(opened), None])
-        self._batch = _Batch(known, max_seq, gaps=gaps)
+            gaps = [[int(gap), int(first), int(last), int(opened), None] for gap, first, last, opened in rows]
+            batch.gaps[dev] = gaps
+        return gaps
 
     def _flush_batch(self) -> None:
         batch, self._batch = self._batch, None
@@ -535,6 +601,7 @@ class Store(RegistryRows):
         self.db.executemany(DEVICE_UPSERT, [(dev, *seen) for dev, seen in sorted(batch.devices.items())])
         self.db.executemany(DAILY_UPSERT, [(*key, *sums) for key, sums in sorted(batch.daily.items())])
         self.db.executemany(STATS_UPSERT, sorted(batch.stats.items()))
+        self.db.executemany(HEAD_UPSERT, [_head_row(dev, batch.heads[dev]) for dev in sorted(batch.moved_heads)])
         rows = [gap for dev_gaps in batch.gaps.values() for gap in dev_gaps]
         self.db.executemany(
             "UPDATE gaps SET closed_ms = ? WHERE id = ?",
@@ -751,6 +818,11 @@ class Store(RegistryRows):
             (leaf_idx, action, dev, pubkey, kid, time_s),
         )
 
+    def key_event_mark(self) -> int:
+        """The newest key event's leaf index (-1: none), which changes whenever one is added."""
+        row = self.db.execute("SELECT max(leaf_idx) FROM key_events").fetchone()
+        return -1 if row[0] is None else int(row[0])
+
     def key_events_for_kid(self, kid: bytes) -> list[tuple[int, str, bytes, int]]:
         rows = self.db.execute(
             "SELECT action, dev, pubkey, time FROM key_events WHERE kid = ? ORDER BY leaf_idx", (kid,)
@@ -764,15 +836,33 @@ class Store(RegistryRows):
     def add_reading(
         self, dev: str, seq: int, t0: int, t1: int, leaf_idx: int, cose: bytes, gs: str | None = None
     ) -> None:
+        """A reading's row. Its chain head moves with it: see ``advance_head``."""
         if self._batch is not None:
             self._batch.readings[(dev, seq)] = (dev, seq, t0, t1, leaf_idx, cose, gs)
-            highest = self._batch.max_seq.get(dev)
-            self._batch.max_seq[dev] = seq if highest is None else max(highest, seq)
             return
         self.db.execute(
             "INSERT INTO readings (dev, seq, t0, t1, leaf_idx, gs) VALUES (?, ?, ?, ?, ?, ?)",
             (dev, seq, t0, t1, leaf_idx, gs),
         )
+
+    def advance_head(self, dev: str, head: ChainHead) -> None:
+        """``head`` is now the device's highest stored reading (if it is higher than the one kept)."""
+        batch = self._batch
+        if batch is not None and dev in batch.heads:
+            kept = batch.heads[dev]
+            if kept is None or head.seq > kept.seq:
+                batch.heads[dev] = head
+                batch.moved_heads.add(dev)
+            return
+        self.db.execute(HEAD_UPSERT, _head_row(dev, head))
+
+    def chain_head(self, dev: str) -> ChainHead | None:
+        """The device's highest stored reading, or None before its first."""
+        batch = self._batch
+        if batch is not None and dev in batch.heads:
+            return batch.heads[dev]
+        row = self.db.execute("SELECT seq, hash, channels FROM chain_heads WHERE dev = ?", (dev,)).fetchone()
+        return None if row is None else ChainHead(int(row[0]), bytes(row[1]), _decode_channels(bytes(row[2])))
 
     def reading(self, dev: str, seq: int) -> bytes | None:
         batch = self._batch
@@ -789,10 +879,8 @@ class Store(RegistryRows):
         return None if row is None else leaf_data(bytes(row[0]))
 
     def max_seq(self, dev: str) -> int | None:
-        if self._batch is not None and dev in self._batch.max_seq:
-            return self._batch.max_seq[dev]
-        row = self.db.execute("SELECT max(seq) FROM readings WHERE dev = ?", (dev,)).fetchone()
-        return None if row[0] is None else int(row[0])
+        head = self.chain_head(dev)
+        return None if head is None else head.seq
 
     def count_readings_between(self, dev: str, from_s: int, to_s: int) -> int:
         row = self.db.execute(
@@ -835,12 +923,29 @@ class Store(RegistryRows):
 
     def add_pending(self, dev: str, seq: int, received_ms: int, topic: str, cose: bytes) -> bool:
         """Keep one verified reading for the integrator; False if this very reading is already waiting."""
-        added = self.db.execute(
-            "INSERT INTO pending (dev, seq, digest, received_ms, topic, cose) VALUES (?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (dev, seq, digest) DO NOTHING",
-            (dev, seq, hashlib.sha256(cose).digest(), received_ms, topic, cose),
-        )
-        return added.rowcount == 1
+        return self.add_pending_many([(dev, seq, received_ms, topic, cose)])[0]
+
+    def add_pending_many(self, readings: list[tuple[str, int, int, str, bytes]]) -> list[bool]:
+        """Keep verified (dev, seq, received_ms, topic, cose) readings for the integrator, a statement per
+        few hundred; for each, False if this very reading was already waiting (or came twice)."""
+        added: list[bool] = []
+        for start in range(0, len(readings), PREFETCH_CHUNK):
+            chunk = [(dev, seq, hashlib.sha256(cose).digest(), ms, topic, cose) for dev, seq, ms, topic, cose in
+                     readings[start : start + PREFETCH_CHUNK]]  # fmt: skip
+            inserted = {
+                (str(dev), int(seq), bytes(digest))
+                for dev, seq, digest in self.db.execute(
+                    "INSERT INTO pending (dev, seq, digest, received_ms, topic, cose) VALUES %s "
+                    "ON CONFLICT (dev, seq, digest) DO NOTHING RETURNING dev, seq, digest"
+                    % ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk)),
+                    [value for row in chunk for value in row],
+                ).fetchall()
+            }
+            for dev, seq, digest, _ms, _topic, _cose in chunk:
+                key = (dev, seq, digest)
+                added.append(key in inserted)
+                inserted.discard(key)  # a second copy in the same chunk is a duplicate
+        return added
 
     def pending_batch(self, limit: int) -> list[tuple[int, int, str, bytes]]:
         """(id, received_ms, topic, cose) of the oldest waiting readings, in arrival order."""
@@ -850,7 +955,9 @@ class Store(RegistryRows):
         return [(int(r[0]), int(r[1]), str(r[2]), bytes(r[3])) for r in rows]
 
     def drop_pending(self, ids: list[int]) -> None:
-        self.db.executemany("DELETE FROM pending WHERE id = ?", [(i,) for i in ids])
+        for start in range(0, len(ids), 2 * PREFETCH_CHUNK):
+            chunk = ids[start : start + 2 * PREFETCH_CHUNK]
+            self.db.execute("DELETE FROM pending WHERE id IN (%s)" % ", ".join("?" * len(chunk)), chunk)
 
     def pending_count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM pending").fetchone()[0])
@@ -898,7 +1005,7 @@ class Store(RegistryRows):
 
     def open_gap(self, dev: str, first: int, last: int, now_ms: int) -> None:
         if self._batch is not None:
-            self._batch.gaps.setdefault(dev, []).append([None, first, last, now_ms, None])
+            self._batch_gaps(self._batch, dev).append([None, first, last, now_ms, None])
             return
         self.db.execute(
             "INSERT INTO gaps (dev, first_seq, last_seq, opened_ms) VALUES (?, ?, ?, ?)", (dev, first, last, now_ms)
@@ -906,8 +1013,8 @@ class Store(RegistryRows):
 
     def fill_gap(self, dev: str, seq: int, now_ms: int) -> bool:
         """Close the open gap holding ``seq``, reopening what is still missing around it."""
-        if self._batch is not None and dev in self._batch.gaps:
-            for gap in self._batch.gaps[dev]:
+        if self._batch is not None:
+            for gap in self._batch_gaps(self._batch, dev):
                 if gap[4] is None and gap[1] <= seq <= gap[2]:
                     gap[4] = now_ms
                     first, last = gap[1], gap[2]
@@ -968,3 +1075,8 @@ class Store(RegistryRows):
     def stat(self, name: str) -> int:
         row = self.db.execute("SELECT value FROM stats WHERE name = ?", (name,)).fetchone()
         return 0 if row is None else int(row[0])
+
+
+def _head_row(dev: str, head: "ChainHead | None") -> tuple[str, int, bytes, bytes]:
+    assert head is not None, "only a head that moved is written"
+    return dev, head.seq, head.hash, cbor.dumps([list(channel) for channel in head.channels])

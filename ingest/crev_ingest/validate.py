@@ -24,9 +24,11 @@ from crev.reading import Reading, reading_hash, recompute_problem, valid_device_
 from crev.registry_format import generation_entries
 from crev_ingest.config import IngestConfig
 from crev_ingest.ledger import ACTION_ENROL, ACTION_REVOKE, LEAF_READING, Ledger
-from crev_ingest.store import Store
+from crev_ingest.store import ChainHead, Store
 
 MAX_MESSAGE = 16384
+# Accepted readings kept decoded for their neighbours' chain checks: two intervals of a 50,000-device fleet.
+RECENT_READINGS = 100_000
 
 try:  # cbor2's C decoder, checked against the core's encoder, for the readings' hot path
     from crev_ingest import fastcbor
@@ -70,13 +72,31 @@ class Ingestor:
         self.store = store
         self.ledger = ledger
         self.config = config
-        # The last reading accepted per device, so the next one need not decode it again.
-        self._recent: dict[str, tuple[bytes, Reading]] = {}
+        # Readings this process accepted lately, by (dev, seq), so that a neighbour's chain check
+        # need not decode them again. Checked against the stored bytes before use: other
+        # workers write to the same store.
+        self._recent: dict[tuple[str, int], tuple[bytes, Reading]] = {}
+        # kid -> its key events, while the store's newest key event stays the one seen by
+        # refresh_keys (they are append-only). None: not refreshed, so look each one up.
+        self._keys: dict[bytes, list[tuple[int, str, bytes, int]]] | None = None
+        self._keys_mark: int | None = None
+
+    def refresh_keys(self) -> None:
+        """Before a run of check_message calls: keep the enrolled keys read so far, unless one was added."""
+        mark = self.store.key_event_mark()
+        if self._keys is None or mark != self._keys_mark:
+            self._keys, self._keys_mark = {}, mark
 
     def _key_for(self, envelope: Sign1) -> tuple[str, bytes, int | None]:
         """(3): the device, key and revocation time (or None) enrolled under this kid."""
         current: tuple[str, bytes, int | None] | None = None
-        for action, dev, pubkey, when in self.store.key_events_for_kid(envelope.kid):
+        keys = self._keys
+        events = None if keys is None else keys.get(envelope.kid)
+        if events is None:
+            events = self.store.key_events_for_kid(envelope.kid)
+            if keys is not None:
+                keys[envelope.kid] = events
+        for action, dev, pubkey, when in events:
             if action == ACTION_ENROL:
                 current = (dev, pubkey, None)
             elif action == ACTION_REVOKE and current is not None and current[1] == pubkey:
@@ -117,13 +137,30 @@ class Ingestor:
         raw = self.store.reading(dev, seq)
         if raw is None:
             return None
-        cached = self._recent.get(dev)
+        cached = self._recent.get((dev, seq))
         if cached is not None and cached[0] == raw:
             return cached
         return raw, Reading.from_cose(raw)
 
+    def _remember(self, raw: bytes, reading: Reading) -> None:
+        recent = self._recent
+        if len(recent) >= RECENT_READINGS:
+            del recent[next(iter(recent))]  # the oldest: dicts keep insertion order
+        recent[(reading.dev, reading.seq)] = (raw, reading)
+
     def check_chain(self, reading: Reading, raw: bytes, now_s: int) -> Outcome | None:
         """Steps (7)-(9), inside the write transaction. Raises Rejected."""
+        head = self.store.chain_head(reading.dev)
+        if head is not None and reading.seq == head.seq + 1:
+            # The common case: it extends its chain, so nothing is stored at its seq or after it,
+            # and the head says what it must link to and count from.
+            if reading.prev != head.hash:
+                raise Rejected("CONFLICT", "prev does not link to the stored seq %d" % head.seq)
+            self._check_time(reading, now_s)
+            problem = recompute_problem(head.channels, reading)
+            if problem is not None:
+                raise Rejected("MISMATCH_RECOMPUTE", "%s (from the counters of seq %d)" % (problem, head.seq))
+            return None
         stored = self.store.reading(reading.dev, reading.seq)  # (7)
         if stored is not None:
             if stored == raw:
@@ -135,13 +172,16 @@ class Ingestor:
         after = self._stored(reading.dev, reading.seq + 1)
         if after is not None and after[1].prev != reading_hash(raw):
             raise Rejected("CONFLICT", "the stored seq %d does not link to this reading" % (reading.seq + 1))
-        if reading.t1 > now_s + self.config.max_future_s:  # (8)
-            raise Rejected("FUTURE_TIMESTAMP", "t1 %d is %d s ahead" % (reading.t1, reading.t1 - now_s))
+        self._check_time(reading, now_s)
         if before is not None:  # (9)
             problem = recompute_problem(before[1].channels, reading)
             if problem is not None:
                 raise Rejected("MISMATCH_RECOMPUTE", "%s (from the counters of seq %d)" % (problem, before[1].seq))
         return None
+
+    def _check_time(self, reading: Reading, now_s: int) -> None:
+        if reading.t1 > now_s + self.config.max_future_s:  # (8)
+            raise Rejected("FUTURE_TIMESTAMP", "t1 %d is %d s ahead" % (reading.t1, reading.t1 - now_s))
 
     def quarantine(self, topic: str, raw: bytes, received_ms: int, rejected: Rejected) -> Outcome:
         self.store.quarantine(received_ms, topic, rejected.reason, rejected.detail, raw)
@@ -165,11 +205,12 @@ class Ingestor:
             self.store.bump("duplicates")
             return duplicate
         self._store_reading(checked, raw, received_ms)
-        self._recent[checked.dev] = (raw, checked)
+        self._remember(raw, checked)
         return Outcome("accepted", None, "", checked.dev, checked.seq, checked)
 
     def process(self, topic: str, raw: bytes, received_ms: int) -> Outcome:
         """Validate and store one message (inside the caller's transaction)."""
+        self.refresh_keys()
         try:
             checked: Reading | Rejected = self.check_message(topic, raw)
         except Rejected as rejected:
@@ -181,6 +222,8 @@ class Ingestor:
         highest = self.store.max_seq(dev)
         leaf = self.ledger.append(LEAF_READING, received_ms, raw)
         self.store.add_reading(dev, reading.seq, reading.t0, reading.t1, leaf, raw, generation_json(reading))
+        if highest is None or reading.seq > highest:
+            self.store.advance_head(dev, ChainHead(reading.seq, reading_hash(raw), reading.channels))
         if highest is None:
             if reading.seq > 0:
                 self.store.open_gap(dev, 0, reading.seq - 1, received_ms)
