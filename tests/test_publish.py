@@ -8,6 +8,7 @@ and compares the root of the published tree with the signed checkpoint.
 
 import base64
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 from harness import run_crev
@@ -77,17 +78,39 @@ def write_config(directory: Path) -> None:
     )
 
 
-def test_publish_writes_tiles_and_entries_an_independent_reader_accepts_and_then_only_what_is_new(
-    tmp_path: Path,
+def add_readings(
+    ingest: LocalIngest, device: Device, count: int, before_seal: Callable[[Device, LocalIngest], None] | None = None
 ) -> None:
-    ingest = LocalIngest(tmp_path)
-    device = Device("dgc-publish-0001", SigningKey(bytes([41]) * 32), t1=NOW - 86400)
-    ingest.enroll(device)
-    for _ in range(300):
+    """``count`` readings of ``device`` through ingest, then whatever ``before_seal`` appends, all sealed."""
+    for _ in range(count):
         assert ingest.send(device.next()).status == "accepted"
     with ingest.store.transaction():
         ingest.ledger.sync()
-        ingest.ledger.seal(1_000)
+        if before_seal is not None:
+            before_seal(device, ingest)
+        if ingest.ledger.size > ingest.ledger.sealed_size:
+            ingest.ledger.seal(NOW * 1000)
+
+
+def readings_ledger(
+    directory: Path,
+    dev: str,
+    seed: int,
+    count: int,
+    before_seal: Callable[[Device, LocalIngest], None] | None = None,
+) -> tuple[LocalIngest, Device]:
+    """A ledger of one enrolled device's ``count`` readings (its key's seed is ``seed`` repeated), sealed."""
+    ingest = LocalIngest(directory)
+    device = Device(dev, SigningKey(bytes([seed]) * 32), t1=NOW - 86400)
+    ingest.enroll(device)
+    add_readings(ingest, device, count, before_seal)
+    return ingest, device
+
+
+def test_publish_writes_tiles_and_entries_an_independent_reader_accepts_and_then_only_what_is_new(
+    tmp_path: Path,
+) -> None:
+    ingest, device = readings_ledger(tmp_path, "dgc-publish-0001", 41, 300)
     (tmp_path / "ledger.key").write_text(LEDGER_KEY.seed_bytes().hex() + "\n")
     (tmp_path / "ledger.key").chmod(0o600)
     write_config(tmp_path)
@@ -99,11 +122,7 @@ def test_publish_writes_tiles_and_entries_an_independent_reader_accepts_and_then
     check_published(out, size)
     assert "3 new tiles, 2 new entry bundles" in first.stdout, first.stdout  # level 1 has a 1-hash tile
 
-    for _ in range(220):
-        assert ingest.send(device.next()).status == "accepted"
-    with ingest.store.transaction():
-        ingest.ledger.sync()
-        ingest.ledger.seal(2_000)
+    add_readings(ingest, device, 220)
     full_tile = (out / path("0", 0, 256)).stat().st_mtime_ns
     again = run_crev(tmp_path, "ingest", "publish", "--config", "ingest.toml", "--out", str(out))
     assert again.returncode == 0, again.stderr

@@ -386,6 +386,10 @@ def render_text(report: dict[str, Any]) -> str:
 
 
 def ledger(args: argparse.Namespace) -> int:
+    if args.mirror is not None:
+        return _ledger_of_mirror(args)
+    if args.config is None:
+        raise UsageError("give --config ingest.toml (the local ledger) or --mirror DIR --ledger-key KEY")
     from crev_ingest import IngestError
     from crev_ingest.cli import audit_ledger
     from crev_market import MarketError
@@ -407,3 +411,57 @@ def ledger(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from err
     print(message)
     return 0 if ok else 1
+
+
+def _ledger_of_mirror(args: argparse.Namespace) -> int:
+    from crev_cli.bundle_verify import parse_ledger_key
+    from crev_cli.mirror_audit import audit_mirror
+
+    if args.config is not None or args.state is not None:
+        raise UsageError("--mirror audits a mirror's copy: it takes --ledger-key, not --config or --state")
+    if args.ledger_key is None:
+        raise UsageError("--mirror needs --ledger-key: the ledger's public key (64 hex digits, or a file)")
+    try:
+        key = parse_ledger_key(args.ledger_key)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    if not Path(args.mirror).is_dir():
+        raise UsageError("--mirror %s is not a directory" % args.mirror)
+    ok, message = audit_mirror(Path(args.mirror), key)
+    print(message)
+    return 0 if ok else 1
+
+
+# ------------------------------------------------------------------ mirror
+
+
+def mirror(args: argparse.Namespace) -> int:
+    from crev_cli.bundle_verify import parse_ledger_key
+    from crev_cli.mirror import MirrorError
+    from crev_cli.mirror import mirror as mirror_log
+
+    try:
+        key = parse_ledger_key(args.ledger_key)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    # With witnesses and no --quorum, one cosignature among them is enough.
+    quorum = args.quorum if args.quorum is not None or not args.witness else 1
+    witnesses = _witness_keys(args.witness or [], quorum)
+    try:
+        done = mirror_log(args.url, key, Path(args.out), witnesses)
+    except MirrorError as err:
+        print("crev: %s" % err, file=sys.stderr)
+        return 1
+    except OSError as err:
+        raise UsageError("cannot write the mirror in %s: %s" % (args.out, err.strerror or err)) from err
+    since = "new" if done.old_size is None else "up from size %d, consistent with it" % done.old_size
+    print(
+        "mirrored %s into %s: %s, tree size %d (%s); fetched %d tiles, %d entry bundles and the checkpoint"
+        % (args.url, args.out, done.origin, done.size, since, done.tiles, done.bundles)
+    )
+    if witnesses is not None:
+        print(
+            "cosigned by %d of the %d witnesses given (%d required): %s"
+            % (len(done.cosigned), len(witnesses[0]), witnesses[1], ", ".join(name for name, _ in done.cosigned))
+        )
+    return 0

@@ -140,8 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
     trace_parser.add_argument("--retirement", required=True, type=int, metavar="ID", help="the retirement id")
     trace_parser.add_argument("--out", required=True, metavar="FILE", help="the bundle file to write")
     trace_parser.set_defaults(handler=audit_cmd.trace)
-    ledger = audit_commands.add_parser("ledger", help="recompute and verify the local ledger")
-    ledger.add_argument("--config", required=True, metavar="FILE", help="the ingest TOML configuration")
+    ledger = audit_commands.add_parser(
+        "ledger",
+        help="recompute and verify the local ledger, or a mirror's copy of one",
+        description="With --config, the local ledger: every leaf, tile, block and row, and the registry replayed. "
+        "With --mirror DIR --ledger-key KEY, a copy made by `crev audit mirror`: its checkpoint, tiles and leaves, "
+        "the readings' signatures and chains, and the registry replayed.",
+    )
+    ledger.add_argument("--config", metavar="FILE", help="the ingest TOML configuration")
+    ledger.add_argument("--mirror", metavar="DIR", help="audit the mirror in DIR instead (with --ledger-key)")
+    ledger.add_argument(
+        "--ledger-key", metavar="KEY", help="with --mirror: the ledger's public key (64 hex digits, or a file)"
+    )
     ledger.add_argument(
         "--state",
         metavar="FILE",
@@ -149,6 +159,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ledger.add_argument("--full", action="store_true", help="with --state: check everything again from leaf 0")
     ledger.set_defaults(handler=audit_cmd.ledger)
+    mirror = audit_commands.add_parser(
+        "mirror",
+        help="fetch, verify and keep a copy of a ledger published as tlog-tiles",
+        description="Fetch the checkpoint, tiles and entry bundles of the log at URL (http(s)://, file://, or a "
+        "directory `crev ingest publish` wrote), check them against the checkpoint signed by the ledger key, and "
+        "keep them in --out. Run again, it fetches only what is new and proves the new checkpoint extends the "
+        "kept one. Exit 1, naming the first bad file, if anything does not verify.",
+    )
+    mirror.add_argument("url", metavar="URL", help="the log: http://host:port/log/, file:///srv/log, or a directory")
+    mirror.add_argument(
+        "--ledger-key", required=True, metavar="KEY", help="the ledger's public key (64 hex digits, or a file)"
+    )
+    mirror.add_argument(
+        "--witness", action="append", metavar="VKEY", help="a witness's verifier key (repeat) that must cosign"
+    )
+    mirror.add_argument(
+        "--quorum", type=int, metavar="K", help="how many of the --witness keys must have cosigned (default 1)"
+    )
+    mirror.add_argument("--out", required=True, metavar="DIR", help="where the copy is kept")
+    mirror.set_defaults(handler=audit_cmd.mirror)
 
     registry_cmd.add_commands(commands, _Parser)
     market_cmd.add_commands(commands, _Parser)

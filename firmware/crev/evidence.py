@@ -277,14 +277,18 @@ class KeyHistory:
             return Failure(SIGNATURE, "key event", position, err.detail)
         if dev != self.dev:
             return Failure(SIGNATURE, "key event", position, "it is for %s, not %s" % (dev, self.dev))
+        self.record(item[0], action, pubkey, when)
+        return None
+
+    def record(self, leaf_index: int, action: int, pubkey: bytes, when: int) -> None:
+        """A verified key event of this device, in ledger order."""
         history = self.enrolments.setdefault(key_id(pubkey), [])
         if action == ACTION_ENROL:
-            history.append([item[0], pubkey, None])
+            history.append([leaf_index, pubkey, None])
         elif action == ACTION_REVOKE:
             for entry in history:
                 if entry[1] == pubkey and entry[2] is None:
                     entry[2] = when
-        return None
 
     def key_for(self, kid: bytes) -> "bytes | None":
         history = self.enrolments.get(kid)

@@ -44,15 +44,27 @@ def encode_leaf(leaf_type: int, received_ms: int, data: bytes) -> bytes:
     return cbor.dumps([leaf_type, received_ms, data])
 
 
-def leaf_data(leaf: bytes) -> bytes:
-    """The data (a reading's COSE_Sign1, say) of an encoded leaf. Raises LedgerFormatError."""
+def decode_leaf(leaf: bytes) -> tuple:
+    """``(type, received_ms, data)`` of an encoded leaf. Raises LedgerFormatError."""
     try:
         value = cbor.loads(leaf)
     except CrevError as err:
         raise LedgerFormatError("leaf: %s" % err)
-    if not isinstance(value, list) or len(value) != 3 or not isinstance(value[2], bytes):
+    if (
+        not isinstance(value, list)
+        or len(value) != 3
+        or not isinstance(value[0], int)
+        or not isinstance(value[1], int)
+        or not isinstance(value[2], bytes)
+    ):
         raise LedgerFormatError("a leaf is [type, received_ms, data]")
-    return value[2]
+    return value[0], value[1], value[2]
+
+
+def leaf_data(leaf: bytes) -> bytes:
+    """The data (a reading's COSE_Sign1, say) of an encoded leaf. Raises LedgerFormatError."""
+    data = decode_leaf(leaf)[2]  # type: bytes
+    return data
 
 
 def block_hash(signed_header: bytes) -> bytes:

@@ -26,9 +26,13 @@ everything else is checked the same way. The caller looks readings up:
 
 import hashlib
 
+from crev import cbor
+from crev.cose import Sign1
+from crev.errors import CrevError
 from crev.keys import key_id
-from crev.ledger_format import ACTION_ENROL, LedgerFormatError, parse_key_event
+from crev.ledger_format import ACTION_ENROL, LEAF_KEY_EVENT, LEAF_READING, LedgerFormatError, parse_key_event
 from crev.market_format import SIDE_BUY, SIDE_CANCEL, SIDE_SELL, Order, Trade, controller_problem
+from crev.reading import K_DEV, K_T1
 from crev.registry_format import (
     ACCOUNT_CLOSE,
     ACCOUNT_KEY_CHANGE,
@@ -40,6 +44,7 @@ from crev.registry_format import (
     LEAF_SITE,
     LEAF_TRADE,
     NANOGRAMS_PER_GRAM,
+    REGISTRY_LEAVES,
     SITE_REGISTER,
     AccountEvent,
     Issuance,
@@ -103,6 +108,7 @@ class RegistryReplay:
         self.issued_grams = 0
         # kid -> (dev, public key, revoked at unix s or None), from the ledger's key events
         self.device_keys = {}  # type: dict[bytes, list]
+        self.registry_leaves = 0
 
     # ------------------------------------------------------------ readings and blocks
 
@@ -148,6 +154,40 @@ class RegistryReplay:
         self.issued[byte] |= 1 << (leaf & 7)
 
     # ------------------------------------------------------------ leaves
+
+    def on_leaf(self, leaf: int, leaf_type: int, data: bytes, reading: "object | None" = None) -> None:
+        """Any ledger leaf, in ledger order; ``data`` is its third element. Raises ReplayError.
+
+        Readings and key events are noted (the state issuances and controllers'
+        orders are checked against); registry leaves are replayed.
+        """
+        if leaf_type == LEAF_READING:
+            try:
+                fields = cbor.loads(Sign1.from_bytes(data).payload)
+                if not isinstance(fields, dict):
+                    raise TypeError("the payload is not a map")
+                dev, t1 = fields[K_DEV], fields[K_T1]
+            except (CrevError, KeyError, TypeError) as err:
+                raise ReplayError(leaf, "reading", "does not parse: %s" % err, SCHEMA)
+            if not isinstance(dev, str) or not isinstance(t1, int):
+                raise ReplayError(leaf, "reading", "has no device id or t1", SCHEMA)
+            self.on_reading(leaf, dev, t1)
+        elif leaf_type == LEAF_KEY_EVENT:
+            self.on_key_event(leaf, data)
+        elif leaf_type in REGISTRY_LEAVES:
+            self.apply(leaf, leaf_type, data, reading)
+            self.registry_leaves += 1
+
+    def counts(self) -> dict:
+        """What the replay went through, for the audit's report."""
+        return {
+            "registry_leaves": self.registry_leaves,
+            "issuances": len(self.issuances),
+            "retirements": len(self.retirements),
+            "orders": len(self.orders) + len(self.cancels),
+            "trades": len(self.trades),
+            "issued_grams": self.issued_grams,
+        }
 
     def apply(self, leaf: int, leaf_type: int, data: bytes, reading: "object | None" = None) -> None:
         """Replay one registry leaf; raises ReplayError."""
@@ -426,6 +466,18 @@ class RegistryReplay:
         return None
 
 
+def counts_text(counts: dict) -> str:
+    """The audit report's words for RegistryReplay.counts(), local ledger or mirror."""
+    return "%d leaves, %d issuances (%d g), %d retirements, %d orders, %d trades" % (
+        counts["registry_leaves"],
+        counts["issuances"],
+        counts["issued_grams"],
+        counts["retirements"],
+        counts["orders"],
+        counts["trades"],
+    )
+
+
 class _Broken(Exception):
     def __init__(self, detail: str, category: str = STATE) -> None:
         Exception.__init__(self, detail)
@@ -439,4 +491,4 @@ def _lots_text(lots: list) -> str:
     )
 
 
-__all__ = ["NANOGRAMS_PER_GRAM", "RegistryReplay", "ReplayError"]
+__all__ = ["NANOGRAMS_PER_GRAM", "RegistryReplay", "ReplayError", "counts_text"]

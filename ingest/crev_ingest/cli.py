@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from crev import note
 from crev.keys import key_id
 from crev.reading import valid_device_id
+from crev.registry_replay import counts_text
 from crev_ingest import ConfigError
 from crev_ingest import config as ingest_config
 from crev_ingest.audit import AuditState, verify_ledger
@@ -209,14 +210,7 @@ def audit_ledger(config_path: Path, state_path: Path | None = None, full: bool =
         counts["readings"],
     )
     if "registry_leaves" in counts:
-        message += "; registry replayed: %d leaves, %d issuances (%d g), %d retirements, %d orders, %d trades" % (
-            counts["registry_leaves"],
-            counts["issuances"],
-            counts["issued_grams"],
-            counts["retirements"],
-            counts["orders"],
-            counts["trades"],
-        )
+        message += "; registry replayed: " + counts_text(counts)
     return True, message
 
 

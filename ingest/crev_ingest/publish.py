@@ -21,12 +21,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from crev import merkle
+from crev import tiles
 from crev_ingest import ConfigError
 from crev_ingest.store import Store
 from crev_ingest.witnessing import cosigned_checkpoint
-
-MAX_ENTRY = 0xFFFF
 
 
 @dataclass
@@ -37,9 +35,35 @@ class Published:
     bundles_written: int
 
 
-def entries_path(index: int, width: int = merkle.TILE_WIDTH) -> str:
-    """``tile/entries/<N>[.p/<W>]``, N encoded as for the hash tiles."""
-    return "tile/entries/" + merkle.tile_path(0, index, width)[len("tile/0/") :]
+def newest_block(store: Store) -> tuple[int, int] | None:
+    """(height, tree size) of the newest sealed block: what is published, and served (tiles_http)."""
+    latest = store.last_block()
+    return None if latest is None else (latest[0], latest[2])
+
+
+def body(store: Store, height: int, resource: tuple[object, ...]) -> bytes:
+    """The bytes of a tlog-tiles resource (as crev.tiles.parse_path gives it) of the tree of block ``height``.
+
+    ``crev ingest publish`` writes these bytes and the HTTP listener serves
+    them, so a mirror of either sees the same files.
+    """
+    if resource[0] == tiles.CHECKPOINT:
+        return cosigned_checkpoint(store, height).encode()
+    kind, index, width = resource
+    assert isinstance(index, int) and isinstance(width, int)
+    if kind == tiles.ENTRIES:
+        first = index * 256
+        rows = store.db.execute(
+            "SELECT idx, data FROM leaves WHERE idx >= ? AND idx < ? ORDER BY idx", (first, first + width)
+        ).fetchall()
+        if [int(r[0]) for r in rows] != list(range(first, first + width)):
+            raise ConfigError("the leaves %d to %d are not all stored" % (first, first + width - 1))
+        try:
+            return tiles.encode_entries([bytes(r[1]) for r in rows])
+        except tiles.TileError as err:
+            raise ConfigError("leaves %d to %d: %s" % (first, first + width - 1, err.what)) from err
+    assert isinstance(kind, int)
+    return store.tile(kind, index, width)
 
 
 def _write(out: Path, relative: str, data: bytes) -> None:
@@ -59,39 +83,17 @@ def publish(store: Store, out: Path) -> Published:
         raise ConfigError("--out %s is not a directory" % out)
     store.begin_snapshot()
     try:
-        latest = store.last_block()
+        latest = newest_block(store)
         if latest is None:
             raise ConfigError("the ledger has no sealed block yet: nothing to publish")
-        height, _hash, size = latest
-        checkpoint = cosigned_checkpoint(store, height)
-        tiles = bundles = 0
-        level = 0
-        while size >> (merkle.TILE_HEIGHT * level):
-            index = 0
-            while True:
-                width = merkle.tile_width(size, level, index)
-                if not width:
-                    break
-                relative = merkle.tile_path(level, index, width)
-                if not (out / relative).exists():
-                    _write(out, relative, store.tile(level, index, width))
-                    tiles += 1
-                index += 1
-            level += 1
-        for index in range((size + merkle.TILE_WIDTH - 1) // merkle.TILE_WIDTH):
-            width = min(merkle.TILE_WIDTH, size - index * merkle.TILE_WIDTH)
-            relative = entries_path(index, width)
-            if (out / relative).exists():
-                continue
-            parts = []
-            for leaf_idx in range(index * merkle.TILE_WIDTH, index * merkle.TILE_WIDTH + width):
-                leaf = store.leaf(leaf_idx)
-                if len(leaf) > MAX_ENTRY:
-                    raise ConfigError("leaf %d is %d bytes, more than an entry bundle holds" % (leaf_idx, len(leaf)))
-                parts.append(len(leaf).to_bytes(2, "big") + leaf)
-            _write(out, relative, b"".join(parts))
-            bundles += 1
-        _write(out, "checkpoint", checkpoint.encode())
+        height, size = latest
+        written = {"tiles": 0, "bundles": 0}
+        for resource in tiles.resources(size):
+            relative = tiles.resource_path(resource)
+            if not (out / relative).exists():
+                _write(out, relative, body(store, height, resource))
+                written["bundles" if resource[0] == tiles.ENTRIES else "tiles"] += 1
+        _write(out, tiles.CHECKPOINT, body(store, height, (tiles.CHECKPOINT,)))
     finally:
         store.db.execute("COMMIT")
-    return Published(size, height, tiles, bundles)
+    return Published(size, height, written["tiles"], written["bundles"])

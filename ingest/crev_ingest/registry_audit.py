@@ -11,12 +11,10 @@ import json
 from typing import Any
 
 from crev import cbor
-from crev.cose import Sign1
-from crev.errors import CrevError
-from crev.ledger_format import LEAF_KEY_EVENT, LEAF_READING
+from crev.ledger_format import LEAF_READING, LedgerFormatError, leaf_data
 from crev.market_format import SIDE_CANCEL
-from crev.reading import K_DEV, K_T1, Reading
-from crev.registry_format import LEAF_ACCOUNT, REGISTRY_LEAVES, generation_entries
+from crev.reading import Reading
+from crev.registry_format import LEAF_ACCOUNT, generation_entries
 from crev.registry_replay import RegistryReplay, ReplayError
 from crev_ingest import LedgerError
 from crev_ingest.store import Store
@@ -46,52 +44,20 @@ def replay_registry(store: Store, ledger_key: bytes) -> dict[str, int]:
     sizes = [int(r[0]) for r in store.db.execute("SELECT tree_size FROM blocks ORDER BY height")]
     block = 0
     lookup = _reading_lookup(store)
-    counts = {"registry_leaves": 0}
     for idx, leaf_type, data in store.db.execute("SELECT idx, type, data FROM leaves ORDER BY idx"):
         while block < len(sizes) and sizes[block] <= idx:
             replay.on_sealed(sizes[block])
             block += 1
-        if leaf_type == LEAF_READING:
-            dev, t1 = _dev_t1(bytes(data))
-            replay.on_reading(idx, dev, t1)
-        elif leaf_type == LEAF_KEY_EVENT:
-            decoded = cbor.loads(bytes(data))
-            assert isinstance(decoded, list)
-            try:
-                replay.on_key_event(idx, bytes(decoded[2]))
-            except ReplayError as err:
-                raise LedgerError("registry: %s" % err) from err
-        elif leaf_type in REGISTRY_LEAVES:
-            decoded = cbor.loads(bytes(data))
-            assert isinstance(decoded, list)
-            try:
-                replay.apply(idx, leaf_type, bytes(decoded[2]), lookup)
-            except ReplayError as err:
-                raise LedgerError("registry: %s" % err) from err
-            counts["registry_leaves"] += 1
+        try:
+            replay.on_leaf(idx, leaf_type, leaf_data(bytes(data)), lookup)
+        except (ReplayError, LedgerFormatError) as err:
+            raise LedgerError("registry: %s" % err) from err
     problem = replay.lot_conserved()
     if problem:
         raise LedgerError("registry: %s" % problem)
     _compare_rows(store, replay)
-    counts["issuances"] = len(replay.issuances)
-    counts["retirements"] = len(replay.retirements)
-    counts["orders"] = len(replay.orders) + len(replay.cancels)
-    counts["trades"] = len(replay.trades)
-    counts["issued_grams"] = replay.issued_grams
+    counts: dict[str, int] = replay.counts()
     return counts
-
-
-def _dev_t1(leaf: bytes) -> tuple[str, int]:
-    try:
-        decoded = cbor.loads(leaf)
-        assert isinstance(decoded, list)
-        fields = cbor.loads(Sign1.from_bytes(bytes(decoded[2])).payload)
-        assert isinstance(fields, dict)
-        t1 = fields[K_T1]
-        assert isinstance(t1, int)
-        return str(fields[K_DEV]), t1
-    except (CrevError, KeyError, TypeError) as err:
-        raise LedgerError("a reading leaf does not parse: %s" % err) from err
 
 
 def _compare_rows(store: Store, replay: RegistryReplay) -> None:

@@ -20,6 +20,8 @@ from crev_ingest import IngestError
 from crev_ingest.config import IngestConfig
 from crev_ingest.dashboard.queries import DAY_S, SORTS, Queries
 from crev_ingest.export import export_configured
+from crev_ingest.tiles_http import PREFIX as LOG_PREFIX
+from crev_ingest.tiles_http import add_routes as add_log_routes
 
 STATIC = Path(__file__).resolve().parent / "static"
 # uPlot, from npm: `make vendor` copies it into static/vendor (git-ignored).
@@ -172,11 +174,14 @@ def create_app(config: IngestConfig, token: str | None = None) -> FastAPI:
 
     @app.middleware("http")
     async def require_token(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if request.url.path in PUBLIC_PATHS or authorised(request):
+        # The log's tiles are public (SPEC §11): anyone may mirror and check it.
+        if request.url.path in PUBLIC_PATHS or request.url.path.startswith(LOG_PREFIX) or authorised(request):
             return await call_next(request)
         if request.url.path.startswith("/api/"):
             return JSONResponse({"detail": "a valid operator token is required"}, status_code=401)
         return RedirectResponse("/login", status_code=303)
+
+    add_log_routes(app, config.store_location)
 
     def today() -> tuple[str, int]:
         """The dashboard's local day (as the ``daily`` table names it) and the Unix second it starts at."""
