@@ -49,8 +49,9 @@ class AuditLedger:
         return export_bundle(self.ingest.store, request)
 
 
-def make_ledger(directory: Path, readings: int = 30, start: int = START) -> AuditLedger:
-    ingest = LocalIngest(directory)
+def make_ledger(directory: Path, readings: int = 30, start: int = START, location: str | None = None) -> AuditLedger:
+    """DEV and another device, ``readings`` each, sealed: in ``directory``/crev.sqlite or at ``location``."""
+    ingest = LocalIngest(directory, location)
     device = Device(DEV, SigningKey(bytes([71]) * 32), t1=start)
     other = Device("dgc-audit-0002", SigningKey(bytes([72]) * 32), t1=start)
     ingest.enroll(device)

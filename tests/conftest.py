@@ -1,4 +1,4 @@
-"""Shared fixtures: core vectors, a real mosquitto, an MQTT collector, and a real PostgreSQL."""
+"""Shared fixtures: core vectors, a real mosquitto, an MQTT collector, a real PostgreSQL, and the store under test."""
 
 from collections.abc import Iterator
 from pathlib import Path
@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from harness import Mosquitto, ReadingCollector
+from store_support import STORES
 from support import load_vectors
 
 if TYPE_CHECKING:
@@ -49,6 +50,24 @@ def postgres() -> Iterator["PostgresServer"]:
 def pg_url(postgres: "PostgresServer") -> str:
     """A fresh, empty database on the session's server."""
     return postgres.create_database()
+
+
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest) -> str:
+    """Which store the test runs on: "sqlite" (the test's crev.sqlite) or "postgresql"."""
+    return str(request.param)
+
+
+@pytest.fixture
+def store_url(store: str, request: pytest.FixtureRequest) -> str | None:
+    """None on SQLite; on PostgreSQL, the URL of a fresh database (the session's server starts on first use).
+
+    What harness.ingest_config, LocalIngest and the other helpers take as their store.
+    """
+    if store == "sqlite":
+        return None
+    url: str = request.getfixturevalue("pg_url")
+    return url
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ingest_support import LEDGER_KEY, NOW, Device, LocalIngest
+from store_support import storage_toml
 
 from crev import cbor
 from crev.dgcc import SOURCE_NAMES
@@ -38,8 +39,12 @@ def quiet(ingest: LocalIngest) -> LocalIngest:
 
 
 def relaxed(ingest: LocalIngest) -> LocalIngest:
-    """No fsync per commit (PRAGMA synchronous=OFF): for tests that commit thousands of times and never crash."""
-    ingest.store.db.execute("PRAGMA synchronous=OFF")
+    """No fsync per commit (PRAGMA synchronous=OFF): for tests that commit thousands of times and never crash.
+
+    On PostgreSQL the tests' server runs without fsync already (postgres_support).
+    """
+    if ingest.store.db.dialect == "sqlite":
+        ingest.store.db.execute("PRAGMA synchronous=OFF")
     return ingest
 
 
@@ -164,18 +169,19 @@ def write_ledger_key(path: Path) -> Path:
     return path
 
 
-def write_ingest_config(directory: Path, factor_g: str = "441.234") -> Path:
+def write_ingest_config(directory: Path, factor_g: str = "441.234", store_url: str | None = None) -> Path:
+    """An ingest.toml on ``directory``/crev.sqlite, or on the PostgreSQL database ``store_url``."""
     write_ledger_key(directory / "ledger.key")
     config = directory / "ingest.toml"
     config.write_text(
-        '[mqtt]\nurl = "mqtt://127.0.0.1:1"\n\n[storage]\npath = "crev.sqlite"\n\n'
+        '[mqtt]\nurl = "mqtt://127.0.0.1:1"\n\n[storage]\n%s\n\n'
         '[ledger]\nkey = "ledger.key"\norigin = "%s"\nblock_interval_s = 3600\nblock_max_leaves = 100000\n\n'
-        "[emission]\ndefault_g_per_kwh = %s\n" % (ORIGIN, factor_g)
+        "[emission]\ndefault_g_per_kwh = %s\n" % (storage_toml(store_url), ORIGIN, factor_g)
     )
     return config
 
 
-def table_counts(db: sqlite3.Connection) -> dict[str, int]:
+def table_counts(db: "sqlite3.Connection | Database") -> dict[str, int]:
     tables = (
         "leaves",
         "blocks",

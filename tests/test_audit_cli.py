@@ -1,9 +1,12 @@
-"""`crev audit export|verify|ledger` as an auditor and an operator run them."""
+"""`crev audit export|verify|ledger` as an auditor and an operator run them.
+
+What reads the store (export, and the ledger's audit) runs on both stores;
+what reads a bundle alone runs once, on a bundle exported from SQLite.
+"""
 
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import venv
@@ -14,6 +17,7 @@ import pytest
 from bundle_support import DEV, START, AuditLedger, make_ledger, parts
 from harness import ingest_config, run_crev
 from ingest_support import LEDGER_KEY, NOW
+from store_support import location, rows, tamper
 
 from crev_cli.audit_cmd import iso
 
@@ -40,10 +44,10 @@ def _run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> su
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=300, check=False)
 
 
-def _site(directory: Path, readings: int = 30, start: int = START) -> AuditLedger:
-    """A ledger on disk with its ingest.toml, ledger key and published public key."""
-    ledger = make_ledger(directory, readings, start)
-    ingest_config(directory, "mqtt://127.0.0.1:1")
+def _site(directory: Path, readings: int = 30, start: int = START, store_url: str | None = None) -> AuditLedger:
+    """A ledger (in crev.sqlite, or at ``store_url``) with its ingest.toml, ledger key and published public key."""
+    ledger = make_ledger(directory, readings, start, store_url)
+    ingest_config(directory, "mqtt://127.0.0.1:1", store_url=store_url)
     key = directory / "ledger.key"
     key.write_text(LEDGER_KEY.seed_bytes().hex() + "\n")
     key.chmod(0o600)
@@ -52,7 +56,15 @@ def _site(directory: Path, readings: int = 30, start: int = START) -> AuditLedge
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> Path:
+def site(tmp_path: Path, store_url: str | None) -> Path:
+    """A site on each store, for what exports from it or audits it."""
+    _site(tmp_path, store_url=store_url).ingest.store.close()
+    return tmp_path
+
+
+@pytest.fixture
+def sqlite_site(tmp_path: Path) -> Path:
+    """A site on SQLite, for what only verifies the bundle exported from it."""
     _site(tmp_path).ingest.store.close()
     return tmp_path
 
@@ -80,7 +92,8 @@ def test_export_then_verify_through_the_cli(site: Path) -> None:
     assert report["bundle"]["dev"] == DEV and report["first_failure"] is None
 
 
-def test_a_tampered_bundle_exits_1_and_names_the_reading(site: Path) -> None:
+def test_a_tampered_bundle_exits_1_and_names_the_reading(sqlite_site: Path) -> None:
+    site = sqlite_site
     assert _export(site).returncode == 0
     path = site / "audit.bundle"
     data = path.read_bytes()
@@ -107,7 +120,8 @@ def _verify_json(site: Path) -> tuple[int, dict[str, Any]]:
     return done.returncode, report
 
 
-def test_the_json_report_has_the_spec_top_level(site: Path) -> None:
+def test_the_json_report_has_the_spec_top_level(sqlite_site: Path) -> None:
+    site = sqlite_site
     assert _export(site).returncode == 0
     code, passed = _verify_json(site)
     assert code == 0 and passed["ok"] is True and passed["result"] == "pass"
@@ -151,8 +165,8 @@ def test_the_json_report_has_the_spec_top_level(site: Path) -> None:
         (("audit", "verify", "ingest.toml", "--ledger-key", "ledger.pub", "--jobs", "0"), "--jobs must be"),
     ],
 )
-def test_verify_mistakes_get_one_line_and_exit_2(site: Path, args: tuple[str, ...], message: str) -> None:
-    done = run_crev(site, *args)
+def test_verify_mistakes_get_one_line_and_exit_2(sqlite_site: Path, args: tuple[str, ...], message: str) -> None:
+    done = run_crev(sqlite_site, *args)
     assert done.returncode == 2 and message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
 
@@ -197,9 +211,10 @@ def test_verify_runs_with_network_and_databases_refused(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_verify_in_a_fresh_virtualenv_with_nothing_but_crev(
-    site: Path, tmp_path_factory: pytest.TempPathFactory
+    sqlite_site: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """No third-party package at all: without cryptography the pure Ed25519 verifies."""
+    site = sqlite_site
     assert _export(site).returncode == 0
     wheels = tmp_path_factory.mktemp("wheels")
     # Built from a copy, so that setuptools' build/ never lands in the checkout.
@@ -225,8 +240,8 @@ def test_verify_in_a_fresh_virtualenv_with_nothing_but_crev(
     assert "RESULT: PASS" in done.stdout
 
 
-def test_incremental_ledger_audit_checks_only_what_is_new(tmp_path: Path) -> None:
-    ledger = _site(tmp_path, readings=10)
+def test_incremental_ledger_audit_checks_only_what_is_new(tmp_path: Path, store_url: str | None) -> None:
+    ledger = _site(tmp_path, readings=10, store_url=store_url)
     first = run_crev(tmp_path, "audit", "ledger", "--config", "ingest.toml", "--state", "audit.state")
     assert first.returncode == 0 and "OK (full)" in first.stdout, first.stdout + first.stderr
     state = json.loads((tmp_path / "audit.state").read_text())
@@ -239,10 +254,10 @@ def test_incremental_ledger_audit_checks_only_what_is_new(tmp_path: Path) -> Non
     ledger.ingest.store.close()
 
     # Rewriting the block verified last time is caught, incrementally and in full.
-    with sqlite3.connect(tmp_path / "crev.sqlite") as db:
-        (header,) = db.execute("SELECT header FROM blocks WHERE height = ?", (state["height"],)).fetchone()
-        changed = bytes(header[:-1]) + bytes([header[-1] ^ 1])
-        db.execute("UPDATE blocks SET header = ? WHERE height = ?", (changed, state["height"]))
+    where = location(tmp_path, store_url)
+    ((header,),) = rows(where, "SELECT header FROM blocks WHERE height = ?", (state["height"],))
+    changed = bytes(header[:-1]) + bytes([header[-1] ^ 1])
+    assert tamper(where, "UPDATE blocks SET header = ? WHERE height = ?", (changed, state["height"])) == 1
     (tmp_path / "audit.state").write_text(json.dumps(state))
     third = run_crev(tmp_path, "audit", "ledger", "--config", "ingest.toml", "--state", "audit.state")
     assert third.returncode == 1 and "blocks row height %d" % state["height"] in third.stdout
@@ -250,7 +265,8 @@ def test_incremental_ledger_audit_checks_only_what_is_new(tmp_path: Path) -> Non
     assert full.returncode == 1
 
 
-def test_a_broken_state_file_is_one_line(site: Path) -> None:
+def test_a_broken_state_file_is_one_line(sqlite_site: Path) -> None:
+    site = sqlite_site
     (site / "audit.state").write_text("{not json")
     done = run_crev(site, "audit", "ledger", "--config", "ingest.toml", "--state", "audit.state")
     assert done.returncode == 2 and "not an audit state file" in done.stderr and "--full" in done.stderr

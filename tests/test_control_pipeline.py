@@ -10,7 +10,6 @@ caught. Revert times are a few seconds, so the test runs in under a minute.
 
 import itertools
 import json
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from harness import (
 from ingest_support import LEDGER_KEY, LocalIngest
 from paho.mqtt.enums import CallbackAPIVersion
 from registry_support import write_ingest_config
+from store_support import location, rows
 
 from crev import cbor, control, dgcc
 from crev.control import Ack, command_map, digest, sign_command
@@ -317,9 +317,10 @@ def test_seqs_always_increase_in_the_state_file(tmp_path: Path) -> None:
     assert next_seq(state, "other-op") >= clock_ms, "a new operator starts at the clock"
 
 
-def test_registry_operator_add(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    LocalIngest(tmp_path).store.close()
-    config = write_ingest_config(tmp_path)
+def test_registry_operator_add(tmp_path: Path, capsys: pytest.CaptureFixture[str], store_url: str | None) -> None:
+    """The one test here whose subject is the store: on both."""
+    LocalIngest(tmp_path, store_url).store.close()
+    config = write_ingest_config(tmp_path, store_url=store_url)
     key = SigningKey(bytes([0x61] * 32))
     code = main(
         [
@@ -339,9 +340,7 @@ def test_registry_operator_add(tmp_path: Path, capsys: pytest.CaptureFixture[str
     out, err = capsys.readouterr()
     assert code == 0, err
     assert 'id = "kansai-grid"' in out and key.public_key.hex() in out
-    db = sqlite3.connect(str(tmp_path / "crev.sqlite"))
-    (data,) = db.execute("SELECT data FROM leaves WHERE type = 4").fetchone()
-    db.close()
+    ((data,),) = rows(location(tmp_path, store_url), "SELECT data FROM leaves WHERE type = 4")
     leaf = cbor.loads(bytes(data))  # [type, received_ms, data] (SPEC §5)
     assert isinstance(leaf, list) and isinstance(leaf[2], bytes)
     event = AccountEvent.parse(leaf[2], LEDGER_KEY.public_key)

@@ -1,7 +1,9 @@
-"""Evidence bundles: export from a real SQLite ledger, verify offline, and catch tampering.
+"""Evidence bundles: export from a real ledger, verify offline, and catch tampering.
 
 Every tampering case checks the verifier names the right item (its position
 in the bundle, and the seq or block height) and the right check number.
+What exports from the store or reads it runs on both stores, SQLite and
+PostgreSQL; what only changes and verifies bytes runs on the SQLite bundle.
 """
 
 from collections.abc import Iterator
@@ -39,7 +41,20 @@ def bundle(audit_ledger: AuditLedger, tmp_path_factory: pytest.TempPathFactory) 
     return Bundle(out.read_bytes())
 
 
-def test_a_whole_range_verifies_with_totals_from_the_series_table(audit_ledger: AuditLedger, bundle: bytes) -> None:
+@pytest.fixture
+def exported(store_url: str | None, tmp_path: Path, request: pytest.FixtureRequest) -> tuple[AuditLedger, bytes]:
+    """The ledger and its whole bundle on each store: the module's on SQLite, one made afresh on PostgreSQL."""
+    if store_url is None:
+        return request.getfixturevalue("audit_ledger"), request.getfixturevalue("bundle")
+    ledger = make_ledger(tmp_path, readings=30, location=store_url)
+    request.addfinalizer(ledger.ingest.store.close)
+    out = tmp_path / "whole.bundle"
+    ledger.export(out)
+    return ledger, Bundle(out.read_bytes())
+
+
+def test_a_whole_range_verifies_with_totals_from_the_series_table(exported: tuple[AuditLedger, bytes]) -> None:
+    audit_ledger, bundle = exported
     result = verify(bundle)
     assert result.failure_count == 0, [f.describe() for f in result.failures]
     assert result.sequence is not None
@@ -58,7 +73,8 @@ def test_a_whole_range_verifies_with_totals_from_the_series_table(audit_ledger: 
     assert len(result.blocks.heights) >= 4, "small proof groups should list several blocks"
 
 
-def test_a_middle_range_carries_both_neighbours(audit_ledger: AuditLedger, tmp_path: Path) -> None:
+def test_a_middle_range_carries_both_neighbours(exported: tuple[AuditLedger, bytes], tmp_path: Path) -> None:
+    audit_ledger, _bundle = exported
     out = tmp_path / "middle.bundle"
     summary = audit_ledger.export(out, START + 600, START + 1200)
     # Reading seq k spans [START + 60k, START + 60(k + 1)): seq 10..19 overlap the range.
@@ -238,7 +254,8 @@ def sign1_payload(signed: bytes) -> bytes:
     return payload
 
 
-def test_a_proof_from_another_tree_size_fails(audit_ledger: AuditLedger, bundle: bytes) -> None:
+def test_a_proof_from_another_tree_size_fails(exported: tuple[AuditLedger, bytes]) -> None:
+    audit_ledger, bundle = exported
     blocks = parts(bundle)[3]
     readings = parts(bundle)[5]
     index = 3
@@ -271,8 +288,8 @@ def test_a_truncated_bundle_names_the_item_it_ends_in(bundle: bytes) -> None:
 # ---------------------------------------------------------------- keys
 
 
-def test_a_reading_by_an_unenrolled_key_in_the_ledger_fails_check_4(tmp_path: Path) -> None:
-    ledger = make_ledger(tmp_path, readings=10)
+def test_a_reading_by_an_unenrolled_key_in_the_ledger_fails_check_4(tmp_path: Path, store_url: str | None) -> None:
+    ledger = make_ledger(tmp_path, readings=10, location=store_url)
     stranger = SigningKey(bytes([77]) * 32)
     device = ledger.device
     t1 = device.t1 + 60
@@ -287,8 +304,8 @@ def test_a_reading_by_an_unenrolled_key_in_the_ledger_fails_check_4(tmp_path: Pa
     assert failure is not None and failure.seq == 10 and "not enrolled" in failure.detail
 
 
-def test_a_reading_signed_after_revocation_fails_but_one_before_passes(tmp_path: Path) -> None:
-    ledger = make_ledger(tmp_path, readings=10)
+def test_a_reading_signed_after_revocation_fails_but_one_before_passes(tmp_path: Path, store_url: str | None) -> None:
+    ledger = make_ledger(tmp_path, readings=10, location=store_url)
     device = ledger.device
     revoked_at = device.t1 + 120  # after the next reading's t1, before the one after
     ledger.ingest.revoke(device, revoked_at)
@@ -311,7 +328,8 @@ def test_a_dropped_key_event_leaves_readings_unenrolled(bundle: bytes) -> None:
     assert first(result) == (evidence.SIGNATURE, "reading", 0)
 
 
-def test_a_key_event_of_another_device_is_refused(audit_ledger: AuditLedger, bundle: bytes) -> None:
+def test_a_key_event_of_another_device_is_refused(exported: tuple[AuditLedger, bytes]) -> None:
+    audit_ledger, bundle = exported
     keys = parts(bundle)[4]
     store = audit_ledger.ingest.store
     other_leaf, other_data = store.key_event_leaves("dgc-audit-0002")[0]
@@ -330,8 +348,8 @@ def test_a_key_event_of_another_device_is_refused(audit_ledger: AuditLedger, bun
 # ---------------------------------------------------------------- export errors
 
 
-def test_export_refuses_unsealed_readings_and_empty_ranges(tmp_path: Path) -> None:
-    ledger = make_ledger(tmp_path, readings=5)
+def test_export_refuses_unsealed_readings_and_empty_ranges(tmp_path: Path, store_url: str | None) -> None:
+    ledger = make_ledger(tmp_path, readings=5, location=store_url)
     out = tmp_path / "b.bundle"
     with pytest.raises(Exception, match="no readings of"):
         ledger.export(out, NOW + 3600, NOW + 7200)
@@ -349,8 +367,8 @@ def test_reading_helpers_agree_with_the_bundle(bundle: bytes) -> None:
     assert seqs == list(range(30))
 
 
-def test_key_events_out_of_ledger_order_are_refused(tmp_path: Path) -> None:
-    ledger = make_ledger(tmp_path, readings=3)
+def test_key_events_out_of_ledger_order_are_refused(tmp_path: Path, store_url: str | None) -> None:
+    ledger = make_ledger(tmp_path, readings=3, location=store_url)
     ledger.ingest.revoke(ledger.device, NOW - 60)
     ledger.seal()
     out = tmp_path / "b.bundle"

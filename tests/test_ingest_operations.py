@@ -1,6 +1,8 @@
-"""`crev ingest run` as an operator meets it: it says when it cannot reach the broker, and alarms on a flood."""
+"""`crev ingest run` as an operator meets it: it says when it cannot reach the broker, and alarms on a flood.
 
-import sqlite3
+The flood's alarm is a row of the store: that test runs on both stores.
+"""
+
 import time
 import urllib.request
 from pathlib import Path
@@ -10,6 +12,7 @@ import pytest
 from harness import Mosquitto, Service, free_port, ingest_config, run_crev, wait_for
 from ingest_support import Device
 from paho.mqtt.enums import CallbackAPIVersion
+from store_support import count, location, rows
 
 from crev.keys import SigningKey
 
@@ -54,8 +57,10 @@ def test_ingest_keeps_saying_it_cannot_reach_the_broker_until_it_can(tmp_path: P
 
 
 @pytest.mark.slow
-def test_a_device_that_floods_is_alarmed_and_a_replayed_backlog_is_not(tmp_path: Path, broker: Mosquitto) -> None:
-    config = ingest_config(tmp_path, broker.url)
+def test_a_device_that_floods_is_alarmed_and_a_replayed_backlog_is_not(
+    tmp_path: Path, broker: Mosquitto, store_url: str | None
+) -> None:
+    config = ingest_config(tmp_path, broker.url, store_url=store_url)
     config.write_text(config.read_text() + "\n[validation]\nmax_per_minute = 30\n")
     assert run_crev(tmp_path, "ingest", "init", "--config", str(config)).returncode == 0
     backlog = Device("dgc-backlog-0001", SigningKey(bytes([21]) * 32), t1=(int(time.time()) - 86400) // 60 * 60)
@@ -80,13 +85,13 @@ def test_a_device_that_floods_is_alarmed_and_a_replayed_backlog_is_not(tmp_path:
         client.loop_stop()
         client.disconnect()
 
+        db = location(tmp_path, store_url)
+
         def alarms() -> list[tuple[str, str]]:
-            with sqlite3.connect(tmp_path / "crev.sqlite", timeout=10) as db:
-                return [(str(r[0]), str(r[1])) for r in db.execute("SELECT kind, dev FROM alarms")]
+            return [(str(r[0]), str(r[1])) for r in rows(db, "SELECT kind, dev FROM alarms")]
 
         def stored() -> int:
-            with sqlite3.connect(tmp_path / "crev.sqlite", timeout=10) as db:
-                return int(db.execute("SELECT count(*) FROM readings").fetchone()[0])
+            return count(db, "SELECT count(*) FROM readings")
 
         wait_for(lambda: ("FLOOD", "dgc-flood-0001") in alarms() and stored() == 100, 30, "the alarm and the backlog")
         assert alarms().count(("FLOOD", "dgc-flood-0001")) == 1, "one alarm while it goes on, not sixty"

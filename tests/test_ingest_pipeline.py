@@ -1,10 +1,9 @@
-"""gateway -> mosquitto -> ingest, all real processes; then `crev audit ledger`."""
+"""gateway -> mosquitto -> ingest, all real processes; then `crev audit ledger`. On both stores."""
 
 import random
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from harness import (
@@ -18,6 +17,7 @@ from harness import (
     run_crev,
     wait_for,
 )
+from store_support import location, rows
 from test_gateway_pipeline import DAY_SPEED, DEVICE, start_sim, sunspec_site, sunspec_site_with_gateway
 
 from crev.keys import SigningKey
@@ -30,14 +30,9 @@ def device_public_key(workdir: Path) -> str:
     return SigningKey(bytes.fromhex((workdir / ("%s.key" % DEVICE)).read_text().strip())).public_key.hex()
 
 
-def _rows(db_path: Path, query: str) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(db_path) as db:
-        return db.execute(query).fetchall()
-
-
 @pytest.mark.slow
-def test_readings_flow_into_the_ledger_exactly_once(tmp_path: Path, broker: Mosquitto) -> None:
-    config = ingest_config(tmp_path, broker.url)
+def test_readings_flow_into_the_ledger_exactly_once(tmp_path: Path, broker: Mosquitto, store_url: str | None) -> None:
+    config = ingest_config(tmp_path, broker.url, store_url=store_url)
     assert run_crev(tmp_path, "ingest", "init", "--config", str(config)).returncode == 0
     sim, gw_config = sunspec_site_with_gateway(tmp_path, broker, speed=DAY_SPEED)
     pubkey = device_public_key(tmp_path)
@@ -49,28 +44,28 @@ def test_readings_flow_into_the_ledger_exactly_once(tmp_path: Path, broker: Mosq
     time.sleep(12)
     assert gateway.stop() == 0, gateway.log()
     sim.stop()
-    db_path = tmp_path / "crev.sqlite"
+    db_path = location(tmp_path, store_url)
     with sqlite3.connect(tmp_path / ("%s-outbox.sqlite" % DEVICE)) as outbox:
         last = outbox.execute("SELECT last_cose FROM chain").fetchone()[0]
     last_seq = Reading.from_cose(bytes(last)).seq
-    wait_for(lambda: _rows(db_path, "SELECT count(*) FROM readings")[0][0] == last_seq + 1, 20, "ingest to store all")
+    wait_for(lambda: rows(db_path, "SELECT count(*) FROM readings")[0][0] == last_seq + 1, 20, "ingest to store all")
     time.sleep(1.5)  # one more block interval
     assert ingest.stop() == 0, ingest.log()
 
-    seqs = [row[0] for row in _rows(db_path, "SELECT seq FROM readings WHERE dev = '%s' ORDER BY seq" % DEVICE)]
+    seqs = [row[0] for row in rows(db_path, "SELECT seq FROM readings WHERE dev = '%s' ORDER BY seq" % DEVICE)]
     assert seqs == list(range(last_seq + 1)), "every reading stored exactly once"
-    assert _rows(db_path, "SELECT count(*) FROM quarantine")[0][0] == 0
-    assert _rows(db_path, "SELECT count(*) FROM leaves WHERE type = 1")[0][0] == last_seq + 1
+    assert rows(db_path, "SELECT count(*) FROM quarantine")[0][0] == 0
+    assert rows(db_path, "SELECT count(*) FROM leaves WHERE type = 1")[0][0] == last_seq + 1
 
     truth = load_truth(tmp_path / "truth.jsonl")
     counters = {
         tuple(r["meters"]["site"]["certified"][k] for k in ("generation", "import", "export")): i
         for i, r in enumerate(truth)
     }
-    stored = _rows(db_path, "SELECT l.data FROM readings r JOIN leaves l ON l.idx = r.leaf_idx ORDER BY r.seq")
+    stored = rows(db_path, "SELECT l.data FROM readings r JOIN leaves l ON l.idx = r.leaf_idx ORDER BY r.seq")
     readings = [Reading.from_cose(leaf_data(bytes(row[0]))) for row in stored]
     first, last_position = (counters[tuple(c[3] for c in r.channels)] for r in (readings[0], readings[-1]))
-    series_self = _rows(db_path, "SELECT sum(self_mwh), sum(co2_g) FROM series")[0]
+    series_self = rows(db_path, "SELECT sum(self_mwh), sum(co2_g) FROM series")[0]
     true_self = sum(int(rec["self_wh"]) * 1000 for rec in truth[first + 1 : last_position + 1])
     assert series_self[0] == true_self
     assert abs(float(series_self[1]) - true_self * 423 / 1e6) < 1e-6
@@ -81,8 +76,10 @@ def test_readings_flow_into_the_ledger_exactly_once(tmp_path: Path, broker: Mosq
 
 
 @pytest.mark.slow
-def test_ingest_killed_10_times_while_5_gateways_publish_loses_nothing(tmp_path: Path, broker: Mosquitto) -> None:
-    config = ingest_config(tmp_path, broker.url)
+def test_ingest_killed_10_times_while_5_gateways_publish_loses_nothing(
+    tmp_path: Path, broker: Mosquitto, store_url: str | None
+) -> None:
+    config = ingest_config(tmp_path, broker.url, store_url=store_url)
     assert run_crev(tmp_path, "ingest", "init", "--config", str(config)).returncode == 0
     # Ingest subscribes once before any gateway publishes: from then on its
     # persistent session makes the broker keep readings while it is down.
@@ -111,7 +108,7 @@ def test_ingest_killed_10_times_while_5_gateways_publish_loses_nothing(tmp_path:
     for gateway in gateways:
         assert gateway.stop() == 0, gateway.log()
     sim.stop()
-    db_path = tmp_path / "crev.sqlite"
+    db_path = location(tmp_path, store_url)
     last_seqs = {}
     for device in devices:
         with sqlite3.connect(tmp_path / ("%s-outbox.sqlite" % device)) as outbox:
@@ -120,12 +117,12 @@ def test_ingest_killed_10_times_while_5_gateways_publish_loses_nothing(tmp_path:
                 bytes(outbox.execute("SELECT last_cose FROM chain").fetchone()[0])
             ).seq
     total = sum(seq + 1 for seq in last_seqs.values())
-    wait_for(lambda: _rows(db_path, "SELECT count(*) FROM readings")[0][0] == total, 60, "ingest to catch up")
+    wait_for(lambda: rows(db_path, "SELECT count(*) FROM readings")[0][0] == total, 60, "ingest to catch up")
     time.sleep(1.5)
     assert ingest.stop() == 0, ingest.log()
     for device in devices:
-        seqs = [r[0] for r in _rows(db_path, "SELECT seq FROM readings WHERE dev = '%s' ORDER BY seq" % device)]
+        seqs = [r[0] for r in rows(db_path, "SELECT seq FROM readings WHERE dev = '%s' ORDER BY seq" % device)]
         assert seqs == list(range(last_seqs[device] + 1)), "%s: every published reading stored once" % device
-    assert _rows(db_path, "SELECT count(*) FROM quarantine")[0][0] == 0
+    assert rows(db_path, "SELECT count(*) FROM quarantine")[0][0] == 0
     audit = run_crev(tmp_path, "audit", "ledger", "--config", str(config))
     assert audit.returncode == 0, audit.stdout + audit.stderr

@@ -89,12 +89,10 @@ def post(port: int, signed: bytes) -> tuple[int, dict[str, object]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
 def test_controller_cli_and_api_orders_interleave_in_one_sequence(
-    tmp_path: Path, broker: Mosquitto, store: str, request: pytest.FixtureRequest
+    tmp_path: Path, broker: Mosquitto, store_url: str | None
 ) -> None:
     market_port = free_port()
-    store_url = request.getfixturevalue("postgres").create_database() if store == "postgresql" else None
     location = store_url or str(tmp_path / "crev.sqlite")
     config_path = ingest_config(tmp_path, broker.url, store_url=store_url)
     config_path.write_text(config_path.read_text() + '\n[market]\nlisten = "127.0.0.1:%d"\n' % market_port)

@@ -1,4 +1,7 @@
-"""SIGKILL of `crev market run` between and during orders: no order lost, no trade duplicated, the same book."""
+"""SIGKILL of `crev market run` between and during orders: no order lost, no trade duplicated, the same book.
+
+On both stores: the ledger in crev.sqlite, or in a PostgreSQL database.
+"""
 
 import random
 import signal
@@ -15,6 +18,7 @@ from harness import free_port, wait_for
 from ingest_support import LEDGER_KEY, NOW
 from market_support import SELLER, buy_order, make_market, payload, replay_market, sell_order
 from registry_support import write_ledger_key
+from store_support import location, storage_toml
 from trace_support import BASE, ORIGIN, PLACE, SITE
 
 from crev import cbor
@@ -85,14 +89,16 @@ def _post_into(port: int, signed: bytes, answer: list[int | None]) -> None:
 
 
 @pytest.mark.slow
-def test_sigkill_of_the_market_service_loses_no_order_and_duplicates_no_trade(tmp_path: Path) -> None:
-    made = make_market(tmp_path)
+def test_sigkill_of_the_market_service_loses_no_order_and_duplicates_no_trade(
+    tmp_path: Path, store_url: str | None
+) -> None:
+    made = make_market(tmp_path, store_url)
     made.traced.ingest.store.close()
     write_ledger_key(tmp_path / "ledger.key")
     port = free_port()
     (tmp_path / "ingest.toml").write_text(
-        '[storage]\npath = "crev.sqlite"\n\n[ledger]\nkey = "ledger.key"\norigin = "%s"\nblock_interval_s = 3600\n\n'
-        '[market]\nlisten = "127.0.0.1:%d"\n' % (ORIGIN, port)
+        '[storage]\n%s\n\n[ledger]\nkey = "ledger.key"\norigin = "%s"\nblock_interval_s = 3600\n\n'
+        '[market]\nlisten = "127.0.0.1:%d"\n' % (storage_toml(store_url), ORIGIN, port)
     )
     rng = random.Random(7)
     accepted: list[bytes] = []
@@ -116,7 +122,7 @@ def test_sigkill_of_the_market_service_loses_no_order_and_duplicates_no_trade(tm
             accepted.append(signed)
         process.wait(timeout=30)
     # Every order that was answered 200 is in the ledger exactly once; the others at most once.
-    replay = replay_market(tmp_path / "crev.sqlite")
+    replay = replay_market(location(tmp_path, store_url))
     recorded = list(replay.orders.values())
     assert len(recorded) == len({(o.account, o.nonce) for o in recorded}), "an order recorded twice"
     nonces = {o.nonce for o in recorded}
@@ -127,7 +133,7 @@ def test_sigkill_of_the_market_service_loses_no_order_and_duplicates_no_trade(tm
         (buy, sell, grams, price) for buy, sell, grams, price, _lots in replay.trades
     ]
     # A restarted market rebuilds the same book as the replay; replaying an acknowledged order is refused.
-    store = Store(tmp_path / "crev.sqlite")
+    store = Store(location(tmp_path, store_url))
     try:
         registry = Registry(store, Ledger(store, LEDGER_KEY, ORIGIN, 3600, 1000), 423000, "default")
         assert Market(registry).book() == replay.book
@@ -142,16 +148,16 @@ def test_sigkill_of_the_market_service_loses_no_order_and_duplicates_no_trade(tm
 
 
 @pytest.mark.slow
-def test_sigkill_while_placing_controllers_orders_places_each_once(tmp_path: Path) -> None:
+def test_sigkill_while_placing_controllers_orders_places_each_once(tmp_path: Path, store_url: str | None) -> None:
     """The inbox row of a controller's order settles in the order's own transaction: never placed twice."""
-    made = make_market(tmp_path)
+    made = make_market(tmp_path, store_url)
     made.traced.registry.change_site(SITE, None, None, [], {}, None, None, 2000, made.ms)
     store = made.traced.ingest.store
     write_ledger_key(tmp_path / "ledger.key")
     port = free_port()
     (tmp_path / "ingest.toml").write_text(
-        '[storage]\npath = "crev.sqlite"\n\n[ledger]\nkey = "ledger.key"\norigin = "%s"\nblock_interval_s = 0.05\n\n'
-        '[market]\nlisten = "127.0.0.1:%d"\n' % (ORIGIN, port)
+        '[storage]\n%s\n\n[ledger]\nkey = "ledger.key"\norigin = "%s"\nblock_interval_s = 0.05\n\n'
+        '[market]\nlisten = "127.0.0.1:%d"\n' % (storage_toml(store_url), ORIGIN, port)
     )
     rng = random.Random(11)
     devices = [("dgc-a-0000", SigningKey(bytes([3]) * 32)), ("dgc-a-0001", SigningKey(bytes([4]) * 32))]
@@ -194,7 +200,7 @@ def test_sigkill_while_placing_controllers_orders_places_each_once(tmp_path: Pat
     process.wait(timeout=30)
     rows = store.inbox_orders()
     assert len(rows) == sent and {row["state"] for row in rows} == {"placed"}, rows
-    replay = replay_market(tmp_path / "crev.sqlite")
+    replay = replay_market(location(tmp_path, store_url))
     controller = sorted(leaf for leaf, order in replay.orders.items() if order.by_controller)
     assert controller == sorted(row["order"] for row in rows), "each inbox order placed exactly once"
     with store.transaction():

@@ -1,17 +1,22 @@
-"""`crev audit ledger` replays the registry: a misbehaving registry is caught even when every signature holds."""
+"""`crev audit ledger` replays the registry: a misbehaving registry is caught even when every signature holds.
 
-import sqlite3
+On both stores: the retired ledger is made once per store and each test takes a copy of it. On
+PostgreSQL an edited row is forced through as the owner, the append-only triggers skipped.
+"""
+
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ingest_support import LEDGER_KEY
-from trace_support import ACCOUNT, BENEFICIARY, PURPOSE, YEAR, Traced, make_retired
+from ingest_support import LEDGER_KEY, LocalIngest
+from store_support import STORES, Location, copy, discard, tamper
+from trace_support import ACCOUNT, BENEFICIARY, FACTOR_MG, PURPOSE, YEAR, Traced, make_retired
 
 from crev.keys import SigningKey
 from crev.registry_format import Retirement
 from crev_ingest import LedgerError
 from crev_ingest.audit import verify_ledger
-from crev_market.registry import sign_retirement
+from crev_market.registry import Registry, sign_retirement
 
 
 def audit(ledger: Traced) -> dict[str, int]:
@@ -19,12 +24,26 @@ def audit(ledger: Traced) -> dict[str, int]:
     return counts
 
 
-@pytest.fixture
-def ledger(tmp_path: Path) -> Traced:
-    retired = make_retired(tmp_path)
-    counts = audit(retired)
+@pytest.fixture(scope="module", params=STORES)
+def retired(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Location:
+    """The honest story (readings, issuance, one retirement), audited, in a store no connection holds."""
+    directory = tmp_path_factory.mktemp("retired")
+    url = request.getfixturevalue("postgres").create_database() if request.param == "postgresql" else None
+    made = make_retired(directory, location=url)
+    counts = audit(made)
     assert counts["retirements"] == 1 and counts["issuances"] == 6
-    return retired
+    made.ingest.store.close()
+    return url or directory / "crev.sqlite"
+
+
+@pytest.fixture
+def ledger(retired: Location, tmp_path: Path) -> Iterator[Traced]:
+    """A copy of the retired ledger, opened as the registry would open it."""
+    where = copy(retired, tmp_path / "crev.sqlite")
+    ingest = LocalIngest(tmp_path, where if isinstance(where, str) else None)
+    yield Traced(ingest, Registry(ingest.store, ingest.ledger, FACTOR_MG, "default"), [])
+    ingest.store.close()
+    discard(where)
 
 
 def _held(ledger: Traced) -> list[list[int]]:
@@ -55,14 +74,19 @@ def test_the_store_refuses_the_same_signed_retirement_twice(ledger: Traced) -> N
     )
     ledger.record_retirement_unchecked(once)
     audit(ledger)
-    with pytest.raises(sqlite3.IntegrityError):  # even past the registry's own check, a UNIQUE column
+    with pytest.raises(ledger.ingest.store.db.integrity_errors):  # even past the registry's own check, a UNIQUE column
         ledger.record_retirement_unchecked(once)
 
 
 @pytest.mark.parametrize(
     ("sql", "where"),
     [
-        ("UPDATE lots SET grams = grams + 1 WHERE rowid = (SELECT min(rowid) FROM lots WHERE grams > 0)", "lots row"),
+        # In SQL both stores speak: rows by their keys, not by SQLite's rowid.
+        (
+            "UPDATE lots SET grams = grams + 1 WHERE issuance_leaf = (SELECT min(issuance_leaf) FROM lots "
+            "WHERE grams > 0) AND lot_index = 0",
+            "lots row",
+        ),
         (
             "UPDATE issuances SET owner = 'someone-else' WHERE leaf_idx = (SELECT min(leaf_idx) FROM issuances)",
             "issuances row",
@@ -71,11 +95,14 @@ def test_the_store_refuses_the_same_signed_retirement_twice(ledger: Traced) -> N
         ("UPDATE retirements SET beneficiary = 'Somebody Else'", "retirements row"),
         ("DELETE FROM retirements", "retirements"),
         ("UPDATE site_devices SET site = 'site-2'", "site_devices row"),
-        ("UPDATE readings SET gs = '[[\"PV-dgc-a-0000\", 1, 99]]' WHERE rowid = 5", "readings row"),
+        (
+            "UPDATE readings SET gs = '[[\"PV-dgc-a-0000\", 1, 99]]' WHERE leaf_idx = (SELECT leaf_idx FROM readings "
+            "ORDER BY leaf_idx LIMIT 1 OFFSET 4)",
+            "readings row",
+        ),
     ],
 )
 def test_an_edited_registry_row_is_caught(ledger: Traced, sql: str, where: str) -> None:
-    with sqlite3.connect(ledger.ingest.store.path) as db:
-        assert db.execute(sql).rowcount >= 1
+    assert tamper(ledger.ingest.store.path, sql) >= 1
     with pytest.raises(LedgerError, match=where):
         audit(ledger)

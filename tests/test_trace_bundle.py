@@ -4,6 +4,9 @@ Every tampering case checks the verifier names the right item (entry or
 reading, by its position in the bundle) and the right check number of
 ``crev.trace``. The forgeries are what a registry holding the ledger key
 could sign: each is a validly signed ledger leaf that says something false.
+
+What exports from the store or audits it (the honest trace, the forgeries)
+runs on both stores; what only verifies bytes runs on the SQLite trace.
 """
 
 import json
@@ -88,6 +91,19 @@ def bundle(bundle_path: Path) -> bytes:
     return Bundle(bundle_path.read_bytes())
 
 
+@pytest.fixture
+def exported(store_url: str | None, tmp_path: Path, request: pytest.FixtureRequest) -> tuple[Traced, bytes]:
+    """The retired ledger and its trace on each store: the module's on SQLite, one made afresh on PostgreSQL."""
+    if store_url is None:
+        return request.getfixturevalue("traced"), request.getfixturevalue("bundle")
+    made = make_retired(tmp_path, location=store_url)
+    request.addfinalizer(made.ingest.store.close)
+    out = tmp_path / "retirement.trace"
+    summary = made.export(out)
+    assert summary.grams == 1500 and summary.bytes == out.stat().st_size
+    return made, Bundle(out.read_bytes())
+
+
 def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=120, check=False)
 
@@ -95,7 +111,8 @@ def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 # ---------------------------------------------------------------- a trace that holds
 
 
-def test_a_trace_verifies_and_names_what_is_behind_the_retirement(traced: Traced, bundle: bytes) -> None:
+def test_a_trace_verifies_and_names_what_is_behind_the_retirement(exported: tuple[Traced, bytes]) -> None:
+    traced, bundle = exported
     result = verify(bundle)
     assert result.failure_count == 0, [f.describe() for f in result.failures]
     report = build_trace_report(result)
@@ -353,8 +370,10 @@ def test_a_dropped_retirement_entry_fails_check_9(bundle: bytes) -> None:
 # ---------------------------------------------------------------- forgeries a registry could sign
 
 
-def test_a_retirement_signed_by_another_key_fails_check_4(tmp_path: Path) -> None:
-    ledger = make_traced(tmp_path)
+def test_a_retirement_signed_by_another_key_fails_check_4(
+    tmp_path: Path, store_url: str | None, request: pytest.FixtureRequest
+) -> None:
+    ledger = make_traced(tmp_path, location=store_url)
     ledger.registry.issue(ledger.ms)
     prepared = ledger.prepare()
     stranger = SigningKey(bytes([66]) * 32)
@@ -369,7 +388,9 @@ def test_a_retirement_signed_by_another_key_fails_check_4(tmp_path: Path) -> Non
     assert result.failures[0].leaf == leaf and "not signed by the key of account" in result.failures[0].detail  # type: ignore[attr-defined]
     assert "leaf %d" % leaf in result.failures[0].describe()
     # The same retirement signed by the account's own key, recorded the same way, verifies.
-    again = make_traced(tmp_path / "honest")
+    again = make_traced(
+        tmp_path / "honest", location=request.getfixturevalue("postgres").create_database() if store_url else None
+    )
     again.registry.issue(again.ms)
     again.record_retirement_unchecked(sign_retirement(again.prepare(), ACCOUNT_KEY))
     honest = tmp_path / "honest.trace"
@@ -381,8 +402,8 @@ def _raise_first_grams(lots: list[list[Any]]) -> list[list[Any]]:
     return [[lots[0][0], lots[0][1], lots[0][2], lots[0][3] + 1, lots[0][4]], *lots[1:]]
 
 
-def test_an_issuance_with_one_gram_too_many_fails_check_8(tmp_path: Path) -> None:
-    ledger = make_traced(tmp_path)
+def test_an_issuance_with_one_gram_too_many_fails_check_8(tmp_path: Path, store_url: str | None) -> None:
+    ledger = make_traced(tmp_path, location=store_url)
     dev = ledger.devices[0].dev
     forged = ledger.issue_by_hand(dev, BASE, lots=_raise_first_grams)
     ledger.registry.issue(ledger.ms)  # the rest, honestly, carrying on from the forged lot's carry
@@ -398,8 +419,10 @@ def test_an_issuance_with_one_gram_too_many_fails_check_8(tmp_path: Path) -> Non
         verify_ledger(ledger.ingest.store, LEDGER_KEY.public_key, "crev.test/ledger")
 
 
-def test_a_reading_left_out_of_an_issuance_that_still_counts_it_fails_check_8(tmp_path: Path) -> None:
-    ledger = make_traced(tmp_path)
+def test_a_reading_left_out_of_an_issuance_that_still_counts_it_fails_check_8(
+    tmp_path: Path, store_url: str | None
+) -> None:
+    ledger = make_traced(tmp_path, location=store_url)
     dev = ledger.devices[0].dev
     rows = ledger.slot_readings(dev, BASE)
     left_out = rows[10][0]
@@ -417,8 +440,8 @@ def test_a_reading_left_out_of_an_issuance_that_still_counts_it_fails_check_8(tm
     assert left_out not in readings, "the left-out reading is in no issuance, so not in the trace"
 
 
-def test_a_second_issuance_of_an_issued_reading_fails_the_ledger_audit(tmp_path: Path) -> None:
-    ledger = make_traced(tmp_path)
+def test_a_second_issuance_of_an_issued_reading_fails_the_ledger_audit(tmp_path: Path, store_url: str | None) -> None:
+    ledger = make_traced(tmp_path, location=store_url)
     ledger.registry.issue(ledger.ms)
     counts, _state = verify_ledger(ledger.ingest.store, LEDGER_KEY.public_key, "crev.test/ledger")
     assert counts["issuances"] == 6

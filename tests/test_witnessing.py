@@ -43,11 +43,9 @@ def publish(broker: Mosquitto, device: Device, count: int) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
 def test_every_block_is_cosigned_and_a_witness_back_from_sigkill_catches_up(
-    tmp_path: Path, broker: Mosquitto, store: str, request: pytest.FixtureRequest
+    tmp_path: Path, broker: Mosquitto, store_url: str | None
 ) -> None:
-    store_url = request.getfixturevalue("postgres").create_database() if store == "postgresql" else None
     config = ingest_config(tmp_path, broker.url, block_interval_s=0.5, store_url=store_url)
     initialised = run_crev(tmp_path, "ingest", "init", "--config", str(config))
     assert initialised.returncode == 0, initialised.stderr

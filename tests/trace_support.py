@@ -195,9 +195,9 @@ def make_traced(directory: Path, readings: int = 100, location: str | None = Non
     return traced
 
 
-def make_retired(directory: Path, grams: int = 1500) -> Traced:
+def make_retired(directory: Path, grams: int = 1500, location: str | None = None) -> Traced:
     """The whole honest story: readings, issuance, one retirement."""
-    traced = make_traced(directory)
+    traced = make_traced(directory, location=location)
     traced.registry.issue(traced.ms)
     traced.retire(grams)
     return traced
