@@ -92,8 +92,11 @@ typecheck-firmware: $(MPY_STUBS)/webassembly/.installed $(MPY_STUBS)/esp32/.inst
 	$(call MPY_MYPY,webassembly) -p crev -p dgc
 	$(call MPY_MYPY,esp32) main.py dgc
 
+# Two processes, a test file each at a time (a file's fixtures stay in one process): the suite
+# spends much of its time waiting on real brokers, servers and SIGKILLed services.
+PYTEST_WORKERS ?= 2
 pytest: $(STAMP) $(NODE_STAMP) $(VENDOR_FILES) $(MPY_LIB_STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 bench: $(STAMP) $(NODE_STAMP) $(VENDOR_FILES) $(MPY_LIB_STAMP)
 	$(BIN)/python benchmarks/run.py

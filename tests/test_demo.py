@@ -54,13 +54,16 @@ def test_demo_runs_end_to_end_on_a_postgres_it_starts(tmp_path: Path) -> None:
     assert config.storage_url is not None and "host=" in config.storage_url
     assert not (workdir / "crev.sqlite").exists()
     # The server is down at the end, cleanly, with the ledger kept: start it again and recompute every lot.
-    server = local_postgres.LocalPostgres((workdir / "postgres").resolve())
+    server_dir = (workdir / "postgres").resolve()
+    server = local_postgres.LocalPostgres(server_dir)
     assert not server.running()
     server.start()
     try:
         assert check_issuance_by_hand(config.store_location) == issued
     finally:
         assert server.stop()
+        if not server_dir.is_relative_to(tmp_path):  # the demo put it outside, where pytest does not clean
+            shutil.rmtree(server_dir)
 
 
 def check_demo_outcome(done: subprocess.CompletedProcess[str], workdir: Path) -> int:

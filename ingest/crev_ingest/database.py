@@ -64,6 +64,13 @@ class Database:
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         raise NotImplementedError
 
+    def insert_many(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Append ``rows`` to ``table`` (rows that conflict with none), in as few round trips as the engine allows."""
+        if rows:
+            self.executemany(
+                "INSERT INTO %s (%s) VALUES (%s)" % (table, ", ".join(columns), ", ".join("?" * len(columns))), rows
+            )
+
     def script(self, schema: str) -> None:
         """Run ``;``-separated DDL, one statement at a time (inside the caller's transaction, if any).
 
@@ -193,6 +200,17 @@ class PostgresDatabase(Database):
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         with self.connection.cursor() as cursor:
             cursor.executemany(self._translate(sql), rows)
+
+    def insert_many(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        # COPY: one stream for the lot, several times faster than a pipelined INSERT per row.
+        if not rows:
+            return
+        with (
+            self.connection.cursor() as cursor,
+            cursor.copy("COPY %s (%s) FROM STDIN" % (table, ", ".join(columns))) as copy,
+        ):
+            for row in rows:
+                copy.write_row(row)
 
     def column_types(self, statement: str) -> str:
         for pattern, replacement in _TYPES:

@@ -234,9 +234,12 @@ def open_configured(config: "IngestConfig", read_only: bool = False) -> "Store":
 # without any DDL.
 SCHEMA_VERSION = 5
 
-SERIES_INSERT = (
-    "INSERT INTO series (dev, seq, t1, site, gen_mwh, import_mwh, export_mwh, self_mwh, demand_mwh, co2_g) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+LEAF_COLUMNS = ("idx", "type", "received_ms", "data", "leaf_hash")
+READING_COLUMNS = ("dev", "seq", "t0", "t1", "leaf_idx", "gs")
+SERIES_COLUMNS = ("dev", "seq", "t1", "site", "gen_mwh", "import_mwh", "export_mwh", "self_mwh", "demand_mwh", "co2_g")
+SERIES_INSERT = "INSERT INTO series (%s) VALUES (%s)" % (
+    ", ".join(SERIES_COLUMNS),
+    ", ".join("?" * len(SERIES_COLUMNS)),
 )
 DEVICE_UPSERT = (
     "INSERT INTO devices (dev, site, last_t1, last_received_ms, readings) VALUES (?, ?, ?, ?, ?) "
@@ -590,14 +593,9 @@ class Store(RegistryRows):
         batch, self._batch = self._batch, None
         if batch is None:
             return
-        self.db.executemany(
-            "INSERT INTO leaves (idx, type, received_ms, data, leaf_hash) VALUES (?, ?, ?, ?, ?)", batch.leaves
-        )
-        self.db.executemany(
-            "INSERT INTO readings (dev, seq, t0, t1, leaf_idx, gs) VALUES (?, ?, ?, ?, ?, ?)",
-            [(*row[:5], row[6]) for row in batch.readings.values()],
-        )
-        self.db.executemany(SERIES_INSERT, batch.series)
+        self.db.insert_many("leaves", LEAF_COLUMNS, batch.leaves)
+        self.db.insert_many("readings", READING_COLUMNS, [(*row[:5], row[6]) for row in batch.readings.values()])
+        self.db.insert_many("series", SERIES_COLUMNS, batch.series)
         self.db.executemany(DEVICE_UPSERT, [(dev, *seen) for dev, seen in sorted(batch.devices.items())])
         self.db.executemany(DAILY_UPSERT, [(*key, *sums) for key, sums in sorted(batch.daily.items())])
         self.db.executemany(STATS_UPSERT, sorted(batch.stats.items()))
@@ -607,8 +605,9 @@ class Store(RegistryRows):
             "UPDATE gaps SET closed_ms = ? WHERE id = ?",
             [(g[4], g[0]) for g in rows if g[0] is not None and g[4] is not None],
         )
-        self.db.executemany(
-            "INSERT INTO gaps (dev, first_seq, last_seq, opened_ms, closed_ms) VALUES (?, ?, ?, ?, ?)",
+        self.db.insert_many(
+            "gaps",
+            ("dev", "first_seq", "last_seq", "opened_ms", "closed_ms"),
             [(dev, *g[1:]) for dev, dev_gaps in batch.gaps.items() for g in dev_gaps if g[0] is None],
         )
 

@@ -151,7 +151,11 @@ class Ingestor:
     def check_chain(self, reading: Reading, raw: bytes, now_s: int) -> Outcome | None:
         """Steps (7)-(9), inside the write transaction. Raises Rejected."""
         head = self.store.chain_head(reading.dev)
-        if head is not None and reading.seq == head.seq + 1:
+        if head is None:
+            # The device's first stored reading: nothing to duplicate, link to or count from.
+            self._check_time(reading, now_s)
+            return None
+        if reading.seq == head.seq + 1:
             # The common case: it extends its chain, so nothing is stored at its seq or after it,
             # and the head says what it must link to and count from.
             if reading.prev != head.hash:
