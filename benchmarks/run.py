@@ -25,6 +25,7 @@ import ingest_bench  # noqa: E402
 import market_api_bench  # noqa: E402
 import matching_bench  # noqa: E402
 import registry_bench  # noqa: E402
+import witness_bench  # noqa: E402
 
 from crev.keys import SigningKey  # noqa: E402
 from crev.reading import ChainHead  # noqa: E402
@@ -546,6 +547,11 @@ def main() -> None:
         dashboard_bench.report(200, 5, 10)
     else:
         dashboard_bench.report(10_000, 100, 100)
+    print()
+    if args.quick:
+        witness_bench.report(50, 1, 5000)
+    else:
+        witness_bench.report(1000, 3, 100_000)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ WitnessState. The steps, numbered as in the code:
 (6) the old size is the size we last cosigned (0 if none); else 409, with
     that size as the body and Content-Type text/x.tlog.size
 (7) a checkpoint of size 0 has the empty tree's root; else 422
-(8) old size 0 comes with no proof; the same size with the same root and no
+(8) old size 0 comes with no proof; the same size with the same root (else
+    409, as tlog-witness requires, with a text body: not a size) and no
     proof; otherwise the RFC 9162 consistency proof from what we cosigned
     must verify; else 422 (a failed proof is kept as evidence too)
 (9) cosign (tlog-cosignature, cosignature/v1), record the new latest
@@ -122,7 +123,8 @@ class Witness:
                 return Answer(422, "from old size 0 the consistency proof is empty\n")
         elif request.old_size == checkpoint.size:
             if checkpoint.root != latest_root:
-                return Answer(422, "size %d was cosigned with another root hash\n" % checkpoint.size)
+                # tlog-witness: "If they don't match, the witness MUST respond with a 409 Conflict".
+                return Answer(409, "size %d was cosigned with another root hash\n" % checkpoint.size)
             if request.proof:
                 return Answer(422, "between equal sizes the consistency proof is empty\n")
         elif not merkle.verify_consistency(

@@ -141,6 +141,32 @@ class Quarantine(BaseModel):
     counts: dict[str, int]
 
 
+class WitnessStatus(BaseModel):
+    witness: str = Field(description="The witness's name: its vkey's name, on its cosignature lines")
+    url: str | None = Field(
+        description="Where ingest sends checkpoints (`<url>/add-checkpoint`); null when "
+        "ingest.toml no longer lists the witness"
+    )
+    vkey: str | None = Field(description="Its cosignature/v1 verifier key, as configured")
+    configured: bool
+    status: Literal["up", "retrying", "not contacted"] = Field(
+        description="up: its last answer was a cosignature; retrying: the last exchange failed (see error) and "
+        "ingest retries with a backoff up to a minute; not contacted: ingest has not sent it a checkpoint yet"
+    )
+    error: str | None = Field(description="Why the last exchange failed, while retrying")
+    checked_ms: int | None = Field(description="Unix ms of ingest's last exchange with the witness")
+    cosigned_size: int = Field(description="Tree size of the newest block it cosigned (0: none)")
+    cosigned_height: int | None = Field(description="Height of that block")
+    cosigned_at: int | None = Field(description="Unix seconds: the timestamp in that cosignature, the witness's clock")
+    behind: int = Field(description="Leaves of the newest block it has not cosigned yet")
+
+
+class Witnesses(BaseModel):
+    ledger_size: int = Field(description="Tree size of the newest sealed block (0 before the first)")
+    ledger_height: int | None
+    witnesses: list[WitnessStatus]
+
+
 def _token(path: Path | None) -> str:
     if path is None:
         raise IngestError("the dashboard needs [dashboard] token_file")
@@ -271,6 +297,16 @@ def create_app(config: IngestConfig, token: str | None = None) -> FastAPI:
     def quarantine() -> dict[str, object]:
         counts = queries.quarantine()
         return {"total": sum(counts.values()), "counts": counts}
+
+    configured_witnesses = [(w.vkey.name, w.url, w.vkey.vkey()) for w in config.witnesses]
+
+    @app.get(
+        "/api/v1/witnesses",
+        response_model=Witnesses,
+        summary="Each witness (SPEC §11): the size it last cosigned, when, and whether ingest reaches it",
+    )
+    def witnesses() -> dict[str, object]:
+        return queries.witnesses(configured_witnesses)
 
     @app.get(
         "/api/v1/export",

@@ -234,6 +234,56 @@ class Queries:
         rows = self.db().execute("SELECT reason, count(*) FROM quarantine GROUP BY reason ORDER BY reason")
         return {str(r[0]): int(r[1]) for r in rows}
 
+    def witnesses(self, configured: list[tuple[str, str, str]]) -> dict[str, Any]:
+        """The ledger's newest block and, per witness, what it last cosigned and how ingest's last exchange went.
+
+        ``configured``: (name, url, vkey) of each ``[[witness]]`` in ingest.toml. Witnesses the store
+        still has rows of but the config no longer names are listed too, without a URL. Reads only the
+        ``witness_state`` and ``cosignatures`` tables that ingest's witnessing thread writes.
+        """
+        db = self.db()
+        newest = db.execute("SELECT height, tree_size FROM blocks ORDER BY height DESC LIMIT 1").fetchone()
+        ledger_size = int(newest[1]) if newest is not None else 0
+        states = {
+            str(r[0]): (int(r[1]), int(r[2]), r[3])
+            for r in db.execute("SELECT witness, size, checked_ms, error FROM witness_state")
+        }
+        named = {name for name, _url, _vkey in configured}
+        listed: list[tuple[str, str | None, str | None]] = [
+            *configured,
+            *((name, None, None) for name in sorted(states) if name not in named),
+        ]
+        items = []
+        for name, url, vkey in listed:
+            # The newest block this witness cosigned: a backward walk of the (height, witness) key that
+            # stops at its first row, a few rows back while the witness keeps up.
+            cosigned = db.execute(
+                "SELECT height, size, timestamp FROM cosignatures WHERE witness = ? ORDER BY height DESC LIMIT 1",
+                (name,),
+            ).fetchone()
+            state = states.get(name)
+            size = int(cosigned[1]) if cosigned is not None else 0
+            items.append(
+                {
+                    "witness": name,
+                    "url": url,
+                    "vkey": vkey,
+                    "configured": url is not None,
+                    "status": "not contacted" if state is None else "up" if state[2] is None else "retrying",
+                    "error": None if state is None else state[2],
+                    "checked_ms": None if state is None else state[1],
+                    "cosigned_size": size,
+                    "cosigned_height": int(cosigned[0]) if cosigned is not None else None,
+                    "cosigned_at": int(cosigned[2]) if cosigned is not None else None,
+                    "behind": max(0, ledger_size - size),
+                }
+            )
+        return {
+            "ledger_size": ledger_size,
+            "ledger_height": int(newest[0]) if newest is not None else None,
+            "witnesses": items,
+        }
+
     def version(self) -> tuple[int, int, int]:
         """Changes when anything the views show changes: leaves, statuses, quarantine."""
         db = self.db()

@@ -216,6 +216,27 @@ async function quarantineView() {
     ${Object.entries(data.counts).map(([r, n]) => `<tr><td>${text(r)}</td><td class="num" data-reason="${text(r)}">${n}</td></tr>`).join("")}</tbody></table>`;
 }
 
+// The witnesses (SPEC §11): what each cosigned last, and whether ingest reaches it.
+// Status is written out in words, not shown by colour alone.
+async function witnessesView() {
+  const data = await api("/witnesses");
+  dropCharts();
+  const when = (seconds) => seconds === null ? "—"
+    : `<time datetime="${new Date(seconds * 1000).toISOString()}">${new Date(seconds * 1000).toLocaleString(locale())}</time>`;
+  const status = (w) => w.status === "retrying" ? `retrying: ${text(w.error)}` : text(w.status);
+  view.innerHTML = `<h2>Witnesses</h2>
+    <p>The ledger's newest block: ${data.ledger_height === null ? "none yet" : `height ${data.ledger_height}, tree size ${data.ledger_size}`}.</p>
+    ${data.witnesses.length === 0 ? "<p>No witness is configured ([[witness]] in ingest.toml).</p>" : `
+    <table id="witnesses"><caption>Each witness's newest cosignature, and ingest's last exchange with it</caption>
+    <thead><tr><th scope="col">Witness</th><th scope="col">URL</th><th scope="col">Cosigned size</th><th scope="col">Behind (leaves)</th>
+      <th scope="col">Cosigned at</th><th scope="col">Last exchange</th><th scope="col">Status</th></tr></thead>
+    <tbody>${data.witnesses.map((w) => `<tr data-witness="${text(w.witness)}">
+      <td>${text(w.witness)}</td><td>${w.url === null ? "not configured" : text(w.url)}</td>
+      <td class="num">${w.cosigned_size}</td><td class="num">${w.behind}</td><td>${when(w.cosigned_at)}</td>
+      <td>${when(w.checked_ms === null ? null : Math.floor(w.checked_ms / 1000))}</td>
+      <td class="witness-${w.status.replace(" ", "-")}" data-status="${text(w.status)}">${status(w)}</td></tr>`).join("")}</tbody></table>`}`;
+}
+
 let rendering = false;
 async function render() {
   if (rendering) return;
@@ -224,6 +245,7 @@ async function render() {
     const route = location.hash.replace(/^#/, "") || "/";
     if (route.startsWith("/site/")) await siteView(decodeURIComponent(route.slice(6)));
     else if (route === "/quarantine") await quarantineView();
+    else if (route === "/witnesses") await witnessesView();
     else await fleetView();
     document.body.dataset.rendered = String(Date.now());
   } catch (err) {
