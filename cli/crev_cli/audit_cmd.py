@@ -88,6 +88,11 @@ def export(args: argparse.Namespace) -> int:
             "its checkpoint carries %d witness cosignatures (check them with --witness VKEY --quorum K)"
             % summary.cosignatures
         )
+    elif summary.cosigned_height is not None:
+        print(
+            "its checkpoint is not cosigned yet: it needs the newest block, and the witnesses have cosigned up to "
+            "block %d; export again in a few seconds for a bundle they vouch for" % summary.cosigned_height
+        )
     print("verify it offline with: crev audit verify %s --ledger-key <the ledger's public key>" % summary.path)
     return 0
 

@@ -27,7 +27,7 @@ from crev_ingest import ConfigError
 from crev_ingest import config as ingest_config
 from crev_ingest.keyfile import load_key
 from crev_ingest.store import Store
-from crev_ingest.witnessing import cosignatures, cosigned_checkpoint
+from crev_ingest.witnessing import cosignatures, cosigned_checkpoint, newest_cosigned_height
 
 GROUP = 1024
 
@@ -43,6 +43,9 @@ class ExportSummary:
     first_seq: int
     last_seq: int
     cosignatures: int = 0  # witnesses' cosignatures on the bundle's checkpoint
+    # The newest block some witness cosigned, when the bundle had to be proven by a newer one
+    # (which the witnesses had not answered yet): export again shortly for a cosigned bundle.
+    cosigned_height: int | None = None
 
 
 Row = tuple[int, int, int, bytes]  # seq, leaf_idx, received_ms, cose
@@ -133,7 +136,7 @@ def _export(store: Store, request: ExportRequest) -> ExportSummary:
     key_leaves = store.key_event_leaves(dev)
     if latest is None or not key_leaves:
         raise ConfigError("%s is not enrolled in this ledger" % dev)
-    anchor_height, _hash, sealed_size = latest
+    anchor_height, sealed_size, cosigned_height = _anchor(store, request, latest, key_leaves[-1][0])
     snapshot = _Snapshot(store, dev, request.from_s, request.to_s, sealed_size)
     if key_leaves[-1][0] >= sealed_size:
         raise ConfigError("a key event of %s is not sealed in a block yet; export again shortly" % dev)
@@ -188,7 +191,29 @@ def _export(store: Store, request: ExportRequest) -> ExportSummary:
         snapshot.first_seq,
         snapshot.last_seq,
         len(cosignatures(store, max(heights))),
+        cosigned_height,
     )
+
+
+def _anchor(
+    store: Store, request: ExportRequest, latest: tuple[int, bytes, int], key_leaf: int
+) -> tuple[int, int, int | None]:
+    """(height, tree size) of the block that proves the bundle, and the newest cosigned height if it is older.
+
+    The newest block, unless the witnesses have not cosigned it yet and the
+    newest block they did cosign already holds everything the bundle needs:
+    then that one, so the bundle carries their cosignatures. A bundle that
+    needs the newest block goes out without them, and says so.
+    """
+    height, _hash, size = latest
+    cosigned = newest_cosigned_height(store)
+    if cosigned is None or cosigned >= height:
+        return height, size, None
+    cosigned_size = store.block_header(cosigned)[1]
+    needed = store.max_reading_leaf_between(request.dev, request.from_s, request.to_s)
+    if max(key_leaf, -1 if needed is None else needed) < cosigned_size:
+        return cosigned, cosigned_size, None
+    return height, size, cosigned
 
 
 def _write_readings(

@@ -887,6 +887,13 @@ class Store(RegistryRows):
         ).fetchone()
         return int(row[0])
 
+    def max_reading_leaf_between(self, dev: str, from_s: int, to_s: int) -> int | None:
+        """The newest leaf among the device's readings overlapping [from_s, to_s), or None."""
+        row = self.db.execute(
+            "SELECT max(leaf_idx) FROM readings WHERE dev = ? AND t1 > ? AND t0 < ?", (dev, from_s, to_s)
+        ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
     def readings_between(self, dev: str, from_s: int, to_s: int) -> Iterator[tuple[int, int, int, bytes]]:
         """(seq, leaf_idx, received_ms, cose) of the readings overlapping [from_s, to_s), by seq."""
         for row in self.db.execute(

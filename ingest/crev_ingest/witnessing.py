@@ -60,6 +60,12 @@ def cosignatures(store: Store, height: int) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
+def newest_cosigned_height(store: Store) -> int | None:
+    """The newest block any witness cosigned (None: none yet, or no witnesses)."""
+    row = store.db.execute("SELECT max(height) FROM cosignatures").fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
 def cosigned_checkpoint(store: Store, height: int) -> str:
     """The block's checkpoint note with every cosignature kept for it, as C2SP notes carry them."""
     return store.checkpoint(height) + "".join(cosignatures(store, height))
