@@ -103,7 +103,15 @@ def test_non_canonical_payload_is_rejected_after_the_signature() -> None:
         (lambda m: m.update({1: "Bad_Device"}), "dev"),
         (lambda m: m.update({0: 2}), "version"),
         (lambda m: m.pop(11), "lacks key 11"),
-        (lambda m: m.update({12: 1}), "unknown key"),
+        (lambda m: m.update({13: 1}), "unknown key"),
+        (lambda m: m.update({12: 1}), "sm must be"),
+        (lambda m: m.update({12: ["SM-1", 1_790_000_000, 5]}), "sm must be"),
+        (lambda m: m.update({12: ["", 1_789_999_200, 5, 0]}), "meter_id"),
+        (lambda m: m.update({12: [7, 1_789_999_200, 5, 0]}), "meter_id"),
+        (lambda m: m.update({12: ["SM-1", 1_790_000_000, 5, 0]}), "30-minute mark"),
+        (lambda m: m.update({12: ["SM-1", -1800, 5, 0]}), "30-minute mark"),
+        (lambda m: m.update({12: ["SM-1", 1_789_999_200, -5, 0]}), "unsigned"),
+        (lambda m: m.update({12: ["SM-1", 1_789_999_200, 5, True]}), "unsigned"),
         (lambda m: m.update({5: m[4]}), "t1 must be after t0"),
         (lambda m: m.update({3: b"\x01" * 32}), "zero bytes at seq 0"),
         (lambda m: m.update({10: 128 | 8}), "unknown bits"),
@@ -121,6 +129,27 @@ def test_schema_violations_are_bad_schema(change: object, expected: str) -> None
         verify_reading(raw, KEY.public_key)
     assert caught.value.code == "BAD_SCHEMA"
     assert expected in caught.value.detail
+
+
+def test_smart_meter_values_round_trip() -> None:
+    sm = ["SM0000000001", 1_789_999_200, 12_300_000, 400_000]
+    reading = ChainHead().next_reading(
+        "dgc-test-0001", 1_790_000_060, 1, CHANNELS, "crev-test/1", t0=1_790_000_000, smart_meter=sm
+    )
+    raw = reading.sign(KEY)
+    back = verify_reading(raw, KEY.public_key)
+    assert back.smart_meter == sm
+    assert back.cose is not None
+    payload = cbor.loads(back.cose.payload)
+    assert isinstance(payload, dict) and payload[12] == sm
+    assert back.describe()["smart_meter"] == {
+        "meter_id": "SM0000000001",
+        "t": 1_789_999_200,
+        "import_mwh": 12_300_000,
+        "export_mwh": 400_000,
+    }
+    assert "smart_meter" not in first_reading().describe()
+    assert 12 not in first_reading().to_map(), "key 12 is optional and absent without a smart meter"
 
 
 def test_inconsistent_energies_are_bad_schema() -> None:

@@ -8,7 +8,7 @@ is a separate step (``verify_reading``), in SPEC §5 order.
 
 import hashlib
 
-from crev import cbor, dgcc
+from crev import cbor, dgcc, reconcile
 from crev.cose import Sign1, sign1
 from crev.errors import CborError, MisuseError, ReadingError
 from crev.keys import SigningKey
@@ -21,7 +21,7 @@ MAX_TEXT = 64
 NON_CANONICAL = "NON_CANONICAL"
 BAD_SCHEMA = "BAD_SCHEMA"
 
-K_V, K_DEV, K_SEQ, K_PREV, K_T0, K_T1, K_CLK, K_CH, K_E, K_GS, K_FLAGS, K_FW = range(12)
+K_V, K_DEV, K_SEQ, K_PREV, K_T0, K_T1, K_CLK, K_CH, K_E, K_GS, K_FLAGS, K_FW, K_SM = range(13)
 _REQUIRED_KEYS = (K_V, K_DEV, K_SEQ, K_PREV, K_T0, K_T1, K_CLK, K_CH, K_FLAGS, K_FW)
 _ID_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
 
@@ -62,6 +62,7 @@ class Reading:
         generator_self: list | None,
         flags: int,
         fw: str,
+        smart_meter: list | None = None,
     ) -> None:
         self.dev = dev
         self.seq = seq
@@ -74,6 +75,8 @@ class Reading:
         self.generator_self = generator_self
         self.flags = flags
         self.fw = fw
+        # Key 12 (SPEC §13): [meter_id, t, import_mWh, export_mWh] of the smart meter, or None.
+        self.smart_meter = smart_meter
         self.cose = None  # type: Sign1 | None
 
     # ------------------------------------------------------------ schema
@@ -101,6 +104,10 @@ class Reading:
         problem = self._channels_problem()
         if problem:
             return problem
+        if self.smart_meter is not None:
+            problem = reconcile.sm_problem(self.smart_meter)
+            if problem:
+                return problem
         return self._energies_problem()
 
     def _channels_problem(self) -> str | None:
@@ -170,6 +177,8 @@ class Reading:
         if self.energies is not None:
             fields[K_E] = self.energies
             fields[K_GS] = self.generator_self
+        if self.smart_meter is not None:
+            fields[K_SM] = list(self.smart_meter)
         return fields
 
     def to_payload(self) -> bytes:
@@ -198,7 +207,7 @@ class Reading:
             if key not in fields:
                 raise ReadingError(BAD_SCHEMA, "payload lacks key %d" % key)
         for key in fields:
-            if key > K_FW:
+            if key > K_SM:
                 raise ReadingError(BAD_SCHEMA, "payload has unknown key %d" % key)
         if fields[K_V] != FORMAT_VERSION or isinstance(fields[K_V], bool):
             raise ReadingError(BAD_SCHEMA, "format version %r is not 1" % (fields[K_V],))
@@ -217,6 +226,7 @@ class Reading:
             fields.get(K_GS),
             fields[K_FLAGS],
             fields[K_FW],
+            fields.get(K_SM),
         )
         problem = reading.schema_problem()
         if problem:
@@ -261,6 +271,9 @@ class Reading:
             g, i, e, s, d = self.energies
             view["energies_mwh"] = {"generation": g, "import": i, "export": e, "self": s, "demand": d}
             view["generator_self_mwh"] = [{"meter_id": m, "self": v} for m, v in self.generator_self]
+        if self.smart_meter is not None:
+            meter_id, t, imported, exported = self.smart_meter
+            view["smart_meter"] = {"meter_id": meter_id, "t": t, "import_mwh": imported, "export_mwh": exported}
         return view
 
 
@@ -318,12 +331,15 @@ class ChainHead:
         fw: str,
         adapter_flags: int = 0,
         t0: int | None = None,
+        smart_meter: list | None = None,
     ) -> Reading:
         """Apply the DGC-C rules and build the next reading in the chain.
 
         ``t0`` is only used for the first reading of a chain, which has no
         previous t1; later readings always start where the last one ended,
         so an interval whose reads failed is covered by the next one.
+        ``smart_meter`` is key 12 (SPEC §13): the smart meter's latest
+        fixed-time values ``[meter_id, t, import_mWh, export_mWh]``, or None.
         """
         if adapter_flags & ~dgcc.ADAPTER_FLAGS:
             raise MisuseError("only METER_ERROR, CLOCK_STEP and RESTARTED come from the adapter")
@@ -346,6 +362,7 @@ class ChainHead:
             generator_self,
             rule_flags | adapter_flags,
             fw,
+            None if smart_meter is None else list(smart_meter),
         )
         problem = reading.schema_problem()
         if problem:

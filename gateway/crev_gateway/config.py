@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from crev import dgcc
+from crev import dgcc, skstack
 from crev.market_format import MAX_PRICE
 from crev.reading import valid_device_id
 from crev.registry_format import parse_decimal, path_problem
@@ -82,6 +82,22 @@ class MarketConfig:
     expires_s: int | None  # an order lapses this long after it was signed
 
 
+@dataclass(frozen=True)
+class SmartMeterConfig:
+    """[smartmeter]: the utility's smart meter over the B-route (SPEC §13), for key 12 of each reading."""
+
+    meter_id: str  # as key 12 carries it: the smart meter's id (its supply point or serial)
+    port: str  # the Wi-SUN module's serial port
+    model: str  # crev.skstack's module: bp35a1 or bp35c0
+    rbid: str  # the B-route ID the utility issued (32 characters)
+    password: str = field(repr=False)  # the B-route password (12 characters), read from password_file
+    baudrate: int = 115200
+    utc_offset_s: int = 9 * 3600  # the meter's local time: Japan
+    refresh_s: float = 60.0  # how often EA/EB are read; the 30-minute pushes are taken in between
+    request_timeout_s: float = 20.0
+    join_timeout_s: float = 180.0
+
+
 @dataclass
 class GatewayConfig:
     path: Path
@@ -107,6 +123,7 @@ class GatewayConfig:
     market: MarketConfig | None = None  # None: the controller signs no orders
     # [[operator]] (SPEC §12): who may command the inverters, id -> Ed25519 public key; empty: nobody.
     operators: dict[str, bytes] = field(default_factory=dict)
+    smart_meter: SmartMeterConfig | None = None  # None: readings carry no key 12
 
 
 class _Reader:
@@ -308,6 +325,7 @@ def parse(raw: dict[str, Any], path: Path) -> GatewayConfig:
         meters=meters,
         market=_market(_Reader(path, raw.get("market", {}), "[market]"), meters),
         operators=_operators(path, raw.get("operator", [])),
+        smart_meter=_smart_meter(path, raw.get("smartmeter")),
         **_simulation(_Reader(path, raw.get("simulation", {}), "[simulation]")),
     )
 
@@ -337,6 +355,57 @@ def _operators(path: Path, entries: object) -> dict[str, bytes]:
             raise reader.fail("pubkey", "is already the key of another operator; each has its own")
         operators[operator] = pubkey
     return operators
+
+
+SMART_METER_KEYS = (
+    "meter_id",
+    "port",
+    "model",
+    "rbid",
+    "password_file",
+    "baudrate",
+    "utc_offset_h",
+    "refresh_s",
+    "request_timeout_s",
+    "join_timeout_s",
+)
+
+
+def _smart_meter(path: Path, table: object) -> SmartMeterConfig | None:
+    """[smartmeter]: the B-route smart meter whose fixed-time values go in key 12 (SPEC §13)."""
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise ConfigError("%s: [smartmeter] must be a table" % path.name)
+    reader = _Reader(path, table, "[smartmeter]")
+    unknown = sorted(set(table) - set(SMART_METER_KEYS))
+    if unknown:
+        raise reader.fail(unknown[0], "is not a setting (one of %s)" % ", ".join(SMART_METER_KEYS))
+    meter_id = reader.text("meter_id")
+    if not 0 < len(meter_id) <= 64:
+        raise reader.fail("meter_id", "must be 1 to 64 characters")
+    rbid = reader.text("rbid")
+    if len(rbid) != 32:
+        raise reader.fail("rbid", "must be the 32-character B-route ID from the utility")
+    password_path = reader.path_value("password_file")
+    try:
+        password = password_path.read_text().strip()
+    except OSError as err:
+        raise reader.fail("password_file", "cannot be read: %s (%s)" % (err.strerror, password_path)) from err
+    if len(password) != 12:
+        raise reader.fail("password_file", "must hold the 12-character B-route password")
+    return SmartMeterConfig(
+        meter_id=meter_id,
+        port=reader.text("port"),
+        model=reader.choice("model", tuple(skstack.MODELS)),
+        rbid=rbid,
+        password=password,
+        baudrate=reader.integer("baudrate", 115200, 1200, 921600),
+        utc_offset_s=int(reader.number("utc_offset_h", 9, -12, 14) * 3600),
+        refresh_s=reader.number("refresh_s", 60, 0.05, 1800),
+        request_timeout_s=reader.number("request_timeout_s", 20, 0.1, 120),
+        join_timeout_s=reader.number("join_timeout_s", 180, 1, 3600),
+    )
 
 
 def _simulation(table: _Reader) -> dict[str, Any]:

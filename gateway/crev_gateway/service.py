@@ -11,7 +11,10 @@ Per interval, aligned so that t1 % interval_s == 0:
 5. with ``[market] sell = true``, close the 30-minute slots this reading
    ended and commit the controller's sells for them (orders.py), which go
    to MQTT the same way, in the order they were committed;
-6. with ``[[operator]]`` entries, check the operators' commands, drive the
+6. with ``[smartmeter]``, each reading carries the smart meter's latest
+   30-minute fixed-time values as key 12 (SPEC §13; smartmeter.py reads them
+   in its own thread, so the radio never delays a reading);
+7. with ``[[operator]]`` entries, check the operators' commands, drive the
    inverters and commit signed acks, which go to MQTT the same way
    (control.py); a reading whose interval had a limit in force carries
    CURTAILED.
@@ -41,6 +44,7 @@ from crev_gateway.metrics import GatewayMetrics
 from crev_gateway.orders import SlotSeller, self_by_source
 from crev_gateway.outbox import Outbox
 from crev_gateway.profiles import load_profile
+from crev_gateway.smartmeter import SmartMeterSource
 
 log = logging.getLogger("crev.gateway")
 FIRMWARE = "crev-gateway/" + __version__
@@ -103,6 +107,9 @@ class Gateway:
             self.outbox.forget_slot_sums()
         self.metrics.orders_pending.set(self.outbox.order_depth())
         self.acks_handed_up_to = 0  # highest command-ack id handed to MQTT in this process
+        self.smart_meter: SmartMeterSource | None = None
+        if config.smart_meter is not None:
+            self.smart_meter = SmartMeterSource(config.smart_meter)
         self.control: SiteControl | None = None
         if config.operators:
             self.control = SiteControl(
@@ -206,7 +213,14 @@ class Gateway:
             flags |= dgcc.CURTAILED
         clk = 1 if self.clock.synchronised() else 0
         reading = self.head.next_reading(
-            self.config.device_id, t1, clk, self.channels(samples), FIRMWARE, flags, t0=t1 - self.config.interval_s
+            self.config.device_id,
+            t1,
+            clk,
+            self.channels(samples),
+            FIRMWARE,
+            flags,
+            t0=t1 - self.config.interval_s,
+            smart_meter=None if self.smart_meter is None else self.smart_meter.values_for(t1),
         )
         cose = reading.sign(self.key)
         self.outbox.commit(reading.seq, t1, cose, None if self.seller is None else self_by_source(reading))
@@ -321,6 +335,8 @@ class Gateway:
             host, port = self.config.metrics_listen
             self.metrics.serve(host, port)
         self.publisher.start()
+        if self.smart_meter is not None:
+            self.smart_meter.start()
         log.info(
             "gateway %s running: %d meters, interval %d s, next seq %d",
             self.config.device_id,
@@ -354,6 +370,8 @@ class Gateway:
                     self.feed_acks()
                     self.process_acks(min(0.2, (boundary - self.now()) / self.config.sim_speed))
             finally:
+                if self.smart_meter is not None:
+                    self.smart_meter.stop()
                 self.publisher.stop()
                 for bus in self.buses:
                     bus.close()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from crev import reconcile
 from crev_ingest import ConfigError
 
 
@@ -52,6 +53,8 @@ class IngestConfig:
     metrics_listen: tuple[str, int] | None = None
     # `crev market run` serves the market's API here (SPEC §7, §9).
     market_listen: tuple[str, int] = ("127.0.0.1", 8090)
+    # [reconciliation] (SPEC §13): the tolerance and the smart meters' resolution.
+    reconciliation: reconcile.Params = field(default_factory=reconcile.Params)
 
     @property
     def store_location(self) -> Path | str:
@@ -142,7 +145,34 @@ def parse(raw: dict[str, Any], path: Path) -> IngestConfig:
         **_market(_table(raw, "market", path), path),
         witnesses=_witnesses(raw.get("witness", []), path),
         storage_url=_storage_url(storage, base, path),
+        reconciliation=reconciliation_params(_table(raw, "reconciliation", path), path.name),
     )
+
+
+RECONCILIATION_KEYS = ("tolerance_percent", "steps", "step_mwh", "digits")
+
+
+def reconciliation_params(table: dict[str, Any], where: str) -> reconcile.Params:
+    """[reconciliation]: tolerance_percent (default 1, up to 2 decimals), steps (2) of the smart
+    meter's resolution step_mwh (100000: 0.1 kWh), and its effective digits (6; 0: roll-over unknown)."""
+    unknown = sorted(set(table) - set(RECONCILIATION_KEYS))
+    if unknown:
+        raise ConfigError(
+            "%s: [reconciliation] %s is not a setting (one of %s)" % (where, unknown[0], ", ".join(RECONCILIATION_KEYS))
+        )
+    percent = table.get("tolerance_percent", 1)
+    if isinstance(percent, bool) or not isinstance(percent, int | float) or not 0 <= percent <= 100:
+        raise ConfigError("%s: [reconciliation] tolerance_percent must be a number from 0 to 100" % where)
+    basis_points = round(percent * 100)
+    if abs(basis_points - percent * 100) > 1e-6:
+        raise ConfigError("%s: [reconciliation] tolerance_percent takes at most 2 decimals" % where)
+    values = {}
+    for key, default, low, high in (("steps", 2, 0, 1000), ("step_mwh", 100000, 1, 10**12), ("digits", 6, 0, 8)):
+        value = table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError("%s: [reconciliation] %s must be a whole number from %d to %d" % (where, key, low, high))
+        values[key] = value
+    return reconcile.Params(basis_points, values["steps"], values["step_mwh"], values["digits"] or None)
 
 
 def _storage_url(storage: dict[str, Any], base: Path, path: Path) -> str | None:

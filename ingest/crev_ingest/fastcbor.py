@@ -19,7 +19,7 @@ import cbor2
 
 from crev import cbor
 from crev.cose import COSE_SIGN1_TAG
-from crev.reading import K_CH, K_CLK, K_DEV, K_E, K_FLAGS, K_FW, K_GS, K_PREV, K_SEQ, K_T0, K_T1, Reading
+from crev.reading import K_CH, K_CLK, K_DEV, K_E, K_FLAGS, K_FW, K_GS, K_PREV, K_SEQ, K_SM, K_T0, K_T1, Reading
 
 # Readings nest four deep; anything deeper is left to the pure decoder and its MAX_DEPTH.
 MAX_FAST_DEPTH = 8
@@ -92,4 +92,5 @@ def decode_verified(raw: bytes) -> Reading:
         fields.get(K_GS),
         fields[K_FLAGS],
         fields[K_FW],
+        fields.get(K_SM),
     )

@@ -46,6 +46,7 @@ BOOKKEEPING_TABLES = (
     "issued_ahead",
     "order_inbox",
     "witness_state",
+    "reconciliation",
 )
 
 REFUSE_FUNCTION = """

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from crev.reading import Reading
 from crev_ingest.ledger import Ledger
+from crev_ingest.reconciling import reconcile_stored
 from crev_ingest.store import Store
 from crev_ingest.validate import Ingestor, Outcome, Rejected, topic_device
 
@@ -38,6 +39,7 @@ def integrate(
             store.begin_batch([(c.dev, c.seq) for _ms, _topic, _raw, c in items if isinstance(c, Reading)])
             outcomes = [ingestor.store_checked(topic, raw, ms, checked) for ms, topic, raw, checked in items]
             _finish(ledger, before_commit)
+        _reconcile(store, ingestor, outcomes)
         return outcomes
     except store.db.errors:
         raise  # the store, not the batch: the caller waits and retries
@@ -47,7 +49,20 @@ def integrate(
         ledger.sync()
         outcomes = [_one(store, ledger, ingestor, item) for item in items]
         _finish(ledger, before_commit)
+    _reconcile(store, ingestor, outcomes)
     return outcomes
+
+
+def _reconcile(store: Store, ingestor: Ingestor, outcomes: list[Outcome]) -> None:
+    """SPEC §13, once the readings are durable: bookkeeping only, so a failure never fails the batch."""
+    accepted = [o.reading for o in outcomes if o.reading is not None and o.reading.smart_meter is not None]
+    if not accepted:
+        return
+    try:
+        reconcile_stored(store, accepted, ingestor.config.reconciliation, int(time.time() * 1000))
+    except Exception:
+        # The next reading that carries the same fixed-time value tries again.
+        log.exception("smart-meter reconciliation failed for a batch; the readings are stored")
 
 
 def _one(store: Store, ledger: Ledger, ingestor: Ingestor, item: Item) -> Outcome:

@@ -43,6 +43,7 @@ from crev import cbor, merkle
 from crev.errors import CrevError
 from crev.ledger_format import LEAF_READING, leaf_data
 from crev.reading import Reading
+from crev.reconcile import Verdict
 from crev_ingest import ConfigError, LedgerError
 from crev_ingest.database import Database, connect
 from crev_ingest.grants import install_triggers
@@ -207,6 +208,23 @@ CREATE TABLE IF NOT EXISTS cosignatures (
     line TEXT NOT NULL,
     PRIMARY KEY (height, witness)
 );
+-- Smart-meter reconciliation per device and 30-minute slot (SPEC §13): OK, SMART_METER_MISMATCH
+-- or UNCHECKED (inputs incomplete; recomputed when they complete). Energies in mWh.
+CREATE TABLE IF NOT EXISTS reconciliation (
+    dev TEXT NOT NULL,
+    slot_t0 INTEGER NOT NULL,
+    verdict TEXT NOT NULL,
+    meter_id TEXT,
+    grid_import INTEGER,
+    grid_export INTEGER,
+    sm_import INTEGER,
+    sm_export INTEGER,
+    tolerance_import INTEGER,
+    tolerance_export INTEGER,
+    detail TEXT NOT NULL,
+    time_ms INTEGER NOT NULL,
+    PRIMARY KEY (dev, slot_t0)
+);
 CREATE TABLE IF NOT EXISTS daily (
     dev TEXT NOT NULL,
     day TEXT NOT NULL,
@@ -229,10 +247,11 @@ def open_configured(config: "IngestConfig", read_only: bool = False) -> "Store":
 
 # 1: tiles grew in place in ``tiles``; 2: partial tiles in ``tile_edge``, a schema_version row,
 # the witness tables; 3: pending (readings sequenced, not yet integrated); 4: a reading's COSE
-# bytes only in its leaf, no longer in readings.cose too; 5: chain_heads. Every change to the
+# bytes only in its leaf, no longer in readings.cose too; 5: chain_heads; 6: reconciliation
+# (SPEC §13, smart-meter verdicts per slot). Every change to the
 # schema raises it, with its upgrade in _create_or_upgrade: a store at this version is opened
 # without any DDL.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 LEAF_COLUMNS = ("idx", "type", "received_ms", "data", "leaf_hash")
 READING_COLUMNS = ("dev", "seq", "t0", "t1", "leaf_idx", "gs")
@@ -1071,6 +1090,60 @@ class Store(RegistryRows):
         self.db.execute(
             "INSERT INTO alarms (time_ms, kind, dev, detail) VALUES (?, ?, ?, ?)", (now_ms, kind, dev, detail)
         )
+
+    # --- smart-meter reconciliation (SPEC §13), bookkeeping
+
+    def reconciliation_verdict(self, dev: str, slot_t0: int) -> str | None:
+        row = self.db.execute(
+            "SELECT verdict FROM reconciliation WHERE dev = ? AND slot_t0 = ?", (dev, slot_t0)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def record_reconciliation(self, dev: str, verdict: Verdict, now_ms: int) -> bool:
+        """Record a slot's verdict; an UNCHECKED one is replaced, a final one never. True if written."""
+        grid = verdict.grid or (None, None)
+        smart = verdict.smart or (None, None)
+        tolerance = verdict.tolerance or (None, None)
+        cursor = self.db.execute(
+            "INSERT INTO reconciliation (dev, slot_t0, verdict, meter_id, grid_import, grid_export, sm_import, "
+            "sm_export, tolerance_import, tolerance_export, detail, time_ms) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (dev, slot_t0) DO UPDATE SET verdict = excluded.verdict, meter_id = excluded.meter_id, "
+            "grid_import = excluded.grid_import, grid_export = excluded.grid_export, sm_import = excluded.sm_import, "
+            "sm_export = excluded.sm_export, tolerance_import = excluded.tolerance_import, "
+            "tolerance_export = excluded.tolerance_export, detail = excluded.detail, time_ms = excluded.time_ms "
+            "WHERE reconciliation.verdict = 'UNCHECKED'",
+            (
+                dev,
+                verdict.slot_t0,
+                verdict.verdict,
+                verdict.meter_id,
+                *grid,
+                *smart,
+                *tolerance,
+                verdict.detail,
+                now_ms,
+            ),
+        )
+        return bool(cursor.rowcount)
+
+    def reconciliations(self, dev: str | None = None, verdict: str | None = None) -> list[tuple[Any, ...]]:
+        """(dev, slot_t0, verdict, meter_id, grid_import, grid_export, sm_import, sm_export,
+        tolerance_import, tolerance_export, detail) by device and slot."""
+        sql = (
+            "SELECT dev, slot_t0, verdict, meter_id, grid_import, grid_export, sm_import, sm_export, "
+            "tolerance_import, tolerance_export, detail FROM reconciliation"
+        )
+        where, args = [], []
+        if dev is not None:
+            where.append("dev = ?")
+            args.append(dev)
+        if verdict is not None:
+            where.append("verdict = ?")
+            args.append(verdict)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return [tuple(row) for row in self.db.execute(sql + " ORDER BY dev, slot_t0", tuple(args)).fetchall()]
 
     def bump(self, name: str, by: int = 1) -> None:
         if self._batch is not None:
