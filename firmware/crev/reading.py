@@ -8,7 +8,7 @@ is a separate step (``verify_reading``), in SPEC §5 order.
 
 import hashlib
 
-from crev import cbor, dgcc, reconcile
+from crev import cbor, dgcc
 from crev.cose import Sign1, sign1
 from crev.errors import CborError, MisuseError, ReadingError
 from crev.keys import SigningKey
@@ -40,6 +40,24 @@ def reading_hash(cose_bytes: bytes) -> bytes:
 
 def _is_uint(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+# Key 12's time is a mark of the smart meter's 30-minute fixed-time values (SPEC §13).
+SM_SLOT_S = 1800
+
+
+def sm_problem(sm: object) -> "str | None":
+    """None when ``sm`` is a valid key 12 ``[meter_id, t, import_mWh, export_mWh]``."""
+    if not isinstance(sm, list) or len(sm) != 4:
+        return "sm must be [meter_id, t, import_mwh, export_mwh]"
+    meter_id, t, imported, exported = sm
+    if not isinstance(meter_id, str) or not 0 < len(meter_id) <= 64:
+        return "sm meter_id must be a text of 1..64 characters"
+    if not _is_uint(t) or t >= 1 << 64 or t % SM_SLOT_S:
+        return "sm t must be a 30-minute mark in Unix seconds"
+    if not _is_uint(imported) or not _is_uint(exported) or imported >= 1 << 64 or exported >= 1 << 64:
+        return "sm import and export must be unsigned integers (mWh)"
+    return None
 
 
 def _text_ok(value: object) -> bool:
@@ -105,7 +123,7 @@ class Reading:
         if problem:
             return problem
         if self.smart_meter is not None:
-            problem = reconcile.sm_problem(self.smart_meter)
+            problem = sm_problem(self.smart_meter)
             if problem:
                 return problem
         return self._energies_problem()
@@ -195,6 +213,24 @@ class Reading:
     # ------------------------------------------------------------ parsing
 
     @classmethod
+    def from_map(cls, fields: dict) -> "Reading":
+        """The reading of a decoded payload map, unchecked: see from_payload for the checks."""
+        return cls(
+            fields[K_DEV],
+            fields[K_SEQ],
+            fields[K_PREV],
+            fields[K_T0],
+            fields[K_T1],
+            fields[K_CLK],
+            [tuple(c) for c in fields[K_CH]],
+            fields.get(K_E),
+            fields.get(K_GS),
+            fields[K_FLAGS],
+            fields[K_FW],
+            fields.get(K_SM),
+        )
+
+    @classmethod
     def from_payload(cls, payload: bytes) -> "Reading":
         """(5) NON_CANONICAL or BAD_SCHEMA unless ``payload`` is a valid reading."""
         try:
@@ -214,20 +250,7 @@ class Reading:
         raw_channels = fields[K_CH]
         if not isinstance(raw_channels, list) or not all(isinstance(c, list) for c in raw_channels):
             raise ReadingError(BAD_SCHEMA, "ch must be an array of arrays")
-        reading = cls(
-            fields[K_DEV],
-            fields[K_SEQ],
-            fields[K_PREV],
-            fields[K_T0],
-            fields[K_T1],
-            fields[K_CLK],
-            [tuple(c) for c in raw_channels],
-            fields.get(K_E),
-            fields.get(K_GS),
-            fields[K_FLAGS],
-            fields[K_FW],
-            fields.get(K_SM),
-        )
+        reading = cls.from_map(fields)
         problem = reading.schema_problem()
         if problem:
             raise ReadingError(BAD_SCHEMA, problem)

@@ -25,6 +25,7 @@ and nothing is held. Everything is an integer: no floating point.
 """
 
 from crev.errors import MisuseError
+from crev.reading import sm_problem
 
 SLOT_S = 1800
 OK = "OK"
@@ -82,20 +83,6 @@ class Params:
     def tolerance(self, grid_mwh: int) -> int:
         """The largest difference allowed against ``grid_mwh``, in mWh."""
         return max(grid_mwh * self.basis_points // 10000, self.steps * self.step_mwh)
-
-
-def sm_problem(sm: object) -> "str | None":
-    """None when ``sm`` is a valid key 12 ``[meter_id, t, import_mWh, export_mWh]``."""
-    if not isinstance(sm, list) or len(sm) != 4:
-        return "sm must be [meter_id, t, import_mwh, export_mwh]"
-    meter_id, t, imported, exported = sm
-    if not isinstance(meter_id, str) or not 0 < len(meter_id) <= 64:
-        return "sm meter_id must be a text of 1..64 characters"
-    if not _is_uint(t) or t >= 1 << 64 or t % SLOT_S:
-        return "sm t must be a 30-minute mark in Unix seconds"
-    if not _is_uint(imported) or not _is_uint(exported) or imported >= 1 << 64 or exported >= 1 << 64:
-        return "sm import and export must be unsigned integers (mWh)"
-    return None
 
 
 class Verdict:

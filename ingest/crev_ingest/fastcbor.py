@@ -19,7 +19,7 @@ import cbor2
 
 from crev import cbor
 from crev.cose import COSE_SIGN1_TAG
-from crev.reading import K_CH, K_CLK, K_DEV, K_E, K_FLAGS, K_FW, K_GS, K_PREV, K_SEQ, K_SM, K_T0, K_T1, Reading
+from crev.reading import Reading
 
 # Readings nest four deep; anything deeper is left to the pure decoder and its MAX_DEPTH.
 MAX_FAST_DEPTH = 8
@@ -79,18 +79,4 @@ def decode_verified(raw: bytes) -> Reading:
     envelope = cbor2.loads(raw)
     if type(envelope) is not cbor2.CBORTag or envelope.tag != COSE_SIGN1_TAG:
         raise ValueError("not a COSE_Sign1")
-    fields = cbor2.loads(envelope.value[2])
-    return Reading(
-        fields[K_DEV],
-        fields[K_SEQ],
-        fields[K_PREV],
-        fields[K_T0],
-        fields[K_T1],
-        fields[K_CLK],
-        [tuple(channel) for channel in fields[K_CH]],
-        fields.get(K_E),
-        fields.get(K_GS),
-        fields[K_FLAGS],
-        fields[K_FW],
-        fields.get(K_SM),
-    )
+    return Reading.from_map(cbor2.loads(envelope.value[2]))
