@@ -9,6 +9,29 @@ from harness import Mosquitto, ReadingCollector
 from store_support import STORES
 from support import load_vectors
 
+# The files that take longest, longest first: `make test` runs two pytest processes, each taking
+# the next file as it finishes one, and the suite ends sooner when no long file is left for last.
+LONGEST_FIRST = (
+    "test_benchmarks_run.py",
+    "test_demo.py",
+    "test_gateway_pipeline.py",
+    "test_ingest_pipeline.py",
+    "test_postgres_ingest.py",
+    "test_registry_pipeline.py",
+    "test_registry_crash.py",
+    "test_market_pipeline.py",
+    "test_provision.py",
+    "test_ingest_validation.py",
+    "test_control_pipeline.py",
+    "test_mirror.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order
+
+
 if TYPE_CHECKING:
     from postgres_support import PostgresServer
 
