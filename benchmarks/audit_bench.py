@@ -26,7 +26,7 @@ from crev.cose import Sign1, sig_structure  # noqa: E402
 from crev.keys import SigningKey  # noqa: E402
 from crev.ledger_format import ACTION_ENROL, LEAF_READING  # noqa: E402
 from crev.reading import ChainHead  # noqa: E402
-from crev_cli.bundle_verify import BundleReader, default_jobs, verify_bundle  # noqa: E402
+from crev_cli.bundle_verify import BundleReader, default_jobs, unpack_readings, verify_bundle  # noqa: E402
 from crev_ingest.export import ExportRequest, export_bundle  # noqa: E402
 from crev_ingest.ledger import Ledger  # noqa: E402
 from crev_ingest.store import Store  # noqa: E402
@@ -70,7 +70,7 @@ def build_ledger(path: Path, readings: int) -> None:
 
 def raw_verify_rate(bundle: Path, sample: int) -> float:
     """Ed25519 verifies per second over the bundle's own signatures."""
-    jobs = []
+    jobs: list[tuple[bytes, bytes]] = []
     with bundle.open("rb") as handle:
         reader = BundleReader(handle)
         reader.array()
@@ -80,11 +80,17 @@ def raw_verify_rate(bundle: Path, sample: int) -> float:
             reader.item()
         for _ in range(reader.array()):
             reader.item()
-        for _ in range(min(sample, reader.array())):
-            item = cbor.loads(reader.item())  # each reading is wrapped in a byte string
-            assert isinstance(item, list)
-            envelope = Sign1.from_bytes(item[2])
-            jobs.append((envelope.signature, sig_structure(envelope.protected, envelope.payload)))
+        for _ in range(reader.array()):  # proof groups: [height, nodes, count, packed readings]
+            reader.array()
+            reader.item()
+            reader.item()
+            count = reader.item()
+            for raw in unpack_readings(reader.item(), count):
+                item = cbor.loads(raw)  # each reading is wrapped in a byte string
+                assert isinstance(item, list)
+                if len(jobs) < sample:
+                    envelope = Sign1.from_bytes(item[2])
+                    jobs.append((envelope.signature, sig_structure(envelope.protected, envelope.payload)))
     key = Ed25519PublicKey.from_public_bytes(SigningKey(bytes([1]) * 32).public_key)
     start = time.perf_counter()
     for signature, message in jobs:

@@ -7,11 +7,11 @@ from typing import Any
 
 from ingest_support import LEDGER_KEY, NOW, Device, LocalIngest
 
-from crev import cbor
+from crev import cbor, evidence, merkle
 from crev.keys import SigningKey
-from crev.ledger_format import LEAF_READING
+from crev.ledger_format import B_SIZE, LEAF_READING, encode_leaf
 from crev.reading import Reading
-from crev_cli.bundle_verify import Verification, verify_bundle
+from crev_cli.bundle_verify import Verification, pack_readings, unpack_readings, verify_bundle
 from crev_ingest.export import ExportRequest, ExportSummary, export_bundle
 
 ORIGIN = "crev.test/ledger"
@@ -67,16 +67,94 @@ def verify(data: bytes, allow_gaps: bool = False, jobs: int = 1, key: bytes | No
 
 
 def parts(data: bytes) -> list[Any]:
-    """The bundle as one decoded value, readings unwrapped (fine for the small bundles of tests)."""
+    """The bundle as one decoded value (fine for the small bundles of tests).
+
+    ``[5]`` is the readings, unpacked from their proof groups and unwrapped,
+    in bundle order; ``[6]`` is the groups' (height, count), and every tree
+    node their proofs show, so that pack() can prove a changed list again.
+    """
     value = cbor.loads(data)
-    assert isinstance(value, list) and len(value) == 6
-    value[5] = [cbor.loads(raw) for raw in value[5]]
+    assert isinstance(value, list) and len(value) == 6 and value[1] == evidence.VERSION
+    sizes = {block[0]: cbor.loads(cbor.loads(block[1]).value[2])[B_SIZE] for block in value[3]}  # type: ignore[attr-defined,index]
+    readings: list[Any] = []
+    known: dict[tuple[int, int, int], bytes] = {}
+    heights = []
+    for height, nodes, count, packed in value[5]:
+        group: list[Any] = [cbor.loads(raw) for raw in unpack_readings(packed, count)]
+        leaves = {r[0]: merkle.leaf_hash(encode_leaf(LEAF_READING, r[1], r[2])) for r in group}
+        _walk(sorted(leaves), leaves, 0, sizes[height], sizes[height], nodes, [0], known)
+        readings.extend(group)
+        heights.append((height, count))
+    value[5] = readings
+    value.append({"groups": heights, "known": known, "sizes": sizes})
     return value
 
 
+def _walk(
+    indices: list[int],
+    leaves: dict[int, bytes],
+    start: int,
+    end: int,
+    size: int,
+    nodes: bytes,
+    at: list[int],
+    known: dict[tuple[int, int, int], bytes],
+) -> bytes:
+    """Every node of a multi-proof's walk, keyed (tree size or 0 if complete, start, end)."""
+    inside = [i for i in indices if start <= i < end]
+    complete = (end - start) & (end - start - 1) == 0 and start % (end - start) == 0
+    if not inside:
+        found = nodes[at[0] : at[0] + 32]
+        at[0] += 32
+    elif end - start == 1:
+        found = leaves[start]
+    else:
+        k = 1
+        while k << 1 < end - start:
+            k <<= 1
+        left = _walk(inside, leaves, start, start + k, size, nodes, at, known)
+        found = merkle.node_hash(left, _walk(inside, leaves, start + k, end, size, nodes, at, known))
+    known[(0 if complete else size, start, end)] = found
+    return found
+
+
 def pack(value: list[Any]) -> bytes:
-    """The inverse of parts(): each reading goes back into its byte string."""
-    return cbor.dumps([*value[:5], [cbor.dumps(reading) for reading in value[5]]])
+    """The inverse of parts(): the readings regrouped as the groups were, each group proven anew."""
+    readings = value[5]
+    info = value[6]
+    known = info["known"]
+    groups = []
+    at = 0
+    for number, (height, count) in enumerate(info["groups"]):
+        if number == len(info["groups"]) - 1:
+            count = len(readings) - at
+        chunk = readings[at : at + count]
+        at += len(chunk)
+        size = info["sizes"][height]
+
+        def node(level: int, index: int, size: int = size) -> bytes:
+            return bytes(known[(0, index << level, (index + 1) << level)])
+
+        indices = sorted({r[0] for r in chunk if r[0] < size})
+        nodes = b"".join(_proof(indices, 0, size, size, known)) if indices else b""
+        del node
+        groups.append([height, nodes, len(chunk), pack_readings([cbor.dumps(r) for r in chunk])])
+    return cbor.dumps([*value[:5], groups])
+
+
+def _proof(
+    indices: list[int], start: int, end: int, size: int, known: dict[tuple[int, int, int], bytes]
+) -> list[bytes]:
+    inside = [i for i in indices if start <= i < end]
+    complete = (end - start) & (end - start - 1) == 0 and start % (end - start) == 0
+    if not inside:
+        return [known[(0 if complete else size, start, end)]]
+    if end - start == 1:
+        return []
+    k = 1
+    while k << 1 < end - start:
+        k <<= 1
+    return _proof(inside, start, start + k, size, known) + _proof(inside, start + k, end, size, known)
 
 
 def first(result: Verification) -> tuple[int, str, int]:

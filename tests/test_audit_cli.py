@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bundle_support import DEV, START, AuditLedger, make_ledger, parts
+from bundle_support import DEV, START, AuditLedger, make_ledger, pack, parts
 from harness import ingest_config, run_crev
 from ingest_support import LEDGER_KEY, NOW
 from store_support import location, rows, tamper
@@ -97,9 +97,10 @@ def test_a_tampered_bundle_exits_1_and_names_the_reading(sqlite_site: Path) -> N
     assert _export(site).returncode == 0
     path = site / "audit.bundle"
     data = path.read_bytes()
-    cose = parts(data)[5][5][2]
-    at = data.index(cose) + 100
-    path.write_bytes(data[:at] + bytes([data[at] ^ 0x40]) + data[at + 1 :])
+    value = parts(data)  # the reading changed, its group packed again
+    cose = value[5][5][2]
+    value[5][5][2] = cose[:100] + bytes([cose[100] ^ 0x40]) + cose[101:]
+    path.write_bytes(pack(value))
     verified = run_crev(site, "audit", "verify", "audit.bundle", "--ledger-key", "ledger.pub")
     assert verified.returncode == 1
     # The payload is damaged, so the reading cannot say its seq; its place in the chain can.
@@ -131,9 +132,10 @@ def test_the_json_report_has_the_spec_top_level(sqlite_site: Path) -> None:
 
     path = site / "audit.bundle"
     data = path.read_bytes()
-    cose = parts(data)[5][5][2]
-    at = data.index(cose) + 100
-    path.write_bytes(data[:at] + bytes([data[at] ^ 0x40]) + data[at + 1 :])
+    value = parts(data)  # the reading changed, its group packed again
+    cose = value[5][5][2]
+    value[5][5][2] = cose[:100] + bytes([cose[100] ^ 0x40]) + cose[101:]
+    path.write_bytes(pack(value))
     code, tampered = _verify_json(site)
     assert code == 1 and tampered["ok"] is False and tampered["result"] == "fail"
     assert tampered["readings"] == tampered["totals"]["readings"]

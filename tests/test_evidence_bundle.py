@@ -6,6 +6,7 @@ What exports from the store or reads it runs on both stores, SQLite and
 PostgreSQL; what only changes and verifies bytes runs on the SQLite bundle.
 """
 
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -89,18 +90,25 @@ def test_a_middle_range_carries_both_neighbours(exported: tuple[AuditLedger, byt
 def test_the_parallel_path_gives_the_same_answer(tmp_path: Path) -> None:
     ledger = make_ledger(tmp_path, readings=700, start=NOW - 60 * 800)
     out = tmp_path / "big.bundle"
-    ledger.export(out, NOW - 60 * 800, NOW, group=1024)
+    ledger.export(out, NOW - 60 * 800, NOW, group=64)  # 11 groups: enough tasks for the workers
     data = out.read_bytes()
     alone, parallel = verify(data, jobs=1), verify(data, jobs=2)
     assert alone.failure_count == parallel.failure_count == 0
     assert alone.sequence is not None and parallel.sequence is not None
     assert alone.sequence.totals.energies == parallel.sequence.totals.energies
     assert parallel.readings == 700
-    # A flipped byte late in the bundle is found by the workers, and named.
-    cose = parts(data)[5][650][2]
-    at = data.index(cose) + 40
-    tampered = data[:at] + bytes([data[at] ^ 1]) + data[at + 1 :]
-    assert first(verify(tampered, jobs=2)) == (evidence.INCLUSION, "reading", 650)
+    # A changed reading late in the bundle is found by the workers, and named.
+    value = parts(data)
+    cose = value[5][650][2]
+    value[5][650][2] = cose[:40] + bytes([cose[40] ^ 1]) + cose[41:]
+    assert first(verify(pack(value), jobs=2)) == (evidence.INCLUSION, "reading", 650)
+    # So is a flipped byte of a late group's packed readings, and of its proof nodes.
+    groups = cbor.loads(data)[5]  # type: ignore[index]
+    packed, nodes = groups[9][3], groups[9][1]
+    at = _locate(data, packed) + len(packed) // 2
+    assert first(verify(_flip(data, at, 1), jobs=2)) == (evidence.FORMAT, "proof group", 9)
+    at = _locate(data, nodes) + 5
+    assert first(verify(_flip(data, at, 1), jobs=2)) == (evidence.INCLUSION, "proof group", 9)
 
 
 # ---------------------------------------------------------------- byte classes
@@ -118,7 +126,10 @@ def _locate(data: bytes, piece: bytes) -> int:
 
 CLASSES = [
     "reading cose",
-    "reading proof",
+    "reading received_ms",
+    "reading leaf tag",
+    "proof nodes",
+    "packed readings",
     "block header",
     "consistency proof",
     "key event",
@@ -126,6 +137,16 @@ CLASSES = [
     "item head",
     "wrapper head",
 ]
+
+
+def _group_of(bundle: bytes, index: int) -> tuple[int, list[Any]]:
+    """(position, group) of the proof group that holds reading #index."""
+    groups = cbor.loads(bundle)[5]  # type: ignore[index]
+    for position, group in enumerate(groups):
+        if index < group[2]:
+            return position, group
+        index -= group[2]
+    raise AssertionError("no such reading")
 
 
 @given(
@@ -138,18 +159,53 @@ CLASSES = [
 def test_a_changed_byte_of_any_class_fails_and_names_its_item(
     bundle: bytes, kind: str, pick: int, offset: int, mask: int
 ) -> None:
-    _magic, _version, meta, blocks, keys, readings = parts(bundle)
-    if kind == "reading cose":
-        index = pick % len(readings)
-        cose = readings[index][2]
-        at = _locate(bundle, cose) + offset % len(cose)
-        expected: tuple[int, str, int] = (evidence.INCLUSION, "reading", index)
-    elif kind == "reading proof":
-        index = pick % len(readings)
-        path = readings[index][4]
-        node = path[pick % len(path)]
-        at = _locate(bundle, cbor.dumps(readings[index])) + cbor.dumps(readings[index]).index(node) + offset % 32
-        expected = (evidence.INCLUSION, "reading", index)
+    value = parts(bundle)
+    _magic, _version, meta, blocks, keys, readings, _groups = value
+    index = pick % len(readings)
+    tampered = None
+    if kind in ("reading cose", "reading received_ms", "reading leaf tag", "item head", "wrapper head"):
+        # Inside a group's packed readings: changed by someone who packs them again.
+        encoded = cbor.dumps(readings[index])
+        if kind == "reading cose":
+            cose = readings[index][2]
+            at = encoded.index(cose) + offset % len(cose)
+        elif kind == "reading received_ms":
+            at = 1 + len(cbor.dumps(readings[index][0])) + 1 + offset % 8  # inside the 9-byte uint
+        elif kind == "reading leaf tag":
+            at = len(encoded) - 1 - offset % 4
+        else:
+            at = 0
+        changed = _flip(encoded, at, mask)
+        position, _group = _group_of(bundle, index)
+        if kind == "wrapper head":
+            # The byte string each reading is wrapped in, inside its group's packed readings.
+            raw = [cbor.dumps(cbor.dumps(r)) for r in readings]
+            head = len(raw[index]) - len(encoded)
+            raw[index] = _flip(raw[index], offset % head, mask)
+            tampered = _repack_raw(value, raw)
+            expected: tuple[int, str, int] = (evidence.FORMAT, "proof group", position)
+        else:
+            try:
+                decoded = cbor.loads(changed)
+            except Exception:
+                decoded = None
+            raw = [cbor.dumps(cbor.dumps(r)) for r in readings]
+            raw[index] = cbor.dumps(changed)
+            tampered = _repack_raw(value, raw)
+            check = evidence.INCLUSION
+            if kind == "item head" or not (isinstance(decoded, list) and len(decoded) == 4):
+                check = evidence.FORMAT
+            expected = (check, "reading", index)
+    elif kind == "proof nodes":
+        position, group = _group_of(bundle, index)
+        nodes = group[1]
+        at = _locate(bundle, nodes) + offset % len(nodes)
+        expected = (evidence.INCLUSION, "proof group", position)
+    elif kind == "packed readings":
+        position, group = _group_of(bundle, index)
+        packed = group[3]
+        at = _locate(bundle, packed) + offset % len(packed)
+        expected = (evidence.FORMAT, "proof group", position)
     elif kind == "block header":
         index = pick % len(blocks)
         header = blocks[index][1]
@@ -167,22 +223,24 @@ def test_a_changed_byte_of_any_class_fails_and_names_its_item(
         statement = keys[index][2]
         at = _locate(bundle, statement) + offset % len(statement)
         expected = (evidence.INCLUSION, "key event", index)
-    elif kind == "ledger kid":
+    else:  # ledger kid
         encoded_meta = cbor.dumps(meta)  # the kid also appears in every block header's COSE
         at = _locate(bundle, encoded_meta) + encoded_meta.index(meta[evidence.M_LEDGER_KID]) + offset % 8
         expected = (evidence.BLOCKS, "bundle", -1)
-    elif kind == "item head":
-        index = pick % len(readings)
-        at = _locate(bundle, cbor.dumps(readings[index]))
-        expected = (evidence.FORMAT, "reading", index)
-    else:  # the byte string each reading is wrapped in
-        index = pick % len(readings)
-        wrapped = cbor.dumps(cbor.dumps(readings[index]))
-        at = _locate(bundle, wrapped) + offset % (len(wrapped) - len(cbor.dumps(readings[index])))
-        expected = (evidence.FORMAT, "reading", index)
-    result = verify(_flip(bundle, at, mask))
+    result = verify(tampered if tampered is not None else _flip(bundle, at, mask))
     assert result.failure_count > 0
     assert first(result) == expected, result.failures[0].describe()
+
+
+def _repack_raw(value: list[Any], raw: list[bytes]) -> bytes:
+    """The bundle with its groups' packed readings made from ``raw`` (each a wrapped item), proofs unchanged."""
+    original = cbor.loads(pack(value))[5]  # type: ignore[index]
+    groups = []
+    at = 0
+    for height, nodes, count, _packed in original:
+        groups.append([height, nodes, count, zlib.compress(b"".join(raw[at : at + count]))])
+        at += count
+    return cbor.dumps([*value[:5], groups])
 
 
 # ---------------------------------------------------------------- structural tampering
@@ -255,18 +313,43 @@ def sign1_payload(signed: bytes) -> bytes:
 
 
 def test_a_proof_from_another_tree_size_fails(exported: tuple[AuditLedger, bytes]) -> None:
-    audit_ledger, bundle = exported
-    blocks = parts(bundle)[3]
-    readings = parts(bundle)[5]
-    index = 3
-    leaf_index, _received, _cose, height, _path = readings[index]
-    sizes = {b[0]: cbor.loads(sign1_payload(b[1]))[3] for b in blocks}  # type: ignore[index]
-    other = next(size for h, size in sizes.items() if h != height and size > leaf_index)
-    wrong = [list(r) for r in readings]
-    wrong[index][4] = merkle.inclusion_path(leaf_index, other, audit_ledger.ingest.store.node)
-    assert wrong[index][4] != readings[index][4]
-    result = verify(_rebuild(bundle, 5, wrong))
-    assert first(result) == (evidence.INCLUSION, "reading", index)
+    _audit_ledger, bundle = exported
+    value = cbor.loads(bundle)
+    assert isinstance(value, list)
+    blocks, groups = value[3], value[5]
+    position = 1
+    height = groups[position][0]
+    other = next(b[0] for b in blocks if b[0] > height)  # a listed block of a bigger tree
+    groups[position][0] = other
+    result = verify(cbor.dumps(value))
+    assert first(result) == (evidence.INCLUSION, "proof group", position)
+    failure = result.first_failure()
+    assert failure is not None and failure.height == other
+    # A group whose nodes lack one, or carry one too many, is named with what is wrong.
+    value = cbor.loads(bundle)
+    assert isinstance(value, list)
+    value[5][position][1] = value[5][position][1][:-32]
+    failure = verify(cbor.dumps(value)).first_failure()
+    assert failure is not None and (failure.item, failure.position) == ("proof group", position)
+    assert "is lacking" in failure.detail and "node" in failure.detail
+    value = cbor.loads(bundle)
+    assert isinstance(value, list)
+    value[5][position][1] += bytes(32)
+    failure = verify(cbor.dumps(value)).first_failure()
+    assert failure is not None and "carries" in failure.detail
+
+
+def test_a_one_leaf_multiproof_is_its_audit_path(exported: tuple[AuditLedger, bytes]) -> None:
+    audit_ledger, _bundle = exported
+    store = audit_ledger.ingest.store
+    size = store.last_block()[2]  # type: ignore[index]
+    for index in (0, 5, size - 1):
+        path = merkle.inclusion_path(index, size, store.node)
+        assert sorted(merkle.multiproof([index], size, store.node)) == sorted(path)
+    leaves = [1, 2, 9]
+    nodes = b"".join(merkle.multiproof(leaves, size, store.node))
+    hashes = [store.node(0, i) for i in leaves]
+    assert merkle.multiproof_root(leaves, hashes, size, nodes) == (merkle.root_of(size, store.node), len(nodes))
 
 
 def test_the_wrong_ledger_key_is_refused_first(bundle: bytes) -> None:
@@ -276,10 +359,10 @@ def test_the_wrong_ledger_key_is_refused_first(bundle: bytes) -> None:
 
 
 def test_a_truncated_bundle_names_the_item_it_ends_in(bundle: bytes) -> None:
-    readings = parts(bundle)[5]
-    cut = _locate(bundle, readings[20][2]) + 10
+    position, group = _group_of(bundle, 20)
+    cut = _locate(bundle, group[3]) + 10
     result = verify(bundle[:cut])
-    assert first(result) == (evidence.FORMAT, "reading", 20)
+    assert first(result) == (evidence.FORMAT, "proof group", position)
     assert "ends inside" in result.failures[0].detail
     assert first(verify(b"not a bundle at all")) == (evidence.FORMAT, "bundle", -1)
     assert first(verify(bundle + b"\x00")) == (evidence.FORMAT, "bundle", -1)
@@ -391,3 +474,20 @@ def test_the_origin_is_held_against_the_signed_checkpoint(bundle: bytes) -> None
     note = forged[2][evidence.M_CHECKPOINT]
     forged[2][evidence.M_CHECKPOINT] = note.replace("\n", "\n1", 1)  # another size, the same signature
     assert first(verify(pack(forged))) == (evidence.BLOCKS, "bundle", -1)
+
+
+def test_a_version_1_bundle_still_verifies_and_its_paths_are_checked(exported: tuple[AuditLedger, bytes]) -> None:
+    """Auditors may hold bundles of version 1: one audit path per reading, readings not grouped."""
+    audit_ledger, bundle = exported
+    store = audit_ledger.ingest.store
+    value = parts(bundle)
+    height, size = value[3][-1][0], value[6]["sizes"][value[3][-1][0]]
+    items = [[r[0], r[1], r[2], height, merkle.inclusion_path(r[0], size, store.node)] for r in value[5]]
+    old = [value[0], 1, *value[2:5], [cbor.dumps(item) for item in items]]
+    result = verify(cbor.dumps(old))
+    assert result.failure_count == 0, [f.describe() for f in result.failures]
+    assert result.readings == len(items) == 30
+    items[7][4][0] = bytes(32)
+    old[5] = [cbor.dumps(item) for item in items]
+    assert first(verify(cbor.dumps(old))) == (evidence.INCLUSION, "reading", 7)
+    assert first(verify(cbor.dumps([value[0], 3, *old[2:]]))) == (evidence.FORMAT, "bundle", -1)

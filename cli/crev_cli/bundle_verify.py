@@ -6,7 +6,9 @@ readings the bundle holds, and spreads the reading checks over worker
 processes. It opens no database and no socket.
 """
 
+import itertools
 import os
+import zlib
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -157,8 +159,11 @@ def verify_bundle(stream: IO[bytes], ledger_public_key: bytes, allow_gaps: bool 
         if reader.array() != 6 or reader.item() != evidence.MAGIC:
             raise BundleFormatError("not a crev evidence bundle")
         version = reader.item()
-        if version != evidence.VERSION:
-            raise BundleFormatError("bundle version %r; this crev reads version %d" % (version, evidence.VERSION))
+        if version not in evidence.VERSIONS:
+            raise BundleFormatError(
+                "bundle version %r; this crev reads versions %s"
+                % (version, " and ".join("%d" % v for v in evidence.VERSIONS))
+            )
         meta = reader.item()
         problem = evidence.check_meta(meta, ledger_public_key)
         if problem is not None:
@@ -181,11 +186,20 @@ def verify_bundle(stream: IO[bytes], ledger_public_key: bytes, allow_gaps: bool 
             result.fail(keys.add(result.blocks.roots, position, reader.item()))
             result.key_events += 1
         result.sequence = SequenceChecks(meta[evidence.M_DEV], meta[evidence.M_FROM], meta[evidence.M_TO], allow_gaps)
-        count = reader.array()
+        checks = ReadingChecks(result.blocks.roots, keys)
+        outcomes: Iterator[Outcome]
+        if version == 1:
+            outcomes = _check_readings(reader, reader.array(), checks, jobs)
+        else:
+            outcomes = _check_groups(reader, reader.array(), checks, jobs)
         where = ("reading", 0)
-        for position, outcome in _check_readings(reader, count, ReadingChecks(result.blocks.roots, keys), jobs):
-            where = ("reading", position)
+        for at, outcome in outcomes:
             failure, summary = outcome
+            if isinstance(at, str):  # a proof group's own failure
+                result.fail(failure)
+                continue
+            position = at
+            where = ("reading", position)
             result.readings += 1
             if failure is not None and failure.seq is None and result.sequence.last is not None:
                 failure.expected_seq = result.sequence.last.seq + 1
@@ -196,7 +210,8 @@ def verify_bundle(stream: IO[bytes], ledger_public_key: bytes, allow_gaps: bool 
         if not reader.at_end():
             raise BundleFormatError("bytes after the bundle's last item, at byte %d" % reader.offset)
     except _BrokenReading as err:
-        result.fail(Failure(FORMAT, "reading", err.position, str(err)))
+        item = "proof group" if isinstance(err, _BrokenGroup) else "reading"
+        result.fail(Failure(FORMAT, item, err.position, str(err)))
     except BundleFormatError as err:
         result.fail(Failure(FORMAT, where[0], where[1], str(err)))
     result.bytes = reader.offset
@@ -261,6 +276,145 @@ def _drain_one(
     first, future = pending.popleft()
     for offset, outcome in enumerate(future.result()):
         yield first + offset, outcome
+
+
+# ---------------------------------------------------------------- version 2: proof groups
+
+
+GroupTask = tuple[int, Any, Any, Any, int, Any]  # group position, height, nodes, count, first reading, packed
+Outcome = tuple["int | str", tuple[Failure | None, Any]]
+MAX_UNPACKED = 64 << 20  # a group of 1,024 readings unpacks to about 270 kB
+
+
+def _read_groups(reader: BundleReader, count: int, broken: list[_BrokenReading]) -> Iterator[list[GroupTask]]:
+    """Tasks of whole proof groups, about BATCH readings each; a structural error ends them, left in ``broken``."""
+    task: list[GroupTask] = []
+    in_task = 0
+    position = 0
+    for index in range(count):
+        try:
+            if reader.array() != 4:
+                raise BundleFormatError("a proof group is [height, nodes, count, readings]")
+            height = reader.item()
+            nodes = reader.item()
+            length = reader.item()
+            packed = reader.item()
+        except BundleFormatError as err:
+            broken.append(_BrokenGroup(index, str(err)))
+            break
+        if not evidence._uint(length):
+            broken.append(_BrokenGroup(index, "a proof group's reading count is an unsigned integer"))
+            break
+        task.append((index, height, nodes, length, position, packed))
+        position += length
+        in_task += length
+        if in_task >= BATCH:
+            yield task
+            task, in_task = [], 0
+    if task:
+        yield task
+
+
+class _BrokenGroup(_BrokenReading):
+    pass
+
+
+def unpack_readings(packed: object, count: int) -> list[bytes]:
+    """A group's readings: the zlib stream (RFC 1950) of ``count`` byte strings, each holding one reading item."""
+    if not isinstance(packed, bytes):
+        raise ValueError("its readings are not a byte string")
+    inflater = zlib.decompressobj()
+    try:
+        data = inflater.decompress(packed, MAX_UNPACKED)
+    except zlib.error as err:
+        raise ValueError("its readings do not inflate (zlib): %s" % err) from err
+    if inflater.unconsumed_tail:
+        raise ValueError("its readings inflate to more than %d bytes" % MAX_UNPACKED)
+    if not inflater.eof or inflater.unused_data:
+        raise ValueError("its readings are not exactly one complete zlib stream")
+    items: list[bytes] = []
+    at = 0
+    while at < len(data) and len(items) < count:
+        try:
+            major, length, start = cbor.decode_head(data, at)
+        except CborError as err:
+            raise ValueError("reading #%d of the group: %s" % (len(items), err)) from err
+        if major != 2 or start + length > len(data):
+            raise ValueError("reading #%d of the group is not a whole byte string" % len(items))
+        items.append(data[start : start + length])
+        at = start + length
+    if len(items) != count or at != len(data):
+        raise ValueError("its readings are not the %d byte strings it states" % count)
+    return items
+
+
+def pack_readings(items: list[bytes]) -> bytes:
+    """The inverse of unpack_readings, for tests and tools (the exporter streams the same)."""
+    return zlib.compress(b"".join(cbor.dumps(item) for item in items), 9)
+
+
+def check_task(checks: ReadingChecks, task: list[GroupTask], previous: GroupTask | None) -> list[Outcome]:
+    """Check a task's groups in order: per reading (position, (failure, summary)); per bad group ("group", ...).
+
+    ``previous`` is the group before the task's first, whose last reading
+    lets the first one's energies be recomputed.
+    """
+    out: list[Outcome] = []
+    before: bytes | None = None
+    if previous is not None:
+        try:
+            before = unpack_readings(previous[5], previous[3])[-1]
+        except (ValueError, IndexError):
+            before = None
+    for index, height, nodes, count, first, packed in task:
+        group = evidence.ProofGroup(checks.roots, index, height, nodes, first)
+        head = group.head_failure()
+        try:
+            items = unpack_readings(packed, count)
+        except ValueError as err:
+            out.append(("group", (group.failure(FORMAT, str(err)), None)))
+            before = None
+            continue
+        if head is not None:
+            out.append(("group", (head, None)))
+        for offset, outcome in enumerate(checks.check_group(group, items, before)):
+            out.append((first + offset, outcome))
+        if head is None:
+            tail = group.finish()
+            if tail is not None:
+                out.append(("group", (tail, None)))
+        before = items[-1] if items else before
+    return out
+
+
+def _check_task_in_worker(task: list[GroupTask], previous: GroupTask | None) -> list[Outcome]:
+    assert _worker_checks is not None
+    return check_task(_worker_checks, task, previous)
+
+
+def _check_groups(reader: BundleReader, count: int, checks: ReadingChecks, jobs: int) -> Iterator[Outcome]:
+    """As _check_readings, for version 2's proof groups; a group's own failure comes as ("group", ...)."""
+    broken: list[_BrokenReading] = []
+    previous: GroupTask | None = None  # the group before a task's first
+    tasks = _read_groups(reader, count, broken)
+    # Worker processes only when there are at least three tasks: a small bundle is quicker alone.
+    ahead = list(itertools.islice(tasks, 3 if jobs > 1 else 0))
+    if jobs <= 1 or len(ahead) < 3:
+        for task in itertools.chain(ahead, tasks):
+            yield from check_task(checks, task, previous)
+            previous = task[-1]
+    else:
+        with ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker, initargs=(checks,)) as pool:
+            pending: deque[Future[list[Outcome]]] = deque()
+            for task in itertools.chain(ahead, tasks):
+                pending.append(pool.submit(_check_task_in_worker, task, previous))
+                previous = task[-1]
+                if len(pending) >= 2 * jobs:
+                    yield from pending.popleft().result()
+            while pending:
+                yield from pending.popleft().result()
+    if broken:
+        raise broken[0]
 
 
 def default_jobs() -> int:

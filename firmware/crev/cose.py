@@ -22,9 +22,61 @@ BAD_ALG = "BAD_ALG"
 BAD_SIGNATURE = "BAD_SIGNATURE"
 
 
+_SIG_STRUCTURE_START = cbor.encode_head(4, 4) + cbor.dumps("Signature1")
+
+
 def sig_structure(protected: bytes, payload: bytes) -> bytes:
-    """RFC 9052 §4.4 Sig_structure for COSE_Sign1 with empty external_aad."""
-    return cbor.dumps(["Signature1", protected, b"", payload])
+    """RFC 9052 §4.4 Sig_structure for COSE_Sign1 with empty external_aad.
+
+    The bytes of ``cbor.dumps(["Signature1", protected, b"", payload])``,
+    put together directly: verifiers build one per reading.
+    """
+    return b"".join(
+        (
+            _SIG_STRUCTURE_START,
+            cbor.encode_head(2, len(protected)),
+            protected,
+            b"\x40",
+            cbor.encode_head(2, len(payload)),
+            payload,
+        )
+    )
+
+
+# Protected headers already parsed: a device signs every reading with the same one.
+_HEADERS = {}  # type: dict[bytes, tuple[int, bytes]]
+_MAX_HEADERS = 256
+_ENVELOPE_START = b"\xd2\x84"  # tag 18, an array of 4
+
+
+def _byte_string(raw: bytes, at: int) -> tuple:
+    """``(value, next offset)`` of the shortest-form byte string at ``at``; raises CborError or IndexError."""
+    major, length, start = cbor.decode_head(raw, at)
+    if major != 2 or start + length > len(raw):
+        raise IndexError(at)
+    return raw[start : start + length], start + length
+
+
+def _split_envelope(raw: bytes) -> "tuple | None":
+    """The four parts of a COSE_Sign1 in the one byte form ``sign1`` writes, or None to parse it in full.
+
+    Anything accepted here is deterministic CBOR decoding to the same value
+    as the full parse would give: tag 18 and the array of 4 in their one-byte
+    heads, shortest-form byte string heads, and an empty unprotected map.
+    """
+    if raw[:2] != _ENVELOPE_START:
+        return None
+    try:
+        protected, at = _byte_string(raw, 2)
+        if raw[at : at + 1] != b"\xa0":
+            return None
+        payload, at = _byte_string(raw, at + 1)
+        signature, at = _byte_string(raw, at)
+    except (CborError, IndexError):
+        return None
+    if at != len(raw):
+        return None
+    return protected, payload, signature
 
 
 def protected_header(kid: bytes) -> bytes:
@@ -56,6 +108,11 @@ class Sign1:
         # (1) MALFORMED: the envelope must be a deterministic COSE_Sign1, so
         # that a reading has exactly one byte form (re-encoding the unsigned
         # envelope would otherwise yield a second, equally valid message).
+        if type(raw) is bytes:
+            split = _split_envelope(raw)
+            if split is not None and split[0] in _HEADERS:
+                known = _HEADERS[split[0]]
+                return cls(raw, split[0], known[0], known[1], split[1], split[2])
         try:
             message = cbor.loads(raw)
         except CborError as err:
@@ -85,6 +142,8 @@ class Sign1:
             raise ReadingError(MALFORMED, "protected header has no kid")
         if len(header) != 2:
             raise ReadingError(MALFORMED, "protected header may hold only alg and kid")
+        if len(_HEADERS) < _MAX_HEADERS:
+            _HEADERS[protected] = (alg, kid)
         return cls(bytes(raw), protected, alg, kid, payload, signature)
 
     def verify(self, public_key: bytes, backend: str | None = None) -> None:

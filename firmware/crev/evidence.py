@@ -3,7 +3,7 @@
 A bundle is one deterministic CBOR array with definite lengths, so a writer
 that counts first can stream it and a reader can walk it item by item::
 
-    ["crev-evidence", 1, meta, [block...], [key_event...], [reading...]]
+    ["crev-evidence", 2, meta, [block...], [key_event...], [group...]]
 
     meta       {0: origin, 1: ledger kid, 2: dev, 3: from_s, 4: to_s,
                 5: exported_ms, 6: emission factor in mg-CO2/kWh,
@@ -15,15 +15,30 @@ that counts first can stream it and a reader can walk it item by item::
                ``consistency`` proves (RFC 9162 §2.1.4) that the previous
                block in the list is a prefix of this one; [] for the first.
     key_event  [leaf_index, received_ms, statement, height, inclusion_path]
+    group      [height, nodes, count, readings]
+               ``count`` consecutive readings proven together in the tree
+               of the listed block at ``height``: ``nodes`` is their
+               multi-proof (crev.merkle.multiproof), the 32-byte hashes
+               concatenated in one byte string, each tree node the group
+               needs carried once; ``readings`` is one zlib stream (RFC
+               1950) of ``count`` reading items, which the reader (not this
+               I/O-free module) inflates before handing them on
     reading    a byte string holding the CBOR of
-               [leaf_index, received_ms, cose, height, inclusion_path]
+               [leaf_index, received_ms, cose, leaf_tag]
+               ``leaf_tag`` is the first 4 bytes of the leaf's hash: not a
+               proof (the group's root is), only what lets the verifier name
+               a changed reading rather than its whole group
 
 A reading is wrapped in a byte string so that a reader can hand it on
 without decoding it (the verifier's main process passes readings to worker
-processes that way). Each inclusion path proves its leaf ``[type, received_ms, data]`` in the
-tree of the listed block at ``height``. Readings are in seq order; the one
-before the range and the one after it are included when the ledger has them,
-so the first reading's energies can be recomputed and a cut-off end shows.
+processes that way). Each proof is of the leaf ``[type, received_ms, data]``.
+Readings are in seq order; the one before the range and the one after it
+are included when the ledger has them, so the first reading's energies can
+be recomputed and a cut-off end shows.
+
+Version 1, still verified, had no groups: its last section was [reading...],
+each reading [leaf_index, received_ms, cose, height, inclusion_path], an
+RFC 9162 audit path per reading (about 33 bytes per tree level each).
 
 The checks, numbered as in the report and in docs/auditing.md:
 
@@ -62,7 +77,9 @@ from crev.ledger_format import (
 from crev.reading import Reading, reading_hash, recompute_problem
 
 MAGIC = "crev-evidence"
-VERSION = 1
+VERSION = 2
+VERSIONS = (1, 2)  # what the verifier reads
+LEAF_TAG_SIZE = 4
 M_ORIGIN, M_LEDGER_KID, M_DEV, M_FROM, M_TO, M_EXPORTED, M_FACTOR, M_CHECKPOINT = range(8)
 
 CHECK_NAMES = (
@@ -83,7 +100,7 @@ class Failure:
 
     def __init__(self, check: int, item: str, position: int, detail: str) -> None:
         self.check = check
-        self.item = item  # "bundle", "block", "key event" or "reading"
+        self.item = item  # "bundle", "block", "key event", "reading" or "proof group"
         self.position = position  # index within its section, -1 for the bundle
         self.detail = detail
         self.dev = None  # type: str | None
@@ -105,6 +122,9 @@ class Failure:
             return label + (" (height %d)" % self.height if self.height is not None else "")
         if self.item == "key event":
             return "key event #%d" % self.position
+        if self.item == "proof group":
+            label = "proof group #%d" % self.position
+            return label + (" (block %d)" % self.height if self.height is not None else "")
         return "bundle"
 
     def describe(self) -> str:
@@ -250,6 +270,122 @@ def _leaf_item(item: object) -> bool:
     )
 
 
+def _grouped_item(item: object) -> bool:
+    return (
+        isinstance(item, list)
+        and len(item) == 4
+        and _uint(item[0])
+        and _uint(item[1])
+        and isinstance(item[2], bytes)
+        and isinstance(item[3], bytes)
+        and len(item[3]) == LEAF_TAG_SIZE
+    )
+
+
+class ProofGroup:
+    """Check 3 for one group of readings proven together by a multi-proof (version 2).
+
+    Each reading adds its leaf as it is checked; ``finish`` then hashes the
+    leaves and the group's nodes up to the block's root. A reading whose
+    leaf does not match its tag is named by itself and left out, and the
+    group is then not reported again: its root cannot hold without it.
+    """
+
+    def __init__(self, roots: dict, position: int, height: object, nodes: object, first_reading: int) -> None:
+        self.position = position
+        self.height = height
+        self.nodes = nodes
+        self.first_reading = first_reading
+        self.count = 0
+        self.leaves = {}  # type: dict[int, bytes]
+        self.left_out = False
+        self.anchor = roots.get(height) if _uint(height) else None  # type: tuple[int, bytes] | None
+
+    def failure(self, check: int, detail: str) -> Failure:
+        made = Failure(check, "proof group", self.position, detail)
+        made.height = self.height if _uint(self.height) else None  # type: ignore[assignment]
+        return made
+
+    def head_failure(self) -> "Failure | None":
+        """What is wrong with the group before any reading: its block, its nodes' form."""
+        if not _uint(self.height) or not isinstance(self.nodes, bytes) or len(self.nodes) % merkle.HASH_SIZE:
+            return self.failure(FORMAT, "a proof group is [height, nodes (32-byte hashes), [reading...]]")
+        if self.anchor is None:
+            return self.failure(INCLUSION, "its proofs name block %r, which is not in the bundle" % (self.height,))
+        return None
+
+    def add(self, position: int, item: list) -> "Failure | None":
+        """Check 3, first part, of one reading: its leaf matches its tag and has a place in the tree."""
+        self.count += 1
+        leaf_index, received_ms, cose, tag = item
+        leaf = merkle.leaf_hash(encode_leaf(LEAF_READING, received_ms, cose))
+        if leaf[:LEAF_TAG_SIZE] != tag:
+            self.left_out = True
+            return Failure(
+                INCLUSION,
+                "reading",
+                position,
+                "leaf %d hashes to %s..., not to the %s... its item states: the reading or its received_ms "
+                "is not what was exported" % (leaf_index, leaf[:LEAF_TAG_SIZE].hex(), tag.hex()),
+            )
+        if self.anchor is None:
+            self.left_out = True
+            return None  # the group's failure says why
+        size = self.anchor[0]
+        if leaf_index >= size:
+            self.left_out = True
+            return Failure(
+                INCLUSION,
+                "reading",
+                position,
+                "leaf %d is not in block %r (tree size %d)" % (leaf_index, self.height, size),
+            )
+        if leaf_index in self.leaves:
+            self.left_out = True
+            return Failure(FORMAT, "reading", position, "leaf %d is listed twice in its proof group" % leaf_index)
+        self.leaves[leaf_index] = leaf
+        return None
+
+    def skip(self) -> None:
+        """A reading too broken to add its leaf."""
+        self.count += 1
+        self.left_out = True
+
+    def finish(self) -> "Failure | None":
+        """Check 3, second part: the leaves and the nodes hash to the block's root, nothing left over."""
+        if self.anchor is None or self.left_out:
+            return None
+        if not self.leaves:
+            return self.failure(FORMAT, "a proof group holds no reading")
+        size, root = self.anchor
+        indices = sorted(self.leaves)
+        hashes = [self.leaves[i] for i in indices]
+        nodes = self.nodes
+        assert isinstance(nodes, bytes)
+        span = "readings #%d..#%d" % (self.first_reading, self.first_reading + self.count - 1)
+        try:
+            computed, used = merkle.multiproof_root(indices, hashes, size, nodes)
+        except merkle.MissingNode as err:
+            return self.failure(
+                INCLUSION,
+                "its nodes end before the proof of %s does: %s of the tree of size %d is lacking"
+                % (span, merkle.describe_range(err.start, err.end), size),
+            )
+        if used != len(nodes):
+            return self.failure(
+                INCLUSION,
+                "it carries %d nodes, but the proof of %s in the tree of size %d needs %d"
+                % (len(nodes) // merkle.HASH_SIZE, span, size, used // merkle.HASH_SIZE),
+            )
+        if computed != root:
+            return self.failure(
+                INCLUSION,
+                "%s and its %d nodes do not hash to the root of block %r (tree size %d): a node was changed"
+                % (span, used // merkle.HASH_SIZE, self.height, size),
+            )
+        return None
+
+
 class KeyHistory:
     """Checks 3 and 4 over the device's key events; then which key was valid when."""
 
@@ -367,7 +503,9 @@ class ReadingChecks:
         self.keys = keys
         self.backend = backend
 
-    def check_batch(self, first_position: int, items: list, before: "bytes | None") -> list:
+    def check_batch(
+        self, first_position: int, items: list, before: "bytes | None", group: "ProofGroup | None" = None
+    ) -> list:
         """Check encoded reading items; ``before`` is the encoded item before the batch.
 
         Returns one ``(failure, summary)`` pair per item; exactly one is None.
@@ -379,28 +517,48 @@ class ReadingChecks:
         for offset, raw in enumerate(items):
             position = first_position + offset
             try:
-                item = cbor.loads(raw)
+                split = _split_item(raw) if group is not None else None
+                item = cbor.loads(raw) if split is None else split  # type: object
             except CrevError as err:
                 failure = Failure(FORMAT, "reading", position, "the reading item is not CBOR: %s" % err)
                 results.append((failure, None))
                 previous = None
+                if group is not None:
+                    group.skip()
                 continue
-            failure, reading, summary = self.check_one(position, item, previous)
+            failure, reading, summary = self.check_one(position, item, previous, group)
             if failure is not None and reading is not None:
                 failure.dev, failure.seq = reading.dev, reading.seq
             results.append((failure, summary))
             previous = reading if failure is None else None  # never a baseline we did not verify
         return results
 
-    def check_one(self, position: int, item: object, previous: "Reading | None") -> tuple:
-        if not _leaf_item(item):
-            return (
-                Failure(FORMAT, "reading", position, "a reading is [leaf, received_ms, cose, height, path]"),
-                None,
-                None,
-            )
-        assert isinstance(item, list)
-        failure = _inclusion_failure(self.roots, LEAF_READING, item, "reading", position)  # (3)
+    def check_group(self, group: ProofGroup, items: list, before: "bytes | None") -> list:
+        """Check one proof group's encoded reading items (version 2); ``before`` as for check_batch.
+
+        Returns one ``(failure, summary)`` pair per item, as check_batch does;
+        the group's own failure, if any, is ``group.finish()``'s.
+        """
+        return self.check_batch(group.first_reading, items, before, group)
+
+    def check_one(
+        self, position: int, item: object, previous: "Reading | None", group: "ProofGroup | None" = None
+    ) -> tuple:
+        if group is None:
+            if not _leaf_item(item):
+                return (
+                    Failure(FORMAT, "reading", position, "a reading is [leaf, received_ms, cose, height, path]"),
+                    None,
+                    None,
+                )
+            assert isinstance(item, list)
+            failure = _inclusion_failure(self.roots, LEAF_READING, item, "reading", position)  # (3)
+        elif not _grouped_item(item):
+            group.skip()
+            return Failure(FORMAT, "reading", position, "a reading is [leaf, received_ms, cose, leaf tag]"), None, None
+        else:
+            assert isinstance(item, list)
+            failure = group.add(position, item)  # (3), the leaf's part; the group's root at its end
         if failure is not None:
             return failure, _peek(item[2]), None
         cose = item[2]
@@ -443,6 +601,33 @@ class ReadingChecks:
         return None, reading, Summary.of(reading, reading_hash(cose), recomputed)
 
 
+def _split_item(raw: object) -> "list | None":
+    """A version 2 reading item [uint, uint, bstr, bstr] read head by head, or None to decode it in full.
+
+    Shortest-form heads and nothing after the last byte string: what this
+    accepts is deterministic CBOR with the value cbor.loads would give.
+    """
+    if type(raw) is not bytes or raw[:1] != b"\x84":
+        return None
+    try:
+        major, leaf_index, at = cbor.decode_head(raw, 1)
+        if major != 0:
+            return None
+        major, received_ms, at = cbor.decode_head(raw, at)
+        if major != 0:
+            return None
+        major, length, at = cbor.decode_head(raw, at)
+        if major != 2:
+            return None
+        cose = raw[at : at + length]
+        major, tag_length, at = cbor.decode_head(raw, at + length)
+        if major != 2 or at + tag_length != len(raw) or len(cose) != length:
+            return None
+    except CrevError:
+        return None
+    return [leaf_index, received_ms, cose, raw[at:]]
+
+
 def _peek(cose: "bytes | None") -> "Reading | None":
     """The reading's claimed identity, for naming a failed item; never trusted."""
     if cose is None:
@@ -458,7 +643,7 @@ def _cose_of(raw: bytes) -> "bytes | None":
         item = cbor.loads(raw)
     except CrevError:
         return None
-    return item[2] if _leaf_item(item) else None  # type: ignore[index]
+    return item[2] if _leaf_item(item) or _grouped_item(item) else None  # type: ignore[index]
 
 
 class Totals:

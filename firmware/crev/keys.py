@@ -69,6 +69,10 @@ class SigningKey:
         return _pure.sign(self._seed, message, self.public_key)
 
 
+# Public keys already loaded by cryptography: a verifier checks many signatures of one key.
+_LOADED = {}  # type: dict
+
+
 def verify_signature(public_key: bytes, signature: bytes, message: bytes, backend: str | None = None) -> bool:
     """True when ``signature`` is a valid Ed25519 signature of ``message``."""
     chosen = _check_backend(backend)
@@ -76,7 +80,12 @@ def verify_signature(public_key: bytes, signature: bytes, message: bytes, backen
         return False
     if chosen == "cryptography":
         try:
-            _PublicKey.from_public_bytes(public_key).verify(signature, message)
+            loaded = _LOADED.get(public_key)
+            if loaded is None:
+                loaded = _PublicKey.from_public_bytes(public_key)
+                if len(_LOADED) < 256:
+                    _LOADED[public_key] = loaded
+            loaded.verify(signature, message)
         except (_InvalidSignature, ValueError):
             return False
         return True

@@ -269,3 +269,95 @@ def tile_root(data: bytes) -> bytes:
     for _ in range(TILE_HEIGHT):
         data = hash_pairs(data)
     return data
+
+
+# Multi-proofs: the nodes that prove several leaves of one tree at once, each
+# carried once. Walking the tree from the root, depth first and left before
+# right, every subtree that holds none of the proven leaves contributes its
+# root (MTH of its range, RFC 9162 §2.1.1), in that order; every subtree that
+# holds some is recomputed from below. One leaf's multi-proof holds the nodes
+# of its RFC 9162 audit path, in the walk's order.
+
+
+def _first_at_or_after(indices: list, lo: int, hi: int, value: int) -> int:
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if indices[mid] < value:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def _multi_nodes(indices: list, lo: int, hi: int, start: int, end: int, node: "NodeLookup", out: list) -> None:
+    if lo == hi:
+        out.append(subtree_root(start, end, node))
+        return
+    if end - start == 1:
+        return
+    k = _split(end - start)
+    mid = _first_at_or_after(indices, lo, hi, start + k)
+    _multi_nodes(indices, lo, mid, start, start + k, node, out)
+    _multi_nodes(indices, mid, hi, start + k, end, node, out)
+
+
+def multiproof(indices: list, size: int, node: "NodeLookup") -> list:
+    """The multi-proof of the leaves ``indices`` (ascending, distinct) in the tree of ``size`` leaves."""
+    for i in range(len(indices)):
+        if not 0 <= indices[i] < size or (i and indices[i] <= indices[i - 1]):
+            raise MisuseError("a multi-proof takes distinct ascending leaf indices below the tree size")
+    out = []  # type: list[bytes]
+    if indices:
+        _multi_nodes(indices, 0, len(indices), 0, size, node, out)
+    return out
+
+
+class MissingNode(Exception):
+    """A multi-proof ran out of nodes: the one over leaves [start, end) is lacking."""
+
+    def __init__(self, start: int, end: int) -> None:
+        Exception.__init__(self, start, end)
+        self.start = start
+        self.end = end
+
+
+def describe_range(start: int, end: int) -> str:
+    """A tree node named by its level and index when it is complete, else by its leaves."""
+    count = end - start
+    if count & (count - 1) == 0 and start % count == 0:
+        level = 0
+        while 1 << level < count:
+            level += 1
+        return "node (level %d, index %d)" % (level, start >> level)
+    return "the node over leaves %d..%d" % (start, end - 1)
+
+
+def _multi_root(indices: list, hashes: list, lo: int, hi: int, start: int, end: int, nodes: bytes, at: list) -> bytes:
+    if lo == hi:
+        offset = at[0]
+        if offset + HASH_SIZE > len(nodes):
+            raise MissingNode(start, end)
+        at[0] = offset + HASH_SIZE
+        return nodes[offset : offset + HASH_SIZE]
+    if end - start == 1:
+        found = hashes[lo]  # type: bytes
+        return found
+    k = _split(end - start)
+    mid = _first_at_or_after(indices, lo, hi, start + k)
+    left = _multi_root(indices, hashes, lo, mid, start, start + k, nodes, at)
+    return node_hash(left, _multi_root(indices, hashes, mid, hi, start + k, end, nodes, at))
+
+
+def multiproof_root(indices: list, hashes: list, size: int, nodes: bytes) -> tuple:
+    """``(root, bytes of nodes used)`` from leaf hashes at ``indices`` (ascending, distinct, below ``size``).
+
+    ``nodes`` is the multi-proof as one byte string, the 32-byte hashes one
+    after another. Raises MissingNode when it ends before the proof does; a
+    caller compares the root with the signed one and the count with the
+    length, since nodes left over are not part of the proof.
+    """
+    if not indices or size <= indices[-1]:
+        raise MisuseError("a multi-proof proves at least one leaf of the tree")
+    at = [0]
+    root = _multi_root(indices, hashes, 0, len(indices), 0, size, nodes, at)
+    return root, at[0]

@@ -186,7 +186,7 @@ class TraceReadingChecks(ReadingChecks):
         meters = sorted(set(c[1] for c in reading.channels))
         return None, reading, (item[0], reading.dev, reading.t1, generation_entries(reading), meters)
 
-    def check_batch(self, first_position: int, items: list, before: "bytes | None") -> list:
+    def check_batch(self, first_position: int, items: list, before: "bytes | None", group: object = None) -> list:
         """One ``(failure, info)`` per item, for the verifier's worker processes."""
         results = []
         previous = None  # type: Reading | None

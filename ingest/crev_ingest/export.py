@@ -9,12 +9,14 @@ renamed).
 
 Readings are proven in groups of ``GROUP``, each against the first block
 that covers the whole group, so a year needs a few hundred block headers
-rather than one per block sealed; consistency proofs link them.
+rather than one per block sealed; consistency proofs link them. Each group
+carries one multi-proof: every tree node its readings need, once.
 """
 
 import functools
 import os
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from typing import BinaryIO
 
 from crev import cbor, evidence, merkle
 from crev.keys import key_id
+from crev.ledger_format import LEAF_READING, encode_leaf
 from crev_ingest import ConfigError
 from crev_ingest import config as ingest_config
 from crev_ingest.keyfile import load_key
@@ -224,13 +227,33 @@ def _write_readings(
     sizes: dict[int, int],
     node: Callable[[int, int], bytes],
 ) -> None:
-    handle.write(cbor.encode_head(4, snapshot.count))
+    """The groups: [height, multi-proof nodes, count, zlib of the readings], one group's rows held at a time."""
+    handle.write(cbor.encode_head(4, len(group_blocks)))
     written = 0
-    for position, (_seq, leaf_idx, received_ms, cose) in enumerate(snapshot.rows()):
-        height = group_blocks[position // group]
-        path = merkle.inclusion_path(leaf_idx, sizes[height], node)
-        handle.write(cbor.dumps(cbor.dumps([leaf_idx, received_ms, cose, height, path])))
-        written += 1
+    rows: list[Row] = []
+
+    def flush() -> None:
+        height = group_blocks[written // group]
+        indices = sorted(row[1] for row in rows)
+        nodes = b"".join(merkle.multiproof(indices, sizes[height], node))
+        packer = zlib.compressobj(9)
+        packed = []
+        for _seq, leaf_idx, received_ms, cose in rows:
+            tag = merkle.leaf_hash(encode_leaf(LEAF_READING, received_ms, cose))[: evidence.LEAF_TAG_SIZE]
+            packed.append(packer.compress(cbor.dumps(cbor.dumps([leaf_idx, received_ms, cose, tag]))))
+        packed.append(packer.flush())
+        handle.write(cbor.encode_head(4, 4) + cbor.dumps(height) + cbor.dumps(nodes) + cbor.dumps(len(rows)))
+        handle.write(cbor.dumps(b"".join(packed)))
+
+    for row in snapshot.rows():
+        rows.append(row)
+        if len(rows) == group:
+            flush()
+            written += len(rows)
+            rows = []
+    if rows:
+        flush()
+        written += len(rows)
     if written != snapshot.count:  # cannot happen inside one read transaction
         raise RuntimeError("the readings changed during the export")
 
