@@ -149,7 +149,7 @@ def test_readings_without_key_12_are_not_reconciled(ingest: LocalIngest) -> None
 
 
 def test_the_schema_version_and_an_upgrade(tmp_path: Path) -> None:
-    assert SCHEMA_VERSION == 6
+    assert SCHEMA_VERSION == 7
     path = tmp_path / "old.sqlite"
     Store(path).close()
     db = sqlite3.connect(path)
@@ -160,7 +160,7 @@ def test_the_schema_version_and_an_upgrade(tmp_path: Path) -> None:
     upgraded = Store(path)
     try:
         assert upgraded.db.has_table("reconciliation")
-        assert int(upgraded.db.execute("SELECT version FROM schema_version").fetchone()[0]) == 6
+        assert int(upgraded.db.execute("SELECT version FROM schema_version").fetchone()[0]) == 7
     finally:
         upgraded.close()
 

@@ -78,6 +78,10 @@ def issue(args: argparse.Namespace) -> int:
     return _guarded(lambda: _cli().issue(Path(args.config)))
 
 
+def release(args: argparse.Namespace) -> int:
+    return _guarded(lambda: _cli().release(Path(args.config), args.site, args.slot, args.reason))
+
+
 def holdings(args: argparse.Namespace) -> int:
     return _guarded(lambda: _cli().holdings(Path(args.config), args.account, args.json))
 
@@ -165,6 +169,12 @@ def add_commands(commands: Any, parser_class: type[argparse.ArgumentParser]) -> 
         command.set_defaults(handler=handler)
 
     with_config("issue", "issue every closed slot now").set_defaults(handler=issue)
+
+    release_cmd = with_config("release", "release a slot held by a smart-meter mismatch (SPEC §13)")
+    release_cmd.add_argument("--site", required=True, metavar="ID", help="the site whose slot is held")
+    release_cmd.add_argument("--slot", required=True, metavar="T", help="the slot's start: Unix s or ISO 8601")
+    release_cmd.add_argument("--reason", required=True, metavar="TEXT", help="why it may be issued (1-200 chars)")
+    release_cmd.set_defaults(handler=release)
 
     held = with_config("holdings", "an account's lots and grams")
     held.add_argument("--account", required=True, metavar="ID", help="the account id")

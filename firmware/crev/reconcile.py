@@ -220,3 +220,25 @@ def reconcile_readings(readings: list, params: Params) -> list:
             continue
         verdicts.append(reconcile_slot(start, slots[start], values.get(start), values[slot_t0], params))
     return verdicts
+
+
+def window(slot_t0: int) -> tuple:
+    """``(from_s, to_s)``: the readings overlapping [from_s, to_s) are all that decide slot ``slot_t0``:
+    its own, and the ones around it that carry the fixed-time values at its two ends."""
+    return (slot_t0 - SLOT_S, slot_t0 + 2 * SLOT_S)
+
+
+def slot_verdict(readings: list, slot_t0: int, params: Params) -> "Verdict | None":
+    """The verdict of slot ``slot_t0`` from one device's readings (those of ``window``); None when no
+    reading carries the fixed-time value at its end yet. The registry holds a slot's issuance, and
+    the registry replay checks that hold, with this one function (SPEC §13)."""
+    for verdict in reconcile_readings(readings, params):
+        if verdict.slot_t0 == slot_t0:
+            found = verdict  # type: Verdict
+            return found
+    return None
+
+
+def carries_smart_meter(readings: list, slot_t0: int) -> bool:
+    """Whether any of the slot's own readings carries key 12: its device reads a smart meter."""
+    return any(reading.smart_meter is not None and slot_of(reading.t1) == slot_t0 for reading in readings)

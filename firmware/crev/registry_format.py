@@ -9,6 +9,9 @@ map is the format version, 1.
     type 5  site event      {0: 1, 1: action, 2: site, 3: owner, 4: place,
                              5: [dev...], 6: [[meter_id, type]...], 7: factor_mg,
                              8: factor_label, 9: floor (optional), 10: time}   ledger key
+    type 5  release         {0: 1, 1: 3, 2: site, 3: dev, 4: slot, 5: reason,
+                             6: time}: a slot held by a smart-meter mismatch
+                             (SPEC §13) may be issued              ledger key
     type 6  issuance        {0: 1, 1: site, 2: dev, 3: slot, 4: supplement,
                              5: owner, 6: place, 7: factor_mg, 8: factor_label,
                              9: [reading leaf...], 10: [[type, self_mwh, carry_in,
@@ -48,7 +51,7 @@ ROLE_OPERATOR = 2
 
 SITE_REGISTER = 1
 SITE_CHANGE = 2
-SITE_RELEASE = 3  # SPEC §13: reserved until smart-meter reconciliation
+SITE_RELEASE = 3  # SPEC §13: a slot held by a smart-meter mismatch is released (class Release)
 
 SLOT_S = 1800
 # grams = floor((carry + self_mWh × factor_mg_per_kWh) / 10^9): mWh × mg/kWh is 10^-9 g.
@@ -313,6 +316,10 @@ class SiteEvent:
     @classmethod
     def parse(cls, signed: bytes, ledger_key: "bytes | None") -> "SiteEvent":
         fields, _kid = signed_map(signed, ledger_key, "site event")
+        return cls.from_fields(fields)
+
+    @classmethod
+    def from_fields(cls, fields: dict) -> "SiteEvent":
         _need(fields, (0, 1, 2, 3, 4, 5, 6, 7, 8, 10), (9,), "site event")
         event = cls(
             fields[1],
@@ -363,6 +370,58 @@ class SiteEvent:
         if not _uint(self.time_s):
             return "time must be an unsigned integer"
         return None
+
+
+class Release:
+    """A type 5 leaf with action 3 (SPEC §13): an operator releases the issuance of one device's
+    slot held by a SMART_METER_MISMATCH, giving the reason."""
+
+    def __init__(self, site: str, dev: str, slot: int, reason: str, time_s: int) -> None:
+        self.action = SITE_RELEASE
+        self.site = site
+        self.dev = dev
+        self.slot = slot
+        self.reason = reason
+        self.time_s = time_s
+
+    def to_map(self) -> dict:
+        return {
+            0: FORMAT_VERSION,
+            1: SITE_RELEASE,
+            2: self.site,
+            3: self.dev,
+            4: self.slot,
+            5: self.reason,
+            6: self.time_s,
+        }
+
+    @classmethod
+    def from_fields(cls, fields: dict) -> "Release":
+        _need(fields, (0, 1, 2, 3, 4, 5, 6), (), "release")
+        release = cls(fields[2], fields[3], fields[4], fields[5], fields[6])
+        problem = release.problem()
+        if problem:
+            raise RegistryFormatError("release: " + problem)
+        return release
+
+    def problem(self) -> "str | None":
+        if not valid_device_id(self.site) or not valid_device_id(self.dev):
+            return "site and dev must be valid ids"
+        if not _uint(self.slot) or self.slot % SLOT_S:
+            return "slot must be a multiple of %d seconds" % SLOT_S
+        if not _text(self.reason, MAX_TEXT):
+            return "the reason must be 1..%d printable characters without surrounding spaces" % MAX_TEXT
+        if not _uint(self.time_s):
+            return "time must be an unsigned integer"
+        return None
+
+
+def parse_site_leaf(signed: bytes, ledger_key: "bytes | None") -> "SiteEvent | Release":
+    """A type 5 leaf: a site event (register, change) or a release (action 3)."""
+    fields, _kid = signed_map(signed, ledger_key, "site event")
+    if fields.get(1) == SITE_RELEASE:
+        return Release.from_fields(fields)
+    return SiteEvent.from_fields(fields)
 
 
 # ------------------------------------------------------------------ type 6: issuance

@@ -8,7 +8,10 @@ ReplayError at the first leaf that breaks a rule, naming the leaf:
 - an issuance whose site, owner, place or factor is not the site's in force,
   that covers a reading of another device or slot, an unsealed reading, a
   reading already issued, or a slot not yet closed; whose lots (self per
-  type, carry in, grams, carry out) do not follow from its readings;
+  type, carry in, grams, carry out) do not follow from its readings; of a
+  slot held by a smart-meter mismatch (SPEC §13) that no release precedes;
+- a release (a site event with action 3) of a slot that is not held, or
+  released twice;
 - a retirement not signed by its account's key, replayed, or taking more
   grams from a lot than the account holds;
 - an order not signed by its account's key, or a controller's sell not
@@ -17,6 +20,14 @@ ReplayError at the first leaf that breaks a rule, naming the leaf:
 
 Key events (``on_key_event``) tell it which device keys exist, for the
 controllers' sells.
+
+Smart-meter holds are checked when the replay is given the reconciliation
+parameters (``crev.reconcile.Params``, the ingest config's [reconciliation])
+and ``slot_readings(dev, slot, before_leaf)``, which returns the device's
+readings (crev.reading.Reading) of ``crev.reconcile.window(slot)`` whose
+leaves precede ``before_leaf``: the slot's verdict is then the one the
+registry reached when it issued, by the same function. Without them (a
+mirror, a bundle) a release is checked for its form and signature only.
 
 In a partial replay the state before the bundle is unknown, so the carry
 chain, the supplement count and the slot's closure are taken as stated;
@@ -32,7 +43,8 @@ from crev.errors import CrevError
 from crev.keys import key_id
 from crev.ledger_format import ACTION_ENROL, LEAF_KEY_EVENT, LEAF_READING, LedgerFormatError, parse_key_event
 from crev.market_format import SIDE_BUY, SIDE_CANCEL, SIDE_SELL, Order, Trade, controller_problem
-from crev.reading import K_DEV, K_T1
+from crev.reading import K_DEV, K_SM, K_T1
+from crev.reconcile import SMART_METER_MISMATCH, slot_verdict
 from crev.registry_format import (
     ACCOUNT_CLOSE,
     ACCOUNT_KEY_CHANGE,
@@ -49,9 +61,11 @@ from crev.registry_format import (
     AccountEvent,
     Issuance,
     RegistryFormatError,
+    Release,
     Retirement,
     SiteEvent,
     compute_lots,
+    parse_site_leaf,
     path_matches,
     slot_of,
     type_sums,
@@ -79,9 +93,21 @@ KIND_NAMES = {LEAF_ACCOUNT: "account event", LEAF_SITE: "site event", LEAF_ISSUA
 
 
 class RegistryReplay:
-    def __init__(self, ledger_key: bytes, partial: bool = False) -> None:
+    def __init__(
+        self,
+        ledger_key: bytes,
+        partial: bool = False,
+        reconciliation: "object | None" = None,
+        slot_readings: "object | None" = None,
+    ) -> None:
         self.ledger_key = ledger_key
         self.partial = partial
+        self.reconciliation = reconciliation  # crev.reconcile.Params, or None: holds are not checked
+        self.slot_readings = slot_readings
+        self.smart_devices = set()  # type: set[str]
+        # (dev, slot) -> release leaf
+        self.releases = {}  # type: dict[tuple, int]
+        self.release_events = {}  # type: dict[int, Release]
         self.accounts = {}  # type: dict[str, AccountEvent]
         self.sites = {}  # type: dict[str, SiteEvent]
         self.device_site = {}  # type: dict[str, str]
@@ -172,6 +198,8 @@ class RegistryReplay:
             if not isinstance(dev, str) or not isinstance(t1, int):
                 raise ReplayError(leaf, "reading", "has no device id or t1", SCHEMA)
             self.on_reading(leaf, dev, t1)
+            if K_SM in fields:
+                self.smart_devices.add(dev)
         elif leaf_type == LEAF_KEY_EVENT:
             self.on_key_event(leaf, data)
         elif leaf_type in REGISTRY_LEAVES:
@@ -186,6 +214,7 @@ class RegistryReplay:
             "retirements": len(self.retirements),
             "orders": len(self.orders) + len(self.cancels),
             "trades": len(self.trades),
+            "releases": len(self.release_events),
             "issued_grams": self.issued_grams,
         }
 
@@ -196,7 +225,11 @@ class RegistryReplay:
             if leaf_type == LEAF_ACCOUNT:
                 self._account(AccountEvent.parse(data, self.ledger_key))
             elif leaf_type == LEAF_SITE:
-                self._site(SiteEvent.parse(data, self.ledger_key))
+                event = parse_site_leaf(data, self.ledger_key)
+                if isinstance(event, Release):
+                    self._release(leaf, event)
+                else:
+                    self._site(event)
             elif leaf_type == LEAF_ISSUANCE:
                 self._issuance(leaf, Issuance.parse(data, self.ledger_key), reading)
             elif leaf_type == LEAF_RETIREMENT:
@@ -243,6 +276,41 @@ class RegistryReplay:
             self.device_site[dev] = event.site
         self.sites[event.site] = event
 
+    def _checks_holds(self, dev: str) -> bool:
+        return (
+            not self.partial
+            and self.reconciliation is not None
+            and callable(self.slot_readings)
+            and dev in self.smart_devices
+        )
+
+    def _verdict(self, dev: str, slot: int, before_leaf: int) -> "object | None":
+        assert callable(self.slot_readings)
+        return slot_verdict(self.slot_readings(dev, slot, before_leaf), slot, self.reconciliation)
+
+    def _release(self, leaf: int, release: Release) -> None:
+        site = self.sites.get(release.site)
+        if site is None:
+            if self.partial:
+                return
+            raise _Broken("it releases a slot of site %s, which is not registered" % release.site)
+        if release.dev not in site.devices:
+            raise _Broken("device %s is not a device of site %s" % (release.dev, release.site))
+        key = (release.dev, release.slot)
+        if key in self.releases:
+            raise _Broken(
+                "slot %d of %s was released already, at leaf %d" % (release.slot, release.dev, self.releases[key])
+            )
+        if not self.partial and self.reconciliation is not None and callable(self.slot_readings):
+            verdict = self._verdict(release.dev, release.slot, leaf) if self._checks_holds(release.dev) else None
+            if verdict is None or getattr(verdict, "verdict", None) != SMART_METER_MISMATCH:
+                raise _Broken(
+                    "slot %d of %s is not held by a smart-meter mismatch: there is nothing to release"
+                    % (release.slot, release.dev)
+                )
+        self.releases[key] = leaf
+        self.release_events[leaf] = release
+
     def _issuance(self, leaf: int, issuance: Issuance, reading: "object | None") -> None:
         site = self.sites.get(issuance.site)
         if site is None:
@@ -261,6 +329,14 @@ class RegistryReplay:
                 )
             if self._sealed_t1.get(issuance.dev, -1) <= issuance.slot + 1800:
                 raise _Broken("slot %d of %s is not closed yet" % (issuance.slot, issuance.dev), ISSUANCE)
+            if self._checks_holds(issuance.dev) and key not in self.releases:
+                verdict = self._verdict(issuance.dev, issuance.slot, leaf)
+                if verdict is not None and getattr(verdict, "verdict", None) == SMART_METER_MISMATCH:
+                    raise _Broken(
+                        "slot %d of %s is held by SMART_METER_MISMATCH (%s) and no release precedes its issuance"
+                        % (issuance.slot, issuance.dev, getattr(verdict, "detail", "")),
+                        ISSUANCE,
+                    )
         sums = []  # type: list[dict]
         for reading_leaf in issuance.readings:
             if reading_leaf >= leaf or (not self.partial and reading_leaf >= self.sealed_size):

@@ -22,7 +22,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from crev import cbor, merkle
+from crev import cbor, merkle, reconcile
 from crev.errors import CrevError
 from crev.ledger_format import (
     LEAF_KEY_EVENT,
@@ -152,9 +152,16 @@ class _TileCheck:
 
 
 def verify_ledger(
-    store: Store, ledger_key: bytes, origin: str, since: AuditState | None = None
+    store: Store,
+    ledger_key: bytes,
+    origin: str,
+    since: AuditState | None = None,
+    reconciliation: reconcile.Params | None = None,
 ) -> tuple[dict[str, int], AuditState | None]:
-    """Raise LedgerError at the first problem; return counts and the new state when all holds."""
+    """Raise LedgerError at the first problem; return counts and the new state when all holds.
+
+    With ``reconciliation`` (the config's [reconciliation]), the registry replay also checks the
+    smart-meter holds (SPEC §13)."""
     db = store.db
     first_height = -1 if since is None else since.height
     blocks = db.execute(
@@ -268,5 +275,5 @@ def verify_ledger(
         state = AuditState(origin, int(height), bytes(block_hash), int(tree_size), bytes(root))
     counts = {"leaves": frontier.size - first_leaf, "blocks": len(blocks), "readings": readings}
     if has_registry(store):
-        counts.update(replay_registry(store, ledger_key))
+        counts.update(replay_registry(store, ledger_key, reconciliation))
     return counts, state

@@ -195,7 +195,7 @@ def audit_ledger(config_path: Path, state_path: Path | None = None, full: bool =
             raise ConfigError("%s is the state of ledger %s, not %s" % (state_path, since.origin, config.origin))
     store = Store(config.store_location)
     try:
-        counts, state = verify_ledger(store, key.public_key, config.origin, since)
+        counts, state = verify_ledger(store, key.public_key, config.origin, since, config.reconciliation)
     except Exception as err:  # LedgerError, or a row so broken it cannot be parsed
         return False, "FAIL: %s" % err
     finally:

@@ -55,6 +55,9 @@ class IngestConfig:
     market_listen: tuple[str, int] = ("127.0.0.1", 8090)
     # [reconciliation] (SPEC §13): the tolerance and the smart meters' resolution.
     reconciliation: reconcile.Params = field(default_factory=reconcile.Params)
+    # [reconciliation] wait_s: how long (by the device's own t1) the registry waits for a final
+    # verdict of a slot whose readings carry key 12 before it issues the slot UNCHECKED.
+    reconciliation_wait_s: int = 900
 
     @property
     def store_location(self) -> Path | str:
@@ -146,10 +149,19 @@ def parse(raw: dict[str, Any], path: Path) -> IngestConfig:
         witnesses=_witnesses(raw.get("witness", []), path),
         storage_url=_storage_url(storage, base, path),
         reconciliation=reconciliation_params(_table(raw, "reconciliation", path), path.name),
+        reconciliation_wait_s=reconciliation_wait(_table(raw, "reconciliation", path), path.name),
     )
 
 
-RECONCILIATION_KEYS = ("tolerance_percent", "steps", "step_mwh", "digits")
+RECONCILIATION_KEYS = ("tolerance_percent", "steps", "step_mwh", "digits", "wait_s")
+
+
+def reconciliation_wait(table: dict[str, Any], where: str) -> int:
+    """[reconciliation] wait_s (default 900, at most 86400): the registry's wait for a final verdict."""
+    value = table.get("wait_s", 900)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 86400:
+        raise ConfigError("%s: [reconciliation] wait_s must be a whole number of seconds from 0 to 86400" % where)
+    return value
 
 
 def reconciliation_params(table: dict[str, Any], where: str) -> reconcile.Params:

@@ -27,6 +27,7 @@ APPEND_ONLY_TABLES = (
     "lots",
     "lot_moves",
     "retirements",
+    "releases",
     "orders",
     "trades",
     "cosignatures",

@@ -8,7 +8,9 @@ slot whose verdict is UNCHECKED (a reading was missing, late backfill) has
 that slot reconciled again (only readings with key 12 are looked at: a
 device without a smart meter costs nothing). The verdict goes in the ``reconciliation`` table;
 a SMART_METER_MISMATCH also raises an alarm (kind SMART_METER_MISMATCH).
-The registry does not hold a flagged slot's issuance yet (SPEC §13 asks it to).
+The registry holds a flagged slot's issuance until it is released (SPEC §13); it
+recomputes the verdict from the ledger's readings with crev.reconcile.slot_verdict
+rather than read this table, so that the audit's replay reaches the same verdict.
 
 Verdicts are bookkeeping, recomputable from the ledger's readings: the same
 function gives the offline auditor's verdicts from a bundle.

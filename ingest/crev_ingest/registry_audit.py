@@ -10,7 +10,7 @@ so an edited row is caught as surely as an edited leaf.
 import json
 from typing import Any
 
-from crev import cbor
+from crev import cbor, reconcile
 from crev.ledger_format import LEAF_READING, LedgerFormatError, leaf_data
 from crev.market_format import SIDE_CANCEL
 from crev.reading import Reading
@@ -38,9 +38,26 @@ def _reading_lookup(store: Store) -> Any:
     return lookup
 
 
-def replay_registry(store: Store, ledger_key: bytes) -> dict[str, int]:
-    """Raise LedgerError at the first registry leaf or row that does not hold; return counts."""
-    replay = RegistryReplay(ledger_key)
+def _slot_readings(store: Store) -> Any:
+    """For the replay's smart-meter holds: a device's readings around a slot, before a leaf."""
+
+    def readings(dev: str, slot: int, before_leaf: int) -> list[Reading]:
+        low, high = reconcile.window(slot)
+        return [
+            Reading.from_cose(cose)
+            for _seq, leaf, _ms, cose in store.readings_between(dev, low, high)
+            if leaf < before_leaf
+        ]
+
+    return readings
+
+
+def replay_registry(store: Store, ledger_key: bytes, reconciliation: reconcile.Params | None = None) -> dict[str, int]:
+    """Raise LedgerError at the first registry leaf or row that does not hold; return counts.
+
+    With ``reconciliation``, issuances of slots held by a smart-meter mismatch (SPEC §13) are
+    checked against the ledger's releases, the verdicts recomputed from the ledger's readings."""
+    replay = RegistryReplay(ledger_key, False, reconciliation, _slot_readings(store))
     sizes = [int(r[0]) for r in store.db.execute("SELECT tree_size FROM blocks ORDER BY height")]
     block = 0
     lookup = _reading_lookup(store)
@@ -138,6 +155,14 @@ def _compare_rows(store: Store, replay: RegistryReplay) -> None:
     for dev, site, _leaf in db.execute("SELECT dev, site, leaf_idx FROM site_devices"):
         if replay.device_site.get(str(dev)) != str(site):
             raise LedgerError("site_devices row %s: not the site the ledger gives it" % dev)
+    releases: dict[int, tuple[Any, ...]] = {
+        leaf: (event.site, event.dev, event.slot, event.reason, event.time_s)
+        for leaf, event in replay.release_events.items()
+    }
+    stored_releases: dict[int, tuple[Any, ...]] = {row[0]: row[1:] for row in store.releases()}
+    if stored_releases != releases:
+        bad = [k for k in set(releases) | set(stored_releases) if releases.get(k) != stored_releases.get(k)]
+        raise LedgerError("releases row leaf %d: differs from its signed release, or is missing" % min(bad))
     for leaf, site, devices in db.execute("SELECT leaf_idx, site, devices FROM site_events"):
         if str(site) not in replay.sites or not isinstance(json.loads(devices), list):
             raise LedgerError("site_events row leaf %d: differs from the ledger" % int(leaf))

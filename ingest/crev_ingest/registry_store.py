@@ -147,6 +147,16 @@ CREATE TABLE IF NOT EXISTS issued_ahead (
     reading_leaf INTEGER NOT NULL,
     PRIMARY KEY (dev, reading_leaf)
 );
+-- Releases of slots held by a smart-meter mismatch (SPEC §13): type 5 leaves with action 3.
+CREATE TABLE IF NOT EXISTS releases (
+    leaf_idx INTEGER PRIMARY KEY,
+    site TEXT NOT NULL,
+    dev TEXT NOT NULL,
+    slot INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    time INTEGER NOT NULL,
+    UNIQUE (dev, slot)
+);
 """
 
 # A held lot: (issuance_leaf, lot_index, site, dev, type, place, slot, grams held).
@@ -228,6 +238,22 @@ class RegistryRows:
 
     def add_site_device(self, dev: str, site: str, leaf_idx: int) -> None:
         self.db.execute("INSERT INTO site_devices (dev, site, leaf_idx) VALUES (?, ?, ?)", (dev, site, leaf_idx))
+
+    def add_release(self, leaf_idx: int, site: str, dev: str, slot: int, reason: str, time_s: int) -> None:
+        self.db.execute(
+            "INSERT INTO releases (leaf_idx, site, dev, slot, reason, time) VALUES (?, ?, ?, ?, ?, ?)",
+            (leaf_idx, site, dev, slot, reason, time_s),
+        )
+
+    def release_leaf(self, dev: str, slot: int) -> int | None:
+        """The leaf of the release of the device's slot (SPEC §13), or None."""
+        row = self.db.execute("SELECT leaf_idx FROM releases WHERE dev = ? AND slot = ?", (dev, slot)).fetchone()
+        return None if row is None else int(row[0])
+
+    def releases(self) -> list[tuple[int, str, str, int, str, int]]:
+        """(leaf_idx, site, dev, slot, reason, time) of every release, in ledger order."""
+        rows = self.db.execute("SELECT leaf_idx, site, dev, slot, reason, time FROM releases ORDER BY leaf_idx")
+        return [(int(r[0]), str(r[1]), str(r[2]), int(r[3]), str(r[4]), int(r[5])) for r in rows]
 
     def site_event(self, site: str) -> tuple[int, bytes] | None:
         """(leaf_idx, leaf bytes) of the site's latest event."""

@@ -248,10 +248,10 @@ def open_configured(config: "IngestConfig", read_only: bool = False) -> "Store":
 # 1: tiles grew in place in ``tiles``; 2: partial tiles in ``tile_edge``, a schema_version row,
 # the witness tables; 3: pending (readings sequenced, not yet integrated); 4: a reading's COSE
 # bytes only in its leaf, no longer in readings.cose too; 5: chain_heads; 6: reconciliation
-# (SPEC §13, smart-meter verdicts per slot). Every change to the
+# (SPEC §13, smart-meter verdicts per slot); 7: releases (SPEC §13, held slots released). Every change to the
 # schema raises it, with its upgrade in _create_or_upgrade: a store at this version is opened
 # without any DDL.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 LEAF_COLUMNS = ("idx", "type", "received_ms", "data", "leaf_hash")
 READING_COLUMNS = ("dev", "seq", "t0", "t1", "leaf_idx", "gs")

@@ -34,7 +34,17 @@ def open_registry(config_path: Path) -> Iterator[tuple[ingest_config.IngestConfi
     try:
         ledger = Ledger(store, key, config.origin, config.block_interval_s, config.block_max_leaves)
         factor_mg = round(config.default_g_per_kwh * 1000)
-        yield config, Registry(store, ledger, factor_mg, config.default_factor_label)
+        yield (
+            config,
+            Registry(
+                store,
+                ledger,
+                factor_mg,
+                config.default_factor_label,
+                config.reconciliation,
+                config.reconciliation_wait_s,
+            ),
+        )
     finally:
         store.close()
 
@@ -183,7 +193,52 @@ def issue(config_path: Path) -> int:
     )
     for dev in sorted(set(summary.held)):
         print("held: %s has a reading whose meter type does not fit its site; fix the site's --type" % dev)
+    for dev, slot, detail in summary.mismatched:
+        print(
+            "held: %s slot %d (%s) is SMART_METER_MISMATCH (%s); once checked, release it with "
+            "`crev registry release --config %s --site SITE --slot %d --reason TEXT`"
+            % (dev, slot, _slot_text(slot), detail, config_path, slot)
+        )
+    if summary.waiting:
+        print("waiting: %d slots for their smart-meter verdict (SPEC §13)" % len(summary.waiting))
     return 0
+
+
+def release(config_path: Path, site: str, slot_text: str, reason: str) -> int:
+    """SPEC §13: release a slot held by a smart-meter mismatch; it is issued on the next pass."""
+    try:
+        slot = _slot_start(slot_text)
+    except ValueError as err:
+        raise Refused(str(err)) from err
+    with open_registry(config_path) as (_config, registry):
+        released = registry.release(site, slot, reason.strip(), _now_ms())
+    for dev, leaf in released:
+        print("released %s slot %d (%s) of site %s at leaf %d" % (dev, slot, _slot_text(slot), site, leaf))
+    print("it is issued on the next pass: crev registry issue --config %s" % config_path)
+    return 0
+
+
+def _slot_start(text: str) -> int:
+    """``--slot``: the slot's start S, as Unix seconds or ISO 8601 (UTC unless it says), a multiple of 1800."""
+    value = text.strip()
+    if value.isdigit():
+        slot = int(value)
+    else:
+        try:
+            when = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError as err:
+            raise ValueError(
+                "--slot %r is not a time: give the slot's start as Unix seconds or ISO 8601" % text
+            ) from err
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.UTC)
+        slot = int(when.timestamp())
+    if slot % 1800:
+        raise ValueError(
+            "--slot %s is not the start of a 30-minute slot (a multiple of 1800 s, such as %d)"
+            % (text, slot // 1800 * 1800)
+        )
+    return slot
 
 
 def _slot_text(slot: int) -> str:

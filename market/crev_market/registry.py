@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from crev import cbor
+from crev import cbor, reconcile
 from crev.cose import sign1
 from crev.dgcc import SOURCE_NAMES
 from crev.errors import CrevError
@@ -28,12 +28,14 @@ from crev.registry_format import (
     LEAF_ISSUANCE,
     LEAF_RETIREMENT,
     LEAF_SITE,
+    MAX_TEXT,
     ROLE_PARTICIPANT,
     SITE_CHANGE,
     SITE_REGISTER,
     AccountEvent,
     Issuance,
     RegistryFormatError,
+    Release,
     Retirement,
     SiteEvent,
     compute_lots,
@@ -57,6 +59,10 @@ class IssueSummary:
     readings: int = 0
     grams: int = 0
     held: list[str] = field(default_factory=list)  # devices whose issuance waits for the operator
+    # SPEC §13: (dev, slot, detail) held by a SMART_METER_MISMATCH until released
+    mismatched: list[tuple[str, int, str]] = field(default_factory=list)
+    # (dev, slot) whose readings carry key 12 and whose verdict is not final yet
+    waiting: list[tuple[str, int]] = field(default_factory=list)
     rows: list[IssuanceRow] = field(default_factory=list, repr=False)  # written together at the end of the pass
 
 
@@ -64,12 +70,28 @@ def _signed_map(payload: dict[int, Any], key: SigningKey) -> bytes:
     return sign1(cbor.dumps(payload), key)
 
 
+DEFAULT_VERDICT_WAIT_S = 900
+
+
 class Registry:
-    def __init__(self, store: Store, ledger: Ledger, default_factor_mg: int, default_label: str) -> None:
+    """``reconciliation`` and ``verdict_wait_s`` (the ingest config's [reconciliation]) decide which
+    slots are held for a smart-meter mismatch (SPEC §13); see ``_smart_meter_holds``."""
+
+    def __init__(
+        self,
+        store: Store,
+        ledger: Ledger,
+        default_factor_mg: int,
+        default_label: str,
+        reconciliation: reconcile.Params | None = None,
+        verdict_wait_s: int = DEFAULT_VERDICT_WAIT_S,
+    ) -> None:
         self.store = store
         self.ledger = ledger
         self.default_factor_mg = default_factor_mg
         self.default_label = default_label
+        self.reconciliation = reconciliation or reconcile.Params()
+        self.verdict_wait_s = verdict_wait_s
 
     def _append(self, leaf_type: int, data: bytes, now_ms: int) -> int:
         return self.ledger.append(leaf_type, now_ms, data)
@@ -307,6 +329,10 @@ class Registry:
                 break
             slots.setdefault(slot, []).append((leaf_idx, sums))
         if slots:
+            kept = self._smart_meter_holds(dev, slots, latest, summary)
+            if kept is not None:
+                waiting = kept if waiting is None else min(waiting, kept)
+        if slots:
             supplements = self.store.supplements(dev, min(slots))
             carries: dict[str, int] = {}
             for slot in sorted(slots):
@@ -317,6 +343,104 @@ class Registry:
         issued_past = [leaf for readings in slots.values() for leaf, _sums in readings if leaf >= next_cursor]
         if issued_past or (ahead and next_cursor > cursor):
             self.store.set_issued_ahead(dev, next_cursor, issued_past)
+
+    def _window_readings(self, dev: str, first_slot: int, last_slot: int) -> list[Reading]:
+        """The device's readings of ``crev.reconcile.window`` of every slot from first to last."""
+        low, high = reconcile.window(first_slot)[0], reconcile.window(last_slot)[1]
+        return [Reading.from_cose(cose) for _seq, _leaf, _ms, cose in self.store.readings_between(dev, low, high)]
+
+    def slot_verdict(self, dev: str, slot: int, readings: list[Reading] | None = None) -> reconcile.Verdict | None:
+        """The slot's smart-meter verdict from the ledger's readings, by the rule the replay uses."""
+        if readings is None:
+            readings = self._window_readings(dev, slot, slot)
+        low, high = reconcile.window(slot)
+        mine = [r for r in readings if r.t1 > low and r.t0 < high]
+        return reconcile.slot_verdict(mine, slot, self.reconciliation)
+
+    def _smart_meter_holds(
+        self, dev: str, slots: dict[int, list[tuple[int, dict[str, int]]]], latest: int, summary: IssueSummary
+    ) -> int | None:
+        """SPEC §13: take out of ``slots`` those not to issue now; the first leaf left behind, or None.
+
+        A slot whose verdict (from the ledger's readings, crev.reconcile) is SMART_METER_MISMATCH is
+        held until a release of it is in the ledger. A slot whose own readings carry key 12 but whose
+        verdict is not final (no value at its end yet, or UNCHECKED) waits until the device has a
+        sealed reading with t1 beyond the slot's end + verdict_wait_s, then issues UNCHECKED. A slot
+        without key 12 is issued as before.
+        """
+        readings = self._window_readings(dev, min(slots), max(slots))
+        if not any(r.smart_meter is not None for r in readings):
+            return None
+        left: int | None = None
+        for slot in sorted(slots):
+            verdict = self.slot_verdict(dev, slot, readings)
+            hold = False
+            if verdict is not None and verdict.verdict == reconcile.SMART_METER_MISMATCH:
+                if self.store.release_leaf(dev, slot) is None:
+                    summary.mismatched.append((dev, slot, verdict.detail))
+                    hold = True
+            elif (
+                (verdict is None or verdict.verdict == reconcile.UNCHECKED)
+                and reconcile.carries_smart_meter(readings, slot)
+                and latest <= slot + reconcile.SLOT_S + self.verdict_wait_s
+            ):
+                summary.waiting.append((dev, slot))
+                hold = True
+            if hold:
+                first = min(leaf for leaf, _sums in slots.pop(slot))
+                left = first if left is None else min(left, first)
+        return left
+
+    # ------------------------------------------------------------ releases (SPEC §13)
+
+    def release(self, site: str, slot: int, reason: str, now_ms: int) -> list[tuple[str, int]]:
+        """Release every device of ``site`` held at ``slot`` by a smart-meter mismatch: one leaf each.
+
+        Returns ``[(dev, leaf)]``. A slot released already, or not held, is refused.
+        """
+        if not valid_device_id(site):
+            raise Refused("--site %r is not an id (3-63 of a-z, 0-9 and '-')" % site)
+        if slot < 0 or slot % reconcile.SLOT_S:
+            raise Refused("--slot %d is not the start of a 30-minute slot (a multiple of 1800 s)" % slot)
+        if not 0 < len(reason) <= MAX_TEXT or reason != reason.strip() or not all(32 <= ord(c) != 127 for c in reason):
+            raise Refused(
+                "--reason must be 1 to %d printable characters (it has %d): say why the slot may be issued"
+                % (MAX_TEXT, len(reason))
+            )
+        released: list[tuple[str, int]] = []
+        with self.store.transaction():
+            self.ledger.sync()
+            found = self.current_site(site)
+            if found is None:
+                raise Refused("unknown site %s; register it with `crev registry site add`" % site)
+            already: list[tuple[str, int]] = []
+            held: list[str] = []
+            for dev in found[1].devices:
+                leaf = self.store.release_leaf(dev, slot)
+                if leaf is not None:
+                    already.append((dev, leaf))
+                    continue
+                verdict = self.slot_verdict(dev, slot)
+                if verdict is not None and verdict.verdict == reconcile.SMART_METER_MISMATCH:
+                    held.append(dev)
+            if not held:
+                if already:
+                    raise Refused(
+                        "slot %d of site %s was released already (%s); a release is recorded once"
+                        % (slot, site, ", ".join("%s at leaf %d" % item for item in already))
+                    )
+                raise Refused(
+                    "slot %d of site %s is not held: no device of the site has a SMART_METER_MISMATCH there"
+                    % (slot, site)
+                )
+            for dev in held:
+                event = Release(site, dev, slot, reason, now_ms // 1000)
+                leaf = self._append(LEAF_SITE, _signed_map(event.to_map(), self.ledger.key), now_ms)
+                self.store.add_release(leaf, site, dev, slot, reason, event.time_s)
+                released.append((dev, leaf))
+            self.ledger.seal(now_ms)
+        log.info("released %s slot %d: %s", site, slot, reason)
+        return released
 
     def _issue_slot(
         self,

@@ -73,7 +73,14 @@ class MarketService:
         self.store = Store(config.store_location)
         ledger = Ledger(self.store, key, config.origin, config.block_interval_s, config.block_max_leaves)
         factor_mg = round(config.default_g_per_kwh * 1000)
-        self.registry = Registry(self.store, ledger, factor_mg, config.default_factor_label)
+        self.registry = Registry(
+            self.store,
+            ledger,
+            factor_mg,
+            config.default_factor_label,
+            config.reconciliation,
+            config.reconciliation_wait_s,
+        )
         self.market = Market(self.registry)
         self.lock = threading.Lock()
         self.stopping = threading.Event()
