@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import reconcile_support as support
 from ingest_support import NOW, LocalIngest
+from reconcile_support import S0
 
 from crev import reconcile
 from crev.keys import SigningKey
@@ -23,47 +25,14 @@ from crev_ingest.store import SCHEMA_VERSION, Store
 
 KEY = SigningKey(bytes([7]) * 32)
 DEV = "dgc-smart-0001"
-S0 = (NOW - 4 * 3600) // 1800 * 1800  # the first slot's start, well in the past
 
 
-def signed_readings(drift_permille: int, minutes: int = 95, import_per_min: int = 20_000) -> list[bytes]:
-    """A device's readings from S0, each carrying the fixed-time values of a smart meter with 1 Wh
-    steps that counts ``drift_permille`` / 1000 more than the grid meter; the value at each mark
-    becomes available one minute after it."""
-    head = ChainHead()
-    grid_import = grid_export = 0
-    sm_exact = [50_000_000 * 1000, 3_000_000 * 1000]  # micro-mWh, so a drift is exact
-    at_mark: dict[int, list[Any]] = {}
-    out = []
-    for minute in range(1, minutes + 1):
-        t1 = S0 + 60 * minute
-        t0 = t1 - 60
-        if t0 % 1800 == 0:
-            at_mark[t0] = ["SM-0042", t0, sm_exact[0] // 1_000_000 * 1000, sm_exact[1] // 1_000_000 * 1000]
-        latest = at_mark[max(at_mark)]
-        channels = [(0, "PV-1", 1, 30_000 * minute), (1, "G-1", 0, grid_import), (2, "G-1", 0, grid_export)]
-        reading = head.next_reading(DEV, t1, 1, channels, "crev-test/1", t0=t0, smart_meter=latest)
-        cose = reading.sign(KEY)
-        out.append(cose)
-        head = head.advance(reading, cose)
-        export = 5_000 if minute % 2 else 0
-        grid_import += import_per_min
-        grid_export += export
-        sm_exact[0] += import_per_min * (1000 + drift_permille)
-        sm_exact[1] += export * (1000 + drift_permille)
-    return out
+def signed_readings(drift_permille: int, minutes: int = 95) -> list[bytes]:
+    return support.signed_readings(KEY, DEV, drift_permille, minutes)
 
 
 def feed(ingest: LocalIngest, readings: list[bytes], batch: int = 7) -> None:
-    """Through ingest's real path: check_message, then integrate in batches."""
-    ingest.ingestor.refresh_keys()
-    topic = "crev/v1/%s/reading" % DEV
-    for at in range(0, len(readings), batch):
-        items: list[Item] = [
-            (NOW * 1000, topic, raw, ingest.ingestor.check_message(topic, raw)) for raw in readings[at : at + batch]
-        ]
-        outcomes = integrate(ingest.store, ingest.ledger, ingest.ingestor, items)
-        assert all(o.status == "accepted" for o in outcomes), outcomes
+    support.feed(ingest, DEV, readings, batch)
 
 
 @pytest.fixture

@@ -13,16 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import reconcile_support as support
 from ingest_support import LEDGER_KEY, NOW, LocalIngest
+from reconcile_support import S0
 from registry_support import FACTOR_LABEL, FACTOR_MG, OWNER, OWNER_KEY, add_site, open_owner, seal, write_ingest_config
 
 from crev import reconcile
 from crev.keys import SigningKey
-from crev.reading import ChainHead
 from crev.registry_format import LEAF_SITE, Release
 from crev_cli.main import main
 from crev_ingest import LedgerError
-from crev_ingest.integrate import Item, integrate
 from crev_ingest.registry_audit import replay_registry
 from crev_market import Refused
 from crev_market.registry import Registry, _signed_map, sign_retirement
@@ -30,50 +30,17 @@ from crev_market.registry import Registry, _signed_map, sign_retirement
 KEY = SigningKey(bytes([17]) * 32)
 DEV = "dgc-held-0001"
 SITE = "site-held-01"
-S0 = (NOW - 4 * 3600) // 1800 * 1800
 PARAMS = reconcile.Params(step_mwh=1000, digits=8)  # a smart meter with 1 Wh steps
 SLOT_1, SLOT_2 = S0 + 1800, S0 + 3600  # the slots with both fixed-time values
 
 
 def signed_readings(drift_permille: int, minutes: int = 95, lag_min: int = 1) -> list[bytes]:
-    """From S0, one a minute; the smart meter counts ``drift_permille`` / 1000 more than the grid
-    meter, and its value at each mark is first carried by the reading that starts ``lag_min`` - 1
-    minutes after the mark (1: the reading that starts at the mark)."""
-    head = ChainHead()
-    grid_import = grid_export = 0
-    sm_exact = [50_000_000 * 1000, 3_000_000 * 1000]  # micro-mWh, so a drift is exact
-    marks: dict[int, list[Any]] = {}
-    out = []
-    for minute in range(1, minutes + 1):
-        t1 = S0 + 60 * minute
-        t0 = t1 - 60
-        if t0 % 1800 == 0:
-            marks[t0] = ["SM-0042", t0, sm_exact[0] // 1_000_000 * 1000, sm_exact[1] // 1_000_000 * 1000]
-        available = [t for t in marks if t + 60 * (lag_min - 1) <= t0]
-        latest = marks[max(available)] if available else None
-        channels = [(0, "PV-1", 1, 30_000 * minute), (1, "G-1", 0, grid_import), (2, "G-1", 0, grid_export)]
-        reading = head.next_reading(DEV, t1, 1, channels, "crev-test/1", t0=t0, smart_meter=latest)
-        cose = reading.sign(KEY)
-        out.append(cose)
-        head = head.advance(reading, cose)
-        export = 5_000 if minute % 2 else 0
-        grid_import += 20_000
-        grid_export += export
-        sm_exact[0] += 20_000 * (1000 + drift_permille)
-        sm_exact[1] += export * (1000 + drift_permille)
-    return out
+    return support.signed_readings(KEY, DEV, drift_permille, minutes, lag_min)
 
 
 def feed(ingest: LocalIngest, readings: list[bytes], batch: int = 7) -> None:
     """ingest's real path (check, integrate in batches, reconcile), then seal what is left."""
-    ingest.ingestor.refresh_keys()
-    topic = "crev/v1/%s/reading" % DEV
-    for at in range(0, len(readings), batch):
-        items: list[Item] = [
-            (NOW * 1000, topic, raw, ingest.ingestor.check_message(topic, raw)) for raw in readings[at : at + batch]
-        ]
-        outcomes = integrate(ingest.store, ingest.ledger, ingest.ingestor, items)
-        assert all(o.status == "accepted" for o in outcomes), outcomes
+    support.feed(ingest, DEV, readings, batch)
     seal(ingest)
 
 
