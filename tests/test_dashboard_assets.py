@@ -4,16 +4,14 @@ import json
 import logging
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
+from browser_support import ARTIFACTS, browser_check, require_chromium, served
 from dashboard_support import AUTH, TOKEN, build
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from harness import free_port, port_open, wait_for
 from support import ROOT
 
 import crev_ingest.dashboard.app as dashboard
@@ -21,7 +19,6 @@ import crev_ingest.dashboard.app as dashboard
 UPLOT = ROOT / "node_modules" / "uplot"
 PACKAGED = dashboard.STATIC / "vendor"
 CHECK = ROOT / "tests" / "browser" / "dashboard_check.mjs"
-ARTIFACTS = ROOT / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
@@ -98,31 +95,12 @@ def test_without_the_vendored_files_the_page_still_loads_and_the_server_warns_on
 def test_without_uplot_the_browser_draws_the_svg_charts(
     app: FastAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if shutil.which("chromium") is None and not Path("/usr/bin/chromium").exists():
-        pytest.fail("Debian's chromium is not installed; .ci/run installs it (apt-get install chromium)")
+    require_chromium()
     monkeypatch.setattr(dashboard, "STATIC", _static(tmp_path, vendored=False))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: port_open(port), 20, "the dashboard to listen")
+    with served(app) as url:
         ARTIFACTS.mkdir(exist_ok=True)
         screenshot = ARTIFACTS / "dashboard-site-fallback.png"
-        url = "http://127.0.0.1:%d" % port
-        done = subprocess.run(
-            ["node", str(CHECK), url, TOKEN, "fallback", "tokyo", str(screenshot)],
-            capture_output=True,
-            text=True,
-            timeout=180,
-            cwd=ROOT,
-        )
-    finally:
-        server.should_exit = True
-        thread.join(10)
-    assert done.returncode == 0, done.stderr
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
-    assert "error" not in seen, seen["error"]
+        seen = browser_check(CHECK, url, TOKEN, "fallback", "tokyo", str(screenshot))
     assert seen["renderers"] == ["svg", "svg"]
     assert seen["uplot_canvases"] == 0
     assert all(n >= 1 for n in seen["svg_slots"]), seen

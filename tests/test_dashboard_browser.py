@@ -8,8 +8,6 @@ test-artifacts/dashboard-site.png and dashboard-site-one-slot.png (a site
 whose only device has energy in a single 30-minute slot).
 """
 
-import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,10 +15,10 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from browser_support import ARTIFACTS, browser_check, require_chromium
 from harness import Mosquitto, Service, free_port, port_open, run_crev, wait_for, write_toml
 from paho.mqtt.enums import CallbackAPIVersion
 from support import ROOT
@@ -29,7 +27,6 @@ from crev.keys import SigningKey
 
 TOKEN = "browser-test-token-0123456789"
 CHECK = ROOT / "tests" / "browser" / "dashboard_check.mjs"
-ARTIFACTS = ROOT / "test-artifacts"
 DEVICES = {"dgc-web-0001": ("tokyo", 91), "dgc-web-0002": ("osaka", 92), "dgc-web-0003": ("nagoya", 93)}
 # Sends two readings and then stays online, silent: the registers' first
 # reading is only a baseline, so its site has energy for one slot alone.
@@ -73,8 +70,7 @@ while True:
 
 @pytest.fixture
 def live(tmp_path: Path) -> Iterator[dict[str, object]]:
-    if shutil.which("chromium") is None and not Path("/usr/bin/chromium").exists():
-        pytest.fail("Debian's chromium is not installed; .ci/run installs it (apt-get install chromium)")
+    require_chromium()
     broker = Mosquitto(tmp_path)
     broker.start()
     dashboard_port = free_port()
@@ -124,21 +120,13 @@ def live(tmp_path: Path) -> Iterator[dict[str, object]]:
     broker.stop()
 
 
-def _check(*args: str) -> dict[str, Any]:
-    done = subprocess.run(["node", str(CHECK), *args], capture_output=True, text=True, timeout=180, cwd=ROOT)
-    assert done.returncode == 0, done.stderr
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    assert "error" not in result, result["error"]
-    return result
-
-
 @pytest.mark.slow
 def test_the_dashboard_lists_sites_updates_live_and_shows_a_gateway_going_offline(live: dict[str, object]) -> None:
     url = str(live["url"])
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot = ARTIFACTS / "dashboard-site.png"
     one_slot = ARTIFACTS / "dashboard-site-one-slot.png"
-    seen = _check(url, TOKEN, "live", str(screenshot), "nagoya", str(one_slot))
+    seen = browser_check(CHECK, url, TOKEN, "live", str(screenshot), "nagoya", str(one_slot))
     assert seen["redirected_to_login"] is True
     assert sorted(seen["sites"]) == ["nagoya", "osaka", "tokyo"]
     assert sorted(seen["devices"]) == sorted(DEVICES)
@@ -180,7 +168,7 @@ def test_the_dashboard_lists_sites_updates_live_and_shows_a_gateway_going_offlin
     assert isinstance(publishers, dict)
     publishers["dgc-web-0002"].send_signal(signal.SIGSTOP)
     killed_at = time.time()
-    gone = _check(url, TOKEN, "offline", "dgc-web-0002", "20")
+    gone = browser_check(CHECK, url, TOKEN, "offline", "dgc-web-0002", "20")
     assert gone["status_after"] == "offline", gone
     elapsed = gone["seen_at_ms"] / 1000 - killed_at
     print("offline on the page %.1f s after the gateway fell silent" % elapsed)

@@ -7,10 +7,6 @@ that nothing answers for. The API runs on SQLite and on PostgreSQL; the page in 
 """
 
 import hashlib
-import json
-import shutil
-import subprocess
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -18,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import uvicorn
+from browser_support import ARTIFACTS, browser_check, require_chromium, served
 from dashboard_support import AUTH, TOKEN
 from fastapi.testclient import TestClient
-from harness import free_port, port_open, wait_for
+from harness import free_port, wait_for
 from store_support import rows
 from support import ROOT
 from test_witness import LOG_KEY, ORIGIN
@@ -37,7 +33,6 @@ from crev_ingest.store import Store
 from crev_ingest.witnessing import WitnessConfig, Witnessing
 
 CHECK = ROOT / "tests" / "browser" / "witnesses_check.mjs"
-ARTIFACTS = ROOT / "test-artifacts"
 
 
 def unreachable(name: str, seed: int) -> WitnessConfig:
@@ -164,32 +159,12 @@ def test_the_witnesses_route_shows_what_each_witness_cosigned_and_whether_ingest
 def test_the_page_lists_the_witnesses_with_their_status_in_words(
     tmp_path: Path, running_witness: RunningWitness
 ) -> None:
-    if shutil.which("chromium") is None and not Path("/usr/bin/chromium").exists():
-        pytest.fail("Debian's chromium is not installed; .ci/run installs it (apt-get install chromium)")
+    require_chromium()
     setup = witnessed(tmp_path, None, running_witness)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(setup.config, TOKEN), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: port_open(port), 20, "the dashboard to listen")
+    with served(create_app(setup.config, TOKEN)) as url:
         ARTIFACTS.mkdir(exist_ok=True)
         screenshot = ARTIFACTS / "dashboard-witnesses.png"
-        done = subprocess.run(
-            ["node", str(CHECK), "http://127.0.0.1:%d" % port, TOKEN, str(screenshot)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=ROOT,
-        )
-    finally:
-        server.should_exit = True
-        thread.join(10)
-    assert done.returncode == 0, done.stderr
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
-    assert "error" not in seen, seen["error"]
+        seen = browser_check(CHECK, url, TOKEN, str(screenshot), timeout=120)
     assert seen["heading"] == "Witnesses" and "newest cosignature" in seen["caption"]
     assert seen["column_headers"] == [
         "Witness", "URL", "Cosigned size", "Behind (leaves)", "Cosigned at", "Last exchange", "Status",
