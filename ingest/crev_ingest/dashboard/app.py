@@ -167,6 +167,46 @@ class Witnesses(BaseModel):
     witnesses: list[WitnessStatus]
 
 
+VerdictName = Literal["OK", "SMART_METER_MISMATCH", "UNCHECKED"]
+VERDICT_COUNTS = (
+    "Slots per verdict, in all (not only those listed): OK, SMART_METER_MISMATCH and UNCHECKED (inputs incomplete)"
+)
+HELD = "SMART_METER_MISMATCH slots with no release recorded (`crev registry release`): the registry holds them"
+
+
+class ReconciledSlot(BaseModel):
+    slot_t0: int = Field(description="Unix seconds: the start S of the 30-minute slot (S, S+1800]")
+    verdict: VerdictName
+    meter_id: str | None = Field(description="The smart meter's id, from its fixed-time values (key 12)")
+    grid_import_mwh: int | None = Field(description="The certified grid meter's import over the slot, in mWh")
+    grid_export_mwh: int | None
+    sm_import_mwh: int | None = Field(description="The utility smart meter's import over the slot, in mWh")
+    sm_export_mwh: int | None
+    tolerance_import_mwh: int | None = Field(description="The largest difference allowed on import, in mWh")
+    tolerance_export_mwh: int | None
+    detail: str = Field(description="Why: the comparison, or what an UNCHECKED slot lacks")
+    released: bool = Field(description="Whether `crev registry release` released the slot (SPEC §13)")
+    release_leaf: int | None = Field(description="The ledger leaf of that release")
+    release_reason: str | None
+
+
+class ReconciledDevice(BaseModel):
+    dev: str
+    counts: dict[str, int] = Field(description=VERDICT_COUNTS)
+    held: int = Field(description=HELD)
+    slots: list[ReconciledSlot] = Field(description="Its newest slots first, at most `limit`")
+
+
+class SiteReconciliation(BaseModel):
+    site: str
+    limit: int
+    counts: dict[str, int] = Field(description=VERDICT_COUNTS + ", over the site's devices")
+    held: int = Field(description=HELD + ", over the site's devices")
+    devices: list[ReconciledDevice] = Field(
+        description="The site's devices with a smart meter (those with a verdict); empty when none has one"
+    )
+
+
 def _token(path: Path | None) -> str:
     if path is None:
         raise IngestError("the dashboard needs [dashboard] token_file")
@@ -292,6 +332,20 @@ def create_app(config: IngestConfig, token: str | None = None) -> FastAPI:
             "crev_retired_total_g": retired,
             "summary": _consumer_text(lang, share, emissions_g / 1000, average, grid, issued, retired),
         }
+
+    @app.get(
+        "/api/v1/sites/{site}/reconciliation",
+        response_model=SiteReconciliation,
+        summary="The smart-meter reconciliation of the site's devices (SPEC §13), newest slots first",
+        responses=NOT_FOUND,
+    )
+    def reconciliation(
+        site: Annotated[str, PathParam(max_length=128)], limit: Annotated[int, Query(ge=1, le=500)] = 48
+    ) -> dict[str, object]:
+        found = queries.reconciliation(site, limit)
+        if found is None:
+            raise HTTPException(status_code=404, detail="no site %r" % site)
+        return found
 
     @app.get("/api/v1/quarantine", response_model=Quarantine, summary="Quarantined messages by reason")
     def quarantine() -> dict[str, object]:

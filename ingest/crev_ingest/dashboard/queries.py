@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from crev import dgcc
+from crev import dgcc, reconcile
 from crev_ingest.database import Database, connect
 
 DAY_S = 86400
@@ -229,6 +229,80 @@ class Queries:
             }
             for r in rows
         ]
+
+    def reconciliation(self, site: str, limit: int) -> dict[str, Any] | None:
+        """The smart-meter verdicts (SPEC §13) of the site's devices: each one's ``limit`` newest slots and its
+        counts per verdict in all; None for a site with no device.
+
+        Only devices with a verdict are listed (a device without a smart meter has none), so a site whose
+        devices have no smart meter gets an empty list. Reads the ``reconciliation`` table that ingest
+        writes (newest slots first, through its (dev, slot_t0) key) and the registry's ``releases`` (one
+        per device and slot at most) for whether a held slot was released, and why.
+        """
+        db = self.db()
+        names = [str(r[0]) for r in db.execute("SELECT dev FROM devices WHERE site = ? ORDER BY dev", (site,))]
+        if not names:
+            return None
+        marks = ",".join("?" * len(names))
+        counts: dict[str, dict[str, int]] = {}
+        for dev, verdict, n in db.execute(
+            "SELECT dev, verdict, count(*) FROM reconciliation WHERE dev IN (%s) GROUP BY dev, verdict" % marks,
+            names,
+        ):
+            counts.setdefault(str(dev), {})[str(verdict)] = int(n)
+        held = {
+            str(r[0]): int(r[1])
+            for r in db.execute(
+                "SELECT c.dev, count(*) FROM reconciliation c LEFT JOIN releases r ON r.dev = c.dev "
+                "AND r.slot = c.slot_t0 WHERE c.dev IN (%s) AND c.verdict = ? AND r.leaf_idx IS NULL GROUP BY c.dev"
+                % marks,
+                [*names, reconcile.SMART_METER_MISMATCH],
+            )
+        }
+        devices = []
+        for dev in names:
+            if dev not in counts:
+                continue
+            rows = db.execute(
+                "SELECT c.slot_t0, c.verdict, c.meter_id, c.grid_import, c.grid_export, c.sm_import, c.sm_export, "
+                "c.tolerance_import, c.tolerance_export, c.detail, r.leaf_idx, r.reason "
+                "FROM reconciliation c LEFT JOIN releases r ON r.dev = c.dev AND r.slot = c.slot_t0 "
+                "WHERE c.dev = ? ORDER BY c.slot_t0 DESC LIMIT ?",
+                (dev, limit),
+            ).fetchall()
+            devices.append(
+                {
+                    "dev": dev,
+                    "counts": {verdict: counts[dev].get(verdict, 0) for verdict in reconcile.VERDICTS},
+                    "held": held.get(dev, 0),
+                    "slots": [
+                        {
+                            "slot_t0": int(r[0]),
+                            "verdict": str(r[1]),
+                            "meter_id": r[2],
+                            "grid_import_mwh": r[3],
+                            "grid_export_mwh": r[4],
+                            "sm_import_mwh": r[5],
+                            "sm_export_mwh": r[6],
+                            "tolerance_import_mwh": r[7],
+                            "tolerance_export_mwh": r[8],
+                            "detail": str(r[9]),
+                            "released": r[10] is not None,
+                            "release_leaf": None if r[10] is None else int(r[10]),
+                            "release_reason": r[11],
+                        }
+                        for r in rows
+                    ],
+                }
+            )
+        totals = {verdict: sum(found.get(verdict, 0) for found in counts.values()) for verdict in reconcile.VERDICTS}
+        return {
+            "site": site,
+            "limit": limit,
+            "counts": totals,
+            "held": sum(held.values()),
+            "devices": devices,
+        }
 
     def quarantine(self) -> dict[str, int]:
         rows = self.db().execute("SELECT reason, count(*) FROM quarantine GROUP BY reason ORDER BY reason")

@@ -174,11 +174,43 @@ function dropCharts() {
   charts = [];
 }
 
+// The smart meter beside each grid meter (SPEC §13): every reconciled slot, mismatches first,
+// newest first. The verdict is written out in words, not shown by colour alone. A site whose
+// devices have no smart meter has no verdicts, and no panel.
+function kwh(mwh) { return mwh === null ? "—" : (mwh / 1e6).toFixed(3); }
+
+function smartMeterPanel(data) {
+  if (data.devices.length === 0) return "";
+  const rank = (s) => s.verdict === "SMART_METER_MISMATCH" ? 0 : 1;
+  const rows = data.devices.flatMap((d) => d.slots.map((s) => ({ dev: d.dev, ...s })))
+    .sort((a, b) => rank(a) - rank(b) || b.slot_t0 - a.slot_t0 || (a.dev < b.dev ? -1 : 1));
+  const when = (t) => `<time datetime="${new Date(t * 1000).toISOString()}">${new Date(t * 1000).toLocaleString(locale())}</time>`;
+  const release = (s) => s.released ? `released: ${text(s.release_reason)}`
+    : s.verdict === "SMART_METER_MISMATCH" ? "held until released" : "—";
+  const c = data.counts;
+  return `<h3>Smart meter</h3>
+    <p id="smart-meter-counts">Over all reconciled slots: ${c.SMART_METER_MISMATCH} mismatched (${data.held} held until released),
+      ${c.OK} OK, ${c.UNCHECKED} unchecked.</p>
+    <table id="reconciliation"><caption>Each 30-minute slot's grid meter against the utility smart meter, mismatches first
+      (the newest ${data.limit} slots of each device); energies in kWh</caption>
+    <thead><tr><th scope="col">Slot start</th><th scope="col">Device</th><th scope="col">Verdict</th>
+      <th scope="col">Grid import</th><th scope="col">Smart meter import</th><th scope="col">Grid export</th>
+      <th scope="col">Smart meter export</th><th scope="col">Tolerance (import / export)</th>
+      <th scope="col">Release</th><th scope="col">Detail</th></tr></thead>
+    <tbody>${rows.map((s) => `<tr data-dev="${text(s.dev)}" data-slot="${s.slot_t0}" data-verdict="${text(s.verdict)}">
+      <td>${when(s.slot_t0)}</td><td>${text(s.dev)}</td><td class="verdict-${text(s.verdict)}">${text(s.verdict)}</td>
+      <td class="num">${kwh(s.grid_import_mwh)}</td><td class="num">${kwh(s.sm_import_mwh)}</td>
+      <td class="num">${kwh(s.grid_export_mwh)}</td><td class="num">${kwh(s.sm_export_mwh)}</td>
+      <td class="num">${kwh(s.tolerance_import_mwh)} / ${kwh(s.tolerance_export_mwh)}</td>
+      <td>${release(s)}</td><td>${text(s.detail)}</td></tr>`).join("")}</tbody></table>`;
+}
+
 async function siteView(site) {
-  const [info, slots, consumer] = await Promise.all([
+  const [info, slots, consumer, reconciliation] = await Promise.all([
     api("/sites/" + encodeURIComponent(site)),
     api("/sites/" + encodeURIComponent(site) + "/series?hours=24&slot_s=1800"),
     api("/sites/" + encodeURIComponent(site) + "/consumer?lang=" + state.lang),
+    api("/sites/" + encodeURIComponent(site) + "/reconciliation?limit=48"),
   ]);
   const ratio = info.renewable_ratio === null ? "—" : (info.renewable_ratio * 100).toFixed(1) + " %";
   const to = Math.floor(Date.now() / 1000), from = to - 86400;
@@ -202,6 +234,7 @@ async function siteView(site) {
     <table><thead><tr><th>Device</th><th>Status</th><th>Last reading</th><th>Quarantined</th><th>Evidence (24 h)</th></tr></thead><tbody>
     ${info.devices.map((d) => `<tr><td>${text(d.dev)}</td><td class="${text(d.status)}">${text(d.status)}</td><td>${age(d.last_reading_age_s)}</td>
       <td class="num">${d.quarantined}</td><td><a href="/api/v1/export?device=${encodeURIComponent(d.dev)}&from=${from}&to=${to}">bundle</a></td></tr>`).join("")}</tbody></table>
+    ${smartMeterPanel(reconciliation)}
     <h3>For the consumer <button id="lang">${state.lang === "en" ? "日本語" : "English"}</button></h3>
     <div class="consumer" id="consumer" lang="${consumer.lang}">${text(consumer.summary)}</div>`;
   drawCharts(slots);
