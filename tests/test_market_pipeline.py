@@ -67,11 +67,6 @@ def _rows(location: str, query: str, params: tuple[object, ...] = ()) -> list[tu
         db.close()
 
 
-def controller_orders(location: str) -> list[tuple[int, str, str | None]]:
-    """(inbox id, state, reason) of every controller order ingest kept."""
-    return [(int(r[0]), str(r[1]), r[2]) for r in _rows(location, "SELECT id, state, reason FROM order_inbox")]
-
-
 def controller_orders_with_slots(location: str) -> list[tuple[int, str, str | None, int]]:
     """(inbox id, state, reason, slot) of every controller order ingest kept."""
     rows = _rows(location, "SELECT id, state, reason, data FROM order_inbox ORDER BY id")
