@@ -93,10 +93,11 @@ typecheck-firmware: $(MPY_STUBS)/webassembly/.installed $(MPY_STUBS)/esp32/.inst
 	$(call MPY_MYPY,esp32) main.py dgc
 
 # Two processes, a test file each at a time (a file's fixtures stay in one process): the suite
-# spends much of its time waiting on real brokers, servers and SIGKILLed services.
+# spends much of its time waiting on real brokers, servers and SIGKILLed services. Files go out
+# in the order tests/conftest.py gives them, the longest first, not by their number of tests.
 PYTEST_WORKERS ?= 2
 pytest: $(STAMP) $(NODE_STAMP) $(VENDOR_FILES) $(MPY_LIB_STAMP)
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 bench: $(STAMP) $(NODE_STAMP) $(VENDOR_FILES) $(MPY_LIB_STAMP)
 	$(BIN)/python benchmarks/run.py
