@@ -25,6 +25,7 @@ import ingest_bench  # noqa: E402
 import market_api_bench  # noqa: E402
 import matching_bench  # noqa: E402
 import registry_bench  # noqa: E402
+import site_control_bench  # noqa: E402
 import witness_bench  # noqa: E402
 
 from crev.keys import SigningKey  # noqa: E402
@@ -552,6 +553,8 @@ def main() -> None:
         witness_bench.report(50, 1, 5000)
     else:
         witness_bench.report(1000, 3, 100_000)
+    print()
+    site_control_bench.report(*((1, 3, 2000, 1) if args.quick else (6, 10, 100_000, 5)))
 
 
 if __name__ == "__main__":

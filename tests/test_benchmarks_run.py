@@ -30,3 +30,6 @@ def test_bench_quick_run_reports_all_three_setups() -> None:
     assert "evidence bundle: 2000 readings" in done.stdout and "bytes per reading" in done.stdout
     assert "crev audit verify, 1 job" in done.stdout and "on a tenth of the readings" in done.stdout
     assert "dashboard API: 200 devices" in done.stdout and "fleet, page 1 by device" in done.stdout
+    assert "gateway with the smart meter and a command in force" in done.stdout
+    assert "+ the smart meter (key 12) and the same limit" in done.stdout
+    assert "ECHONET Lite codec" in done.stdout and "decode: echonet.decode" in done.stdout

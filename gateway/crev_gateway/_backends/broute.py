@@ -174,11 +174,19 @@ class BRouteMeter:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise MeterError(self.name, "TIMEOUT", "%s took longer than %.1f s" % (what, timeout_s))
-            wake = self.driver.next_wakeup()
-            wait = min(left, 0.05)
-            if wake >= 0:
-                wait = min(wait, max(0.0, (wake - self._now()) / 1000.0))
-            self._io(wait)
+            self._io(self._wait_s(left))
+
+    def _wait_s(self, left_s: float) -> float:
+        """How long the port may be waited on: ``left_s``, or less if the driver has something to do sooner.
+
+        Data from the module ends a wait at once, so nothing is gained by waking
+        earlier; waking every few milliseconds would cost as much CPU as the
+        gateway's whole interval.
+        """
+        wake = self.driver.next_wakeup()
+        if wake < 0:
+            return max(0.0, left_s)
+        return max(0.0, min(left_s, (wake - self._now()) / 1000.0))
 
     # -- ECHONET Lite
 
@@ -257,7 +265,7 @@ class BRouteMeter:
         with self.lock:
             deadline = time.monotonic() + timeout_s
             while not self.pushes and time.monotonic() < deadline:
-                self._io(min(0.05, max(0.0, deadline - time.monotonic())))
+                self._io(self._wait_s(deadline - time.monotonic()))
         return self.notifications()
 
     def history2(self, t: int, count: int) -> list[sm.SlotValues]:
