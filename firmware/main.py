@@ -43,6 +43,20 @@ def choose_signing(device):
         raise ValueError("device.signing must be table, limbs or ints, not %r" % mode)
 
 
+def site_control(config, key, uplink, bus, files):
+    """Site control (SPEC §12) when config.json lists operators, else None (and the module stays unimported)."""
+    if not config.get("operators"):
+        return None
+    # Imported only here: a meter-only board keeps neither its bytecode nor the core's control rules.
+    from dgc.control import from_config as control_from_config
+
+    try:
+        return control_from_config(config, key, uplink, bus, files, time, log=print)
+    except ValueError as err:  # /control.json does not parse: never guess which seqs were accepted
+        print("control: disabled, %s" % err)
+        return None
+
+
 def main():
     with open("/config.json") as f:
         config = json.load(f)
@@ -80,7 +94,16 @@ def main():
     watchdog = machine.WDT(timeout=config["device"].get("watchdog_ms", 60000))
     # With mqtts:// the broker's certificate is checked against the CA `crev provision` wrote.
     uplink = uplink_from_config(config, MQTTClient, files.read, ssl, log=print)
-    app = App(config, bus, Outbox("/outbox", files), key, uplink, clock, watchdog)
+    app = App(
+        config,
+        bus,
+        Outbox("/outbox", files),
+        key,
+        uplink,
+        clock,
+        watchdog,
+        control=site_control(config, key, uplink, bus, files),
+    )
     last_sync = time.ticks_ms()
     while True:
         app.run(time.sleep_ms, passes=300)  # about a minute

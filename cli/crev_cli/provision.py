@@ -38,6 +38,7 @@ FIRMWARE_DIR = Path(__file__).resolve().parent.parent.parent / "firmware"
 CORE_MODULES = [
     "__init__",
     "cbor",
+    "control",  # site control (SPEC §12): imported only on a board with operators
     "cose",
     "dgcc",
     "ed25519",
@@ -128,7 +129,8 @@ def device_setup(raw: dict[str, Any], config_path: Path, device: str) -> tuple[d
 
     try:
         site = parse(raw, config_path)
-        meters = [compact_meter(m, load_profile(m.profile)) for m in site.meters]
+        # With operators listed (site control, SPEC §12) the SunSpec inverters also get their control models.
+        meters = [compact_meter(m, load_profile(m.profile), bool(site.operators)) for m in site.meters]
     except ConfigError as err:
         raise UsageError(str(err)) from err
     if site.device_id != device:
@@ -180,6 +182,9 @@ def device_setup(raw: dict[str, Any], config_path: Path, device: str) -> tuple[d
         "uart": uart,
         "meters": meters,
     }
+    if site.operators:
+        # [[operator]]: the public keys whose signed commands the board obeys (firmware/dgc/control.py).
+        config["operators"] = {operator: pubkey.hex() for operator, pubkey in site.operators.items()}
     if isinstance(raw.get("wifi"), dict):
         config["wifi"] = raw["wifi"]
     return config, files

@@ -9,6 +9,11 @@ Every ``interval_s``, aligned to the wall clock (xx:00, xx:01, ...):
 3. append to the flash outbox, and only then publish;
 4. publish what the broker has not acknowledged, oldest first.
 
+With site control (SPEC §12, dgc/control.py; ``control`` is None on a board
+without operators, which then never imports it) every pass also handles
+the operators' commands, and a reading whose interval had a limit in force
+carries CURTAILED.
+
 A full outbox pauses readings instead of dropping any. The watchdog is fed
 once per pass, so a hung UART or socket resets the device, which then
 carries on from the outbox (the next reading is flagged RESTARTED).
@@ -39,6 +44,7 @@ class App:
         clock: object,
         watchdog: object = None,
         log: object = print,
+        control: object = None,
     ) -> None:
         self.device = config["device"]["id"]
         self.interval_s = config["device"]["interval_s"]
@@ -50,6 +56,7 @@ class App:
         self.clock = clock
         self.watchdog = watchdog
         self.log = log
+        self.control = control  # dgc.control.Control, or None
         self.pending_flags = dgcc.RESTARTED  # the first reading after a boot
         self.paused = False
         self.due = None  # type: int | None  # the next interval boundary, kept between run() calls
@@ -79,6 +86,11 @@ class App:
         flags = self.pending_flags
         if self.clock.take_step():  # type: ignore[attr-defined]
             flags |= dgcc.CLOCK_STEP
+        if self.control is not None:
+            # The interval starts where the last reading ended (or one interval back, first).
+            t0 = head.last_t1 if head.last_t1 is not None else t1 - self.interval_s
+            if self.control.curtailed_since(t0):  # type: ignore[attr-defined]
+                flags |= dgcc.CURTAILED
         clk = 1 if self.clock.synchronised() else 0  # type: ignore[attr-defined]
         reading = head.next_reading(
             self.device, t1, clk, channels(self.meters, samples), FIRMWARE, flags, t1 - self.interval_s
@@ -114,6 +126,8 @@ class App:
             if self.watchdog is not None:
                 self.watchdog.feed()  # type: ignore[attr-defined]
             now = clock.now()  # type: ignore[attr-defined]
+            if self.control is not None:
+                self.control.poll(now)  # type: ignore[attr-defined]
             if now >= due:
                 self.run_interval(due)
                 due = self.next_boundary(now)

@@ -10,6 +10,15 @@ With ``mqtts://`` the broker's certificate must chain to the CA that
 and must name the broker's host: ``CERT_REQUIRED`` and ``server_hostname``.
 A certificate that fails either check fails the connection like a refused
 one, and the reason goes to the log.
+
+Site control (SPEC §12, dgc/control.py) adds a subscription: ``listen``
+names the topic (the device's ``cmd``, QoS 1) and a callback, which is set
+before every connection (a persistent session may deliver queued commands
+right after CONNACK) and subscribed again after it. umqtt.simple calls the
+callback from inside any ``publish`` or ``check_msg``, so the callback only
+queues the bytes. ``poll`` takes one waiting message per call and keeps the
+connection alive with a PINGREQ every half keepalive. A board without
+site control never calls either, and its uplink is what it was.
 """
 
 import sys
@@ -126,6 +135,16 @@ class Uplink:
         self.next_try = None  # type: int | None
         self.status_topic = "crev/v1/%s/status" % device
         self.reading_topic = "crev/v1/%s/reading" % device
+        self.topic = None  # type: str | None  # the one subscription (site control), if any
+        self.on_message = None  # type: object
+        self.pinged_at = 0
+
+    def listen(self, topic: str, callback: object) -> None:
+        """Subscribe to ``topic`` (QoS 1) on this and every later connection; ``callback(topic, msg)``."""
+        self.topic = topic
+        self.on_message = callback
+        if self.client is not None:
+            self.drop()  # the next connected() subscribes
 
     def connected(self) -> bool:
         if self.client is not None:
@@ -136,8 +155,13 @@ class Uplink:
         try:
             client = self.factory()  # type: ignore[operator]
             client.set_last_will(self.status_topic, b"offline", retain=True, qos=1)
+            if self.on_message is not None:
+                client.set_callback(self.on_message)
             client.connect(clean_session=False)
             client.publish(self.status_topic, b"online", retain=True, qos=1)
+            if self.topic is not None:
+                client.subscribe(self.topic, qos=1)
+                self.pinged_at = self.clock.ticks_ms()  # type: ignore[attr-defined]
         except Exception as err:
             self._failed()
             # Once per kind of failure, so a broker that stays away does not flood the console.
@@ -173,6 +197,32 @@ class Uplink:
             acknowledge(seq)  # type: ignore[operator]
             sent += 1
         return sent
+
+    def publish(self, topic: str, payload: bytes) -> bool:
+        """One QoS 1 message (an acknowledgement of site control); True once the broker's PUBACK came."""
+        if not self.connected():
+            return False
+        try:
+            self.client.publish(topic, payload, qos=1)  # type: ignore[attr-defined]
+        except Exception:
+            self.drop()
+            return False
+        return True
+
+    def poll(self) -> None:
+        """Take one waiting message (to the ``listen`` callback), and ping at half the keepalive."""
+        client = self.client
+        if client is None:
+            return
+        try:
+            client.check_msg()  # type: ignore[attr-defined]
+            clock = self.clock
+            now = clock.ticks_ms()  # type: ignore[attr-defined]
+            if clock.ticks_diff(now, self.pinged_at) >= self.keepalive_s * 500:  # type: ignore[attr-defined]
+                self.pinged_at = now
+                client.ping()  # type: ignore[attr-defined]
+        except Exception:
+            self.drop()
 
     def ping(self) -> None:
         if self.client is not None:

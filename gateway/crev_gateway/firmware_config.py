@@ -9,6 +9,12 @@ map, two readers: the gateway reads the TOML, the firmware this.
 For SunSpec that is the profile's base addresses and, per model kind a
 reading needs, the model ids and the points' offsets: the firmware then
 discovers the device itself, as the gateway does.
+
+With site control (SPEC §12: the site lists ``[[operator]]`` keys), a
+SunSpec generation meter is also an inverter to command: its compact map
+then carries the control models too (123 and 704, every point of the
+profile's), which the firmware's site control (firmware/dgc/control.py)
+finds by the same discovery.
 """
 
 from typing import Any
@@ -40,12 +46,20 @@ def _sunspec_point(meter: MeterConfig, point: Point) -> dict[str, Any]:
     return compact
 
 
-def _compact_sunspec(meter: MeterConfig, profile: Profile) -> dict[str, Any]:
-    """The models a reading of this meter uses, as the gateway's MeterReader picks them."""
+CONTROL_KINDS = ("controls", "der_controls")  # SunSpec models 123 and 704 (gateway/crev_gateway/control.py)
+
+
+def _compact_sunspec(meter: MeterConfig, profile: Profile, controls: bool = False) -> dict[str, Any]:
+    """The models a reading of this meter uses, as the gateway's MeterReader picks them
+    (and with ``controls``, on a generation meter, the control models)."""
     if meter.role == "generation" and meter.counter == "total":
         needs = {"common": ["serial"], "inverter": ["total_energy"], "inverter_float": ["total_energy"]}
     else:
         needs = {"common": ["serial"], "meter": energy_points(meter)}
+    if controls and meter.role == "generation":
+        for model in profile.models:
+            if model.kind in CONTROL_KINDS:
+                needs[model.kind] = list(model.points)
     models: dict[str, Any] = {}
     for model in profile.models:
         if model.kind not in needs:
@@ -60,7 +74,8 @@ def _compact_sunspec(meter: MeterConfig, profile: Profile) -> dict[str, Any]:
     return {"bases": list(profile.bases), "models": models}
 
 
-def compact_meter(meter: MeterConfig, profile: Profile) -> dict[str, Any]:
+def compact_meter(meter: MeterConfig, profile: Profile, controls: bool = False) -> dict[str, Any]:
+    """The meter as config.json holds it; ``controls``: add the SunSpec control models (site control)."""
     if profile.kind == "sunspec":
         compact: dict[str, Any] = {
             "name": meter.name,
@@ -68,7 +83,7 @@ def compact_meter(meter: MeterConfig, profile: Profile) -> dict[str, Any]:
             "role": meter.role,
             "source": dgcc.SOURCE_NAMES[meter.source],
             "counter": meter.counter,
-            "sunspec": _compact_sunspec(meter, profile),
+            "sunspec": _compact_sunspec(meter, profile, controls),
         }
         if meter.meter_id:
             compact["meter_id"] = meter.meter_id

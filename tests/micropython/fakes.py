@@ -73,6 +73,11 @@ class FakeUart:
         self.pending = b""
         self.chunk = 0
         self.requests = 0
+        # Writes (function 16, site control's inverter registers): each is recorded as
+        # (unit, address, [words]) and changes the image, unless the unit ignores writes
+        # (it answers, and keeps its registers: what a read-back must catch).
+        self.writes = []
+        self.ignore_writes = set()
 
     def write(self, data):
         self.requests += 1
@@ -84,6 +89,8 @@ class FakeUart:
         count = data[4] << 8 | data[5]
         if unit in self.silent:
             return len(data)
+        if function == 16:
+            return self._write_registers(data, unit, address, count)
         image = self.images[unit]
         words = []
         for i in range(count):
@@ -97,6 +104,21 @@ class FakeUart:
             body.append(w >> 8)
             body.append(w & 0xFF)
         self.pending = modbus_rtu.with_crc(bytes(body))
+        return len(data)
+
+    def _write_registers(self, data, unit, address, count):
+        if data[6] != 2 * count or len(data) != 9 + 2 * count:
+            raise AssertionError("the firmware sent a malformed write")
+        values = [data[7 + 2 * i] << 8 | data[8 + 2 * i] for i in range(count)]
+        image = self.images[unit]
+        if any("3:%d" % (address + i) not in image for i in range(count)):
+            self.pending = modbus_rtu.with_crc(bytes([unit, 16 | 0x80, 2]))
+            return len(data)
+        self.writes.append((unit, address, values))
+        if unit not in self.ignore_writes:
+            for i, value in enumerate(values):
+                image["3:%d" % (address + i)] = value
+        self.pending = modbus_rtu.with_crc(bytes(data[:6]))
         return len(data)
 
     def read(self, n):
@@ -120,6 +142,38 @@ class Broker:
         # through on_publish(topic, payload) instead.
         self.keep = True
         self.on_publish = None
+        # Subscriptions (site control): topic -> the socket that subscribed last, the
+        # messages delivered to a topic while nobody listens (a persistent session
+        # keeps them), and the packet ids the subscriber acknowledged.
+        self.subscribed = {}
+        self.queued = []
+        self.pubacks = []
+        self.pid = 0
+
+    def deliver(self, topic, payload):
+        """Send a QoS 1 PUBLISH to the topic's subscriber (or keep it until one subscribes)."""
+        self.pid += 1
+        topic_bytes = topic.encode()
+        body = bytearray([len(topic_bytes) >> 8, len(topic_bytes) & 0xFF])
+        body.extend(topic_bytes)
+        body.append(self.pid >> 8)
+        body.append(self.pid & 0xFF)
+        body.extend(payload)
+        packet = bytearray([0x32])
+        length = len(body)
+        while True:
+            byte = length & 0x7F
+            length >>= 7
+            packet.append(byte | 0x80 if length else byte)
+            if not length:
+                break
+        packet.extend(body)
+        sock = self.subscribed.get(topic)
+        if sock is not None and not sock.closed and self.up:
+            sock.inbox.extend(packet)
+        else:
+            self.queued.append((topic, packet))
+        return self.pid
 
     def handle(self, packet, sock):
         kind = packet[0] >> 4
@@ -149,6 +203,23 @@ class Broker:
                 sock.inbox.append(packet[pid + 1])
         elif kind == 12:  # PINGREQ
             sock.inbox.extend(b"\xd0\x00")
+        elif kind == 8:  # SUBSCRIBE: one topic, as umqtt.simple sends it
+            at = 1
+            while packet[at] & 0x80:
+                at += 1
+            at += 1
+            pid_hi, pid_lo = packet[at], packet[at + 1]
+            topic_len = packet[at + 2] << 8 | packet[at + 3]
+            topic = bytes(packet[at + 4 : at + 4 + topic_len]).decode()
+            qos = packet[at + 4 + topic_len]
+            self.subscribed[topic] = sock
+            sock.inbox.extend(bytes([0x90, 3, pid_hi, pid_lo, min(qos, 1)]))
+            waiting = [m for m in self.queued if m[0] == topic]
+            self.queued = [m for m in self.queued if m[0] != topic]
+            for _topic, message in waiting:
+                sock.inbox.extend(message)
+        elif kind == 4:  # PUBACK from a subscriber
+            self.pubacks.append(packet[2] << 8 | packet[3])
 
 
 BROKER = Broker()
@@ -162,13 +233,14 @@ class FakeSocket:
         self.inbox = bytearray()
         self.outbox = bytearray()
         self.closed = False
+        self.blocking = True
 
     def connect(self, address):
         if not BROKER.up:
             raise OSError(111)  # ECONNREFUSED
 
     def setblocking(self, flag):
-        pass
+        self.blocking = flag  # umqtt.simple's check_msg reads without blocking
 
     def write(self, data, length=None):
         if not BROKER.up or self.closed:
@@ -201,6 +273,8 @@ class FakeSocket:
     def read(self, n):
         if not BROKER.up:
             raise OSError(104)
+        if not self.blocking and not self.inbox:
+            return None  # a non-blocking socket with nothing to read
         out = bytes(memoryview(self.inbox)[:n])
         self.inbox[:n] = b""
         return out
