@@ -12,19 +12,25 @@ S0 = (NOW - 4 * 3600) // 1800 * 1800  # the first slot's start, well in the past
 
 
 def signed_readings(
-    key: SigningKey, dev: str, drift_permille: int, minutes: int = 95, lag_min: int = 1, import_per_min: int = 20_000
+    key: SigningKey,
+    dev: str,
+    drift_permille: int,
+    minutes: int = 95,
+    lag_min: int = 1,
+    import_per_min: int = 20_000,
+    start: int = S0,
 ) -> list[bytes]:
-    """``dev``'s readings from S0, one a minute, each carrying key 12: the fixed-time values of a
-    smart meter with 1 Wh steps that counts ``drift_permille`` / 1000 more than the grid meter.
-    Its value at each mark is first carried by the reading that starts ``lag_min`` - 1 minutes
-    after the mark (1: the reading that starts at the mark)."""
+    """``dev``'s readings from ``start`` (a 30-minute mark; S0 unless given), one a minute, each carrying
+    key 12: the fixed-time values of a smart meter with 1 Wh steps that counts ``drift_permille`` / 1000
+    more than the grid meter. Its value at each mark is first carried by the reading that starts
+    ``lag_min`` - 1 minutes after the mark (1: the reading that starts at the mark)."""
     head = ChainHead()
     grid_import = grid_export = 0
     sm_exact = [50_000_000 * 1000, 3_000_000 * 1000]  # micro-mWh, so a drift is exact
     marks: dict[int, list[Any]] = {}
     out = []
     for minute in range(1, minutes + 1):
-        t1 = S0 + 60 * minute
+        t1 = start + 60 * minute
         t0 = t1 - 60
         if t0 % 1800 == 0:
             marks[t0] = ["SM-0042", t0, sm_exact[0] // 1_000_000 * 1000, sm_exact[1] // 1_000_000 * 1000]

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from crev import evidence
+from crev import evidence, reconcile
 from crev import trace as trace_format
 from crev.dgcc import flag_names
 from crev_cli import UsageError, trace_verify
@@ -83,6 +83,11 @@ def export(args: argparse.Namespace) -> int:
             summary.bytes,
         )
     )
+    if summary.registry_leaves:
+        print(
+            "it carries %d registry leaves (releases and issuances of the device's slots) for the smart-meter "
+            "reconciliation" % summary.registry_leaves
+        )
     if summary.cosignatures:
         print(
             "its checkpoint carries %d witness cosignatures (check them with --witness VKEY --quorum K)"
@@ -145,18 +150,24 @@ def verify(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be 1 or more")
     witnesses = _witness_keys(args.witness or [], args.quorum)
+    tolerance = tolerance_options(args)
     try:
         handle = open(args.file, "rb")  # noqa: SIM115 - closed by the with below (buffered: it can peek)
     except OSError as err:
         raise UsageError("cannot read %s: %s" % (args.file, err.strerror)) from err
     with handle:
         if trace_verify.is_trace(handle.peek(32)):
+            if tolerance:
+                raise UsageError(
+                    "--tolerance-percent, --tolerance-steps, --step-mwh and --digits are for an evidence "
+                    "bundle, not a trace bundle"
+                )
             traced = trace_verify.verify_trace(handle, ledger_key, args.jobs or default_jobs())
             report = trace_verify.build_trace_report(traced)
             checkpoint = traced.meta.get(trace_format.T_CHECKPOINT)
             text = trace_verify.render_trace_text
         else:
-            result = verify_bundle(handle, ledger_key, args.allow_gaps, args.jobs or default_jobs())
+            result = verify_bundle(handle, ledger_key, args.allow_gaps, args.jobs or default_jobs(), tolerance)
             report = build_report(result, args.factor)
             checkpoint = result.meta.get(evidence.M_CHECKPOINT) if result.meta else None
             text = render_text
@@ -170,6 +181,63 @@ def verify(args: argparse.Namespace) -> int:
         head, sep, tail = rendered.rpartition("RESULT: ")
         sys.stdout.write(head + "\n".join(_witness_lines(report)) + sep + tail if sep else rendered)
     return 0 if report["ok"] else 1
+
+
+def add_tolerance_options(parser: argparse.ArgumentParser) -> None:
+    """``crev audit verify``'s reconciliation options, named after ingest's [reconciliation] settings."""
+    group = parser.add_argument_group(
+        "smart-meter reconciliation (SPEC §13)",
+        "By default the parameters a version 3 bundle states (ingest's [reconciliation] at export), else "
+        "ingest's defaults; each option replaces one.",
+    )
+    group.add_argument(
+        "--tolerance-percent",
+        type=float,
+        metavar="P",
+        help="tolerance_percent: the tolerance in %% of the grid meter's energy (default 1)",
+    )
+    group.add_argument(
+        "--tolerance-steps",
+        type=int,
+        metavar="N",
+        help="steps: the smallest tolerance, in steps of the smart meter's resolution (default 2)",
+    )
+    group.add_argument(
+        "--step-mwh",
+        type=int,
+        metavar="M",
+        help="step_mwh: one step of the smart meter's counter in mWh (default 100000)",
+    )
+    group.add_argument(
+        "--digits",
+        type=int,
+        metavar="D",
+        help="digits: the smart meter's effective digits (default 6; 0: roll-over unknown)",
+    )
+
+
+def tolerance_options(args: argparse.Namespace) -> dict[str, int | None]:
+    """The reconciliation parameters given on the command line (SPEC §13), named as in ingest's
+    [reconciliation]: tolerance_percent, steps, step_mwh, digits; as crev.reconcile.Params' fields."""
+    given: dict[str, int | None] = {}
+    percent = getattr(args, "tolerance_percent", None)
+    if percent is not None:
+        basis_points = round(percent * 100)
+        if not 0 <= percent <= 100 or abs(basis_points - percent * 100) > 1e-6:
+            raise UsageError("--tolerance-percent must be a number from 0 to 100 with at most 2 decimals")
+        given["basis_points"] = basis_points
+    for option, name, low, high in (
+        ("tolerance_steps", "steps", 0, 1000),
+        ("step_mwh", "step_mwh", 1, 10**12),
+        ("digits", "digits", 0, 8),
+    ):
+        value = getattr(args, option, None)
+        if value is None:
+            continue
+        if not low <= value <= high:
+            raise UsageError("--%s must be a whole number from %d to %d" % (option.replace("_", "-"), low, high))
+        given[name] = value
+    return given
 
 
 def _witness_keys(texts: list[str], quorum: int | None) -> tuple[list[Any], int] | None:
@@ -252,7 +320,9 @@ def build_report(result: Any, factor_override: float | None) -> dict[str, Any]:
     sequence = result.sequence
     walked = not any(f.check == evidence.FORMAT for f in failures) and sequence is not None
     checks = []
-    for number in range(1, len(evidence.CHECK_NAMES)):
+    # Check 8 judges a version 3 bundle's registry leaves; older bundles have none to judge.
+    last = evidence.RECONCILE if getattr(result, "registry", None) is not None else evidence.RECOMPUTE
+    for number in range(1, last + 1):
         count = sum(1 for f in failures if f.check == number)
         status = "failed" if count else ("ok" if walked else "not completed")
         checks.append({"number": number, "name": evidence.CHECK_NAMES[number], "status": status, "failures": count})
@@ -308,6 +378,7 @@ def build_report(result: Any, factor_override: float | None) -> dict[str, Any]:
             "readings_not_recomputed": totals.not_recomputed,
             "flags_seen": flag_names(totals.flags),
         }
+        report["reconciliation"] = reconciliation_report(result)
         report["gaps_allowed"] = sequence.allow_gaps
         report["range_end"] = (
             "sealed: the bundle holds the first reading after the range"
@@ -315,6 +386,121 @@ def build_report(result: Any, factor_override: float | None) -> dict[str, Any]:
             else "open: the ledger held no sealed reading after the range at export"
         )
     return report
+
+
+def reconciliation_report(result: Any) -> dict[str, Any]:
+    """SPEC §13 from the bundle's readings: each slot's verdict, and what the registry leaves say of it."""
+    reconciling = result.reconciliation
+    params = reconciling.params
+    counts = reconciling.counts
+    registry = result.registry
+    slots = []
+    for record in reconciling.records:
+        verdict = record.verdict
+        grid = verdict.grid or (None, None)
+        smart = verdict.smart or (None, None)
+        tolerance = verdict.tolerance or (None, None)
+        diff = [None if g is None or m is None else m - g for g, m in zip(grid, smart, strict=True)]
+        slots.append(
+            {
+                "dev": reconciling.dev,
+                "slot": verdict.slot_t0,
+                "slot_time": iso(verdict.slot_t0),
+                "verdict": verdict.verdict,
+                "status": record.status(),
+                "meter_id": verdict.meter_id,
+                "grid_import_mwh": grid[0],
+                "grid_export_mwh": grid[1],
+                "sm_import_mwh": smart[0],
+                "sm_export_mwh": smart[1],
+                "diff_import_mwh": diff[0],
+                "diff_export_mwh": diff[1],
+                "tolerance_import_mwh": tolerance[0],
+                "tolerance_export_mwh": tolerance[1],
+                "detail": verdict.detail,
+                "released": None if record.release is None else record.release[1],
+                "release_leaf": None if record.release is None else record.release[0],
+                "issued": record.issued,
+            }
+        )
+    return {
+        "params": {
+            "tolerance_percent": params.basis_points / 100,
+            "basis_points": params.basis_points,
+            "steps": params.steps,
+            "step_mwh": params.step_mwh,
+            "digits": params.digits,
+            "from": dict(result.params_from),
+        },
+        "registry_leaves": None if registry is None else registry.count,
+        "releases": None if registry is None else len(registry.releases),
+        "issuances": None if registry is None else sum(len(v) for v in registry.issuances.values()),
+        "slots_checked": len(slots),
+        "passed": counts[reconcile.OK],
+        "mismatched": counts[reconcile.SMART_METER_MISMATCH],
+        "incomplete": counts[reconcile.UNCHECKED],
+        "slots": slots,
+    }
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    sources = set(params["from"].values())
+    if sources == {"bundle"}:
+        where = "stated in the bundle by the exporter; it is not signed"
+    elif sources == {"default"}:
+        where = "ingest's defaults: the bundle states none"
+    elif sources == {"option"}:
+        where = "given by the options"
+    else:
+        given = [name for name, source in params["from"].items() if source == "option"]
+        rest = "the bundle" if "bundle" in sources else "ingest's defaults"
+        where = "%s given by the options, the rest from %s" % (", ".join(given), rest)
+    digits = "roll-over unknown" if params["digits"] is None else "%d digits" % params["digits"]
+    return "the larger of %g %% and %d steps of %d mWh, %s (%s)" % (
+        params["tolerance_percent"],
+        params["steps"],
+        params["step_mwh"],
+        digits,
+        where,
+    )
+
+
+def _reconciliation_lines(found: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        "Smart-meter reconciliation (SPEC §13), from the bundle's readings: %d slots, %d passed, %d mismatched, "
+        "%d incomplete" % (found["slots_checked"], found["passed"], found["mismatched"], found["incomplete"]),
+        "  tolerance  %s" % _params_text(found["params"]),
+    ]
+    if found["registry_leaves"] is None:
+        lines.append("  registry   not in the bundle (version 1 or 2): releases and issuances are not checked")
+    else:
+        lines.append(
+            "  registry   releases %d, issuances %d: the device's slots' registry leaves in the bundle"
+            % (found["releases"], found["issuances"])
+        )
+    for slot in found["slots"]:
+        if slot["verdict"] != reconcile.SMART_METER_MISMATCH:
+            continue
+        status = {
+            "released": "released: %s" % slot["released"],
+            "held": "held: not issued, no release",
+            "issued without release": "ISSUED WITHOUT A RELEASE",
+            "unknown": "release and issuance not known (no registry leaves in the bundle)",
+        }[slot["status"]]
+        lines.append("  MISMATCH   %s slot %s: %s" % (slot["dev"], slot["slot_time"], status))
+        for name in ("import", "export"):
+            lines.append(
+                "    %-7s grid %d mWh, smart meter %d mWh, difference %+d mWh (tolerance %d mWh)"
+                % (
+                    name,
+                    slot["grid_%s_mwh" % name],
+                    slot["sm_%s_mwh" % name],
+                    slot["diff_%s_mwh" % name],
+                    slot["tolerance_%s_mwh" % name],
+                )
+            )
+    return lines
 
 
 def render_text(report: dict[str, Any]) -> str:
@@ -378,6 +564,9 @@ def render_text(report: dict[str, Any]) -> str:
             )
             lines.append("  %s missing, from %s to %s" % (missing, iso(gap["from_t"]), iso(gap["to_t"])))
         lines.append("Range end: %s" % report["range_end"])
+    found = report.get("reconciliation")
+    if found and (found["slots_checked"] or found["registry_leaves"] is not None):
+        lines.extend(_reconciliation_lines(found))
     lines.append("")
     if report["ok"]:
         lines.append("RESULT: PASS")

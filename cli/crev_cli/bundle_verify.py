@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import IO, Any
 
-from crev import cbor, evidence
+from crev import cbor, evidence, reconcile
 from crev.errors import CborError
 from crev.evidence import FORMAT, Failure, ReadingChecks, SequenceChecks, Summary
 from crev.keys import key_id
@@ -148,28 +148,71 @@ class Verification(FailureLog):
         self.readings = 0
         self.sequence: SequenceChecks | None = None
         self.bytes = 0
+        self.version = 0
+        self.registry: evidence.RegistryItems | None = None  # version 3's registry section
+        self.reconciliation: evidence.Reconciliation | None = None
+        # Where each reconciliation parameter came from: "bundle" (stated by the exporter), "default", "option".
+        self.params_from: dict[str, str] = {}
 
 
-def verify_bundle(stream: IO[bytes], ledger_public_key: bytes, allow_gaps: bool = False, jobs: int = 1) -> Verification:
-    """Check a whole bundle; the result lists every failure found, first first."""
+PARAM_NAMES = ("basis_points", "steps", "step_mwh", "digits")
+
+
+def reconciliation_params(
+    meta: dict[int, Any], version: int, given: dict[str, int | None] | None
+) -> tuple[reconcile.Params, dict[str, str]]:
+    """The bundle's stated parameters (version 3) or ingest's defaults, each replaced where ``given``
+    names it (``digits`` 0 or None: roll-over unknown); and where each came from."""
+    stated = evidence.params_of(meta.get(evidence.M_RECONCILIATION)) if version >= 3 else None
+    base = stated or reconcile.Params()
+    values: dict[str, int] = {name: getattr(base, name) or 0 for name in PARAM_NAMES}
+    source = {name: "bundle" if stated is not None else "default" for name in PARAM_NAMES}
+    for name, value in (given or {}).items():
+        if name not in values:
+            raise ValueError("no reconciliation parameter %r" % name)
+        values[name] = value or 0
+        source[name] = "option"
+    params = reconcile.Params(values["basis_points"], values["steps"], values["step_mwh"], values["digits"] or None)
+    return params, source
+
+
+def verify_bundle(
+    stream: IO[bytes],
+    ledger_public_key: bytes,
+    allow_gaps: bool = False,
+    jobs: int = 1,
+    tolerance: dict[str, int | None] | None = None,
+) -> Verification:
+    """Check a whole bundle; the result lists every failure found, first first.
+
+    ``tolerance`` replaces the reconciliation parameters the bundle states (or, before version 3,
+    ingest's defaults): any of basis_points, steps, step_mwh and digits (crev.reconcile.Params).
+    """
     result = Verification(ledger_public_key, allow_gaps)
     reader = BundleReader(stream)
     where = ("bundle", -1)
     try:
-        if reader.array() != 6 or reader.item() != evidence.MAGIC:
+        length = reader.array()
+        if length not in (6, 7) or reader.item() != evidence.MAGIC:
             raise BundleFormatError("not a crev evidence bundle")
         version = reader.item()
         if version not in evidence.VERSIONS:
             raise BundleFormatError(
-                "bundle version %r; this crev reads versions %s"
-                % (version, " and ".join("%d" % v for v in evidence.VERSIONS))
+                "bundle version %r; this crev reads versions %s and %d"
+                % (version, ", ".join("%d" % v for v in evidence.VERSIONS[:-1]), evidence.VERSIONS[-1])
             )
+        if length != evidence.sections(version):
+            raise BundleFormatError(
+                "a version %d bundle has %d sections, not %d" % (version, evidence.sections(version), length)
+            )
+        result.version = version
         meta = reader.item()
-        problem = evidence.check_meta(meta, ledger_public_key)
+        problem = evidence.check_meta(meta, ledger_public_key, version)
         if problem is not None:
             result.fail(problem)
             return result
         result.meta = meta
+        params, result.params_from = reconciliation_params(meta, version, tolerance)
         for position in range(reader.array()):
             where = ("block", position)
             result.fail(result.blocks.add(position, reader.item()))
@@ -185,7 +228,16 @@ def verify_bundle(stream: IO[bytes], ledger_public_key: bytes, allow_gaps: bool 
             where = ("key event", position)
             result.fail(keys.add(result.blocks.roots, position, reader.item()))
             result.key_events += 1
+        if version >= evidence.VERSION_RECONCILED:
+            result.registry = evidence.RegistryItems(ledger_public_key, meta[evidence.M_DEV])
+            for position in range(reader.array()):
+                where = ("registry leaf", position)
+                result.fail(result.registry.add(result.blocks.roots, position, reader.item()))
         result.sequence = SequenceChecks(meta[evidence.M_DEV], meta[evidence.M_FROM], meta[evidence.M_TO], allow_gaps)
+        reconciling = evidence.Reconciliation(
+            meta[evidence.M_DEV], meta[evidence.M_FROM], meta[evidence.M_TO], params, result.registry
+        )
+        result.reconciliation = reconciling
         checks = ReadingChecks(result.blocks.roots, keys)
         outcomes: Iterator[Outcome]
         if version == 1:
@@ -206,9 +258,13 @@ def verify_bundle(stream: IO[bytes], ledger_public_key: bytes, allow_gaps: bool 
             result.fail(failure)
             if summary is not None:
                 result.fail(result.sequence.add(position, summary))
+                for held in reconciling.add(summary):
+                    result.fail(held)
         where = ("bundle", -1)
         if not reader.at_end():
             raise BundleFormatError("bytes after the bundle's last item, at byte %d" % reader.offset)
+        for held in reconciling.finish():
+            result.fail(held)
     except _BrokenReading as err:
         item = "proof group" if isinstance(err, _BrokenGroup) else "reading"
         result.fail(Failure(FORMAT, item, err.position, str(err)))

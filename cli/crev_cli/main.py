@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a witness's verifier key (repeat); with --quorum, require its cosignature on the bundle's checkpoint",
     )
     verify.add_argument("--quorum", type=int, metavar="K", help="how many of the --witness keys must have cosigned")
+    audit_cmd.add_tolerance_options(verify)
     verify.set_defaults(handler=audit_cmd.verify)
     trace_parser = audit_commands.add_parser(
         "trace",

@@ -4,6 +4,7 @@ A bundle is one deterministic CBOR array with definite lengths, so a writer
 that counts first can stream it and a reader can walk it item by item::
 
     ["crev-evidence", 2, meta, [block...], [key_event...], [group...]]
+    ["crev-evidence", 3, meta, [block...], [key_event...], [registry_leaf...], [group...]]
 
     meta       {0: origin, 1: ledger kid, 2: dev, 3: from_s, 4: to_s,
                 5: exported_ms, 6: emission factor in mg-CO2/kWh,
@@ -11,10 +12,18 @@ that counts first can stream it and a reader can walk it item by item::
                The checkpoint is what ties the origin to the ledger key: the
                block headers do not name it. exported_ms and the factor are
                the exporter's statements, not signed.
+               Version 3 adds 8: the reconciliation parameters the
+               exporter's ingest uses (SPEC §13), [basis_points, steps,
+               step_mWh, digits] (digits 0: roll-over unknown), also a
+               statement, not signed; the verifier can be given others.
     block      [height, signed_header, consistency]
                ``consistency`` proves (RFC 9162 §2.1.4) that the previous
                block in the list is a prefix of this one; [] for the first.
     key_event  [leaf_index, received_ms, statement, height, inclusion_path]
+    registry_leaf
+               [leaf_index, received_ms, leaf_type, statement, height, inclusion_path]
+               version 3 only, in ledger order: the releases (type 5, action 3)
+               and issuances (type 6) of the device's slots inside the range
     group      [height, nodes, count, readings]
                ``count`` consecutive readings proven together in the tree
                of the listed block at ``height``: ``nodes`` is their
@@ -36,6 +45,12 @@ Readings are in seq order; the one before the range and the one after it
 are included when the ledger has them, so the first reading's energies can
 be recomputed and a cut-off end shows.
 
+Version 3 is written for a device whose readings carry smart-meter values
+(key 12): the verifier reconciles each 30-minute slot inside the range from
+the readings (crev.reconcile) and checks the releases and issuances against
+the verdicts (check 8), by the rules the registry replay applies. A device
+without them still gets version 2.
+
 Version 1, still verified, had no groups: its last section was [reading...],
 each reading [leaf_index, received_ms, cose, height, inclusion_path], an
 RFC 9162 audit path per reading (about 33 bytes per tree level each).
@@ -51,6 +66,9 @@ The checks, numbered as in the report and in docs/auditing.md:
     5 schema and canonical form
     6 seq continuity and the prev chain; every gap is reported
     7 DGC-C values recomputed from the counters
+    8 smart-meter reconciliation: no issuance of a slot held by a
+      SMART_METER_MISMATCH without a release before it, no release of a slot
+      not held (SPEC §13)
 """
 
 from crev import cbor, merkle
@@ -75,12 +93,25 @@ from crev.ledger_format import (
     verify_checkpoint,
 )
 from crev.reading import Reading, reading_hash, recompute_problem
+from crev.reconcile import (
+    OK,
+    SLOT_S,
+    SMART_METER_MISMATCH,
+    UNCHECKED,
+    Params,
+    hold_problem,
+    release_problem,
+    slot_of,
+    slot_verdict,
+)
+from crev.registry_format import LEAF_ISSUANCE, LEAF_SITE, Issuance, RegistryFormatError, Release, parse_site_leaf
 
 MAGIC = "crev-evidence"
-VERSION = 2
-VERSIONS = (1, 2)  # what the verifier reads
+VERSION = 2  # what the exporter writes for a device without smart-meter values
+VERSION_RECONCILED = 3  # ... and for one with them: the registry section and meta field 8
+VERSIONS = (1, 2, 3)  # what the verifier reads
 LEAF_TAG_SIZE = 4
-M_ORIGIN, M_LEDGER_KID, M_DEV, M_FROM, M_TO, M_EXPORTED, M_FACTOR, M_CHECKPOINT = range(8)
+M_ORIGIN, M_LEDGER_KID, M_DEV, M_FROM, M_TO, M_EXPORTED, M_FACTOR, M_CHECKPOINT, M_RECONCILIATION = range(9)
 
 CHECK_NAMES = (
     "bundle structure",
@@ -91,8 +122,14 @@ CHECK_NAMES = (
     "schema and canonical form",
     "seq continuity and prev chain",
     "DGC-C values recomputed",
+    "smart-meter reconciliation",
 )
-FORMAT, BLOCKS, CONSISTENCY, INCLUSION, SIGNATURE, SCHEMA, SEQUENCE, RECOMPUTE = range(8)
+FORMAT, BLOCKS, CONSISTENCY, INCLUSION, SIGNATURE, SCHEMA, SEQUENCE, RECOMPUTE, RECONCILE = range(9)
+
+
+def sections(version: int) -> int:
+    """How many elements the bundle's top-level array has in this version."""
+    return 7 if version >= VERSION_RECONCILED else 6
 
 
 class Failure:
@@ -100,7 +137,7 @@ class Failure:
 
     def __init__(self, check: int, item: str, position: int, detail: str) -> None:
         self.check = check
-        self.item = item  # "bundle", "block", "key event", "reading" or "proof group"
+        self.item = item  # "bundle", "block", "key event", "registry leaf", "reading" or "proof group"
         self.position = position  # index within its section, -1 for the bundle
         self.detail = detail
         self.dev = None  # type: str | None
@@ -152,10 +189,34 @@ def _hash_list(value: object) -> bool:
     return isinstance(value, list) and all(isinstance(h, bytes) and len(h) == 32 for h in value)
 
 
-def check_meta(meta: object, ledger_public_key: bytes) -> "Failure | None":
+def params_of(value: object) -> "Params | None":
+    """Meta field 8, [basis_points, steps, step_mWh, digits], as crev.reconcile.Params; None if malformed."""
+    if not isinstance(value, list) or len(value) != 4 or not all(_uint(v) for v in value):
+        return None
+    try:
+        return Params(value[0], value[1], value[2], value[3] or None)
+    except CrevError:
+        return None
+
+
+def params_value(params: Params) -> list:
+    """The inverse of params_of: what the exporter writes in meta field 8."""
+    return [params.basis_points, params.steps, params.step_mwh, params.digits or 0]
+
+
+def check_meta(meta: object, ledger_public_key: bytes, version: int = VERSION) -> "Failure | None":
     """The bundle's meta map, and that it names the ledger key we were given."""
-    if not isinstance(meta, dict) or sorted(meta) != [0, 1, 2, 3, 4, 5, 6, 7]:
-        return Failure(FORMAT, "bundle", -1, "meta must be a map with keys 0..7")
+    last = M_RECONCILIATION if version >= VERSION_RECONCILED else M_CHECKPOINT
+    if not isinstance(meta, dict) or sorted(meta) != list(range(last + 1)):
+        return Failure(FORMAT, "bundle", -1, "meta must be a map with keys 0..%d" % last)
+    if last == M_RECONCILIATION and params_of(meta[M_RECONCILIATION]) is None:
+        return Failure(
+            FORMAT,
+            "bundle",
+            -1,
+            "meta field 8 (the reconciliation parameters) is not [basis points 0..10000, steps, step mWh > 0, "
+            "digits 0..8]",
+        )
     if not isinstance(meta[M_CHECKPOINT], str):
         return Failure(FORMAT, "bundle", -1, "meta field 7 (the checkpoint) is not text")
     for key in (M_FROM, M_TO, M_EXPORTED, M_FACTOR):
@@ -460,6 +521,8 @@ class Summary:
         energies: "list | None",
         flags: int,
         recomputed: bool,
+        smart_meter: "list | None" = None,
+        leaf: int = -1,
     ) -> None:
         self.dev = dev
         self.seq = seq
@@ -470,9 +533,11 @@ class Summary:
         self.energies = energies
         self.flags = flags
         self.recomputed = recomputed
+        self.smart_meter = smart_meter  # key 12, for the reconciliation (check 8)
+        self.leaf = leaf  # the reading's leaf index: what the ledger held before a registry leaf
 
     @classmethod
-    def of(cls, reading: Reading, own_hash: bytes, recomputed: bool) -> "Summary":
+    def of(cls, reading: Reading, own_hash: bytes, recomputed: bool, leaf: int = -1) -> "Summary":
         return cls(
             reading.dev,
             reading.seq,
@@ -483,12 +548,14 @@ class Summary:
             reading.energies,
             reading.flags,
             recomputed,
+            reading.smart_meter,
+            leaf,
         )
 
     def __reduce__(self) -> tuple:
         # Worker processes send one per reading: a flat tuple pickles several times faster.
         fields = (self.dev, self.seq, self.prev, self.hash, self.t0, self.t1, self.energies, self.flags)
-        return Summary, fields + (self.recomputed,)
+        return Summary, fields + (self.recomputed, self.smart_meter, self.leaf)
 
 
 class ReadingChecks:
@@ -598,7 +665,7 @@ class ReadingChecks:
             if problem is not None:
                 return Failure(RECOMPUTE, "reading", position, problem), reading, None
             recomputed = True
-        return None, reading, Summary.of(reading, reading_hash(cose), recomputed)
+        return None, reading, Summary.of(reading, reading_hash(cose), recomputed, item[0])
 
 
 def _split_item(raw: object) -> "list | None":
@@ -723,3 +790,257 @@ class SequenceChecks:
         if summary.prev != last.hash:
             return Failure(SEQUENCE, "reading", position, "prev does not link to seq %d" % last.seq)
         return None
+
+
+# ---------------------------------------------------------------- version 3: smart-meter reconciliation
+
+
+def _registry_item(item: object) -> bool:
+    return (
+        isinstance(item, list)
+        and len(item) == 6
+        and _uint(item[0])
+        and _uint(item[1])
+        and _uint(item[2])
+        and isinstance(item[3], bytes)
+        and _uint(item[4])
+        and _hash_list(item[5])
+    )
+
+
+class RegistryFailure(Failure):
+    """The first thing wrong with a registry leaf of a version 3 bundle (checks 0, 3, 4, 5 and 8)."""
+
+    def __init__(self, check: int, position: int, detail: str, leaf: "int | None" = None) -> None:
+        Failure.__init__(self, check, "registry leaf", position, detail)
+        self.leaf = leaf  # its index in the ledger
+
+    def where(self) -> str:
+        label = "registry leaf #%d" % self.position
+        return label + (" (leaf %d)" % self.leaf if self.leaf is not None else "")
+
+    def to_dict(self) -> dict:
+        result = Failure.to_dict(self)
+        result["leaf"] = self.leaf
+        return result
+
+
+class RegistryItems:
+    """Checks 0, 3, 4 and 5 over the registry section (version 3): the releases and issuances of
+    the device's slots in the range, in ledger order. Then, per slot, its release and issuances."""
+
+    def __init__(self, ledger_public_key: bytes, dev: str) -> None:
+        self.key = ledger_public_key
+        self.dev = dev
+        self.count = 0
+        # slot -> (leaf, reason, position, time_s)
+        self.releases = {}  # type: dict[int, tuple]
+        # slot -> [(leaf, position)], in ledger order
+        self.issuances = {}  # type: dict[int, list]
+        self._last_leaf = -1
+
+    def add(self, roots: dict, position: int, item: object) -> "Failure | None":
+        self.count += 1
+        found = self._add(roots, position, item)
+        if found is None:
+            return None
+        leaf = item[0] if isinstance(item, list) and item and _uint(item[0]) else None
+        failure = RegistryFailure(found.check, position, found.detail, leaf)
+        failure.dev = self.dev
+        return failure
+
+    def _add(self, roots: dict, position: int, item: object) -> "Failure | None":
+        if not _registry_item(item):
+            return Failure(
+                FORMAT,
+                "registry leaf",
+                position,
+                "a registry leaf is [leaf, received_ms, type, statement, height, path]",
+            )
+        assert isinstance(item, list)
+        leaf, received_ms, leaf_type, statement, height, path = item
+        if leaf <= self._last_leaf:
+            return Failure(FORMAT, "registry leaf", position, "registry leaves are not in ledger order")
+        self._last_leaf = leaf
+        if leaf_type not in (LEAF_SITE, LEAF_ISSUANCE):
+            return Failure(
+                FORMAT,
+                "registry leaf",
+                position,
+                "a leaf of type %d has no place here: only releases (type 5) and issuances (type 6)" % leaf_type,
+            )
+        failure = _inclusion_failure(
+            roots, leaf_type, [leaf, received_ms, statement, height, path], "registry leaf", position
+        )
+        if failure is not None:
+            return failure
+        try:
+            if leaf_type == LEAF_SITE:
+                event = parse_site_leaf(statement, self.key)  # type: object
+            else:
+                event = Issuance.parse(statement, self.key)
+        except RegistryFormatError as err:
+            check = SIGNATURE if "BAD_SIGNATURE" in err.detail else SCHEMA
+            return Failure(check, "registry leaf", position, err.detail)
+        if isinstance(event, Release):
+            if event.dev != self.dev:
+                return Failure(SIGNATURE, "registry leaf", position, "a release for %s, not %s" % (event.dev, self.dev))
+            if event.slot in self.releases:
+                return Failure(
+                    RECONCILE,
+                    "registry leaf",
+                    position,
+                    "slot %d of %s was released already, at leaf %d"
+                    % (event.slot, event.dev, self.releases[event.slot][0]),
+                )
+            self.releases[event.slot] = (leaf, event.reason, position, event.time_s)
+        elif isinstance(event, Issuance):
+            if event.dev != self.dev:
+                return Failure(
+                    SIGNATURE, "registry leaf", position, "an issuance for %s, not %s" % (event.dev, self.dev)
+                )
+            self.issuances.setdefault(event.slot, []).append((leaf, position))
+        else:
+            return Failure(
+                FORMAT,
+                "registry leaf",
+                position,
+                "a site event other than a release has no place in an evidence bundle",
+            )
+        return None
+
+
+class SlotRecord:
+    """One slot's verdict, with what the registry section says of it (None: no registry section)."""
+
+    def __init__(self, verdict: object, release: "tuple | None", issued: "list | None") -> None:
+        self.verdict = verdict  # crev.reconcile.Verdict
+        self.release = release  # (leaf, reason, position, time_s) or None
+        self.issued = issued  # issuance leaves, or None when the bundle has no registry section
+        self.failed = False  # an issuance of it broke the hold (check 8)
+
+    def status(self) -> str:
+        """passed, incomplete, and for a mismatch: released, held, issued without release, or unknown."""
+        verdict = getattr(self.verdict, "verdict", None)
+        if verdict == OK:
+            return "passed"
+        if verdict == UNCHECKED:
+            return "incomplete"
+        if self.release is not None:
+            return "released"
+        if self.failed:
+            return "issued without release"
+        if self.issued is None:
+            return "unknown"
+        return "held"
+
+
+class Reconciliation:
+    """Check 8, and the verdict of every slot (S, S+1800] inside the range (SPEC §13).
+
+    Fed the summaries of the readings that passed checks 3-5 (and 7), in
+    bundle order: per device in seq order, so in time order. A slot's
+    verdict needs only the readings of ``crev.reconcile.window``: each slot
+    is decided once a reading starts a slot past that window, and readings
+    older than every undecided slot's window are let go, so a few slots'
+    readings are held at a time. Each verdict is ``crev.reconcile.slot_verdict``
+    of the window's readings, as ingest and the registry compute it; a release
+    and an issuance are judged on the readings before their leaf, with the
+    rules of the registry replay (``hold_problem``, ``release_problem``).
+    """
+
+    SLACK_S = SLOT_S  # a clock that steps back a little does not close a window early
+
+    def __init__(
+        self, dev: str, from_s: int, to_s: int, params: Params, registry: "RegistryItems | None" = None
+    ) -> None:
+        self.dev = dev
+        self.from_s = from_s
+        self.to_s = to_s
+        self.params = params
+        self.registry = registry
+        self.readings = []  # type: list[Summary]
+        self.pending = []  # type: list[int]  # slots seen, not decided, in order
+        self.decided = set()  # type: set[int]
+        self.records = []  # type: list[SlotRecord]
+        self.counts = {OK: 0, SMART_METER_MISMATCH: 0, UNCHECKED: 0}
+        self.latest_t0 = None  # type: int | None
+
+    def inside(self, slot: int) -> bool:
+        return self.from_s <= slot and slot + SLOT_S <= self.to_s
+
+    def add(self, summary: Summary) -> list:
+        """Take one verified reading; the check 8 failures of the slots it lets be decided."""
+        if summary.dev != self.dev:
+            return []
+        slot = slot_of(summary.t1)
+        if self.inside(slot) and slot not in self.decided and slot not in self.pending:
+            self.pending.append(slot)
+            self.pending.sort()
+        self.readings.append(summary)
+        if self.latest_t0 is None or summary.t0 > self.latest_t0:
+            self.latest_t0 = summary.t0
+        failures = []  # type: list[Failure]
+        while self.pending and self.pending[0] + 2 * SLOT_S + self.SLACK_S <= self.latest_t0:
+            failures.extend(self._decide(self.pending.pop(0)))
+            low = (self.pending[0] if self.pending else slot_of(summary.t1)) - 2 * SLOT_S
+            if self.readings and self.readings[0].t1 <= low:
+                self.readings = [r for r in self.readings if r.t1 > low]
+        return failures
+
+    def finish(self) -> list:
+        """Decide the slots left; then releases of slots the bundle has no readings of."""
+        failures = []  # type: list[Failure]
+        while self.pending:
+            failures.extend(self._decide(self.pending.pop(0)))
+        self.readings = []
+        if self.registry is not None:
+            for slot in sorted(self.registry.releases):
+                if slot not in self.decided and self.inside(slot):
+                    failures.extend(self._judge(slot, [])[0])
+        return failures
+
+    def _decide(self, slot: int) -> list:
+        self.decided.add(slot)
+        low, high = slot - SLOT_S, slot + 2 * SLOT_S  # crev.reconcile.window(slot)
+        window = [r for r in self.readings if r.t1 > low and r.t0 < high]
+        verdict = None
+        if any(r.smart_meter is not None for r in window):
+            verdict = slot_verdict(window, slot, self.params)
+        failures, unreleased = self._judge(slot, window)
+        if verdict is not None:
+            registry = self.registry
+            release = None if registry is None else registry.releases.get(slot)
+            issued = None if registry is None else [leaf for leaf, _position in registry.issuances.get(slot, [])]
+            record = SlotRecord(verdict, release, issued)
+            record.failed = unreleased
+            self.records.append(record)
+            self.counts[verdict.verdict] += 1
+        return failures
+
+    def _judge(self, slot: int, window: list) -> "tuple[list, bool]":
+        """Check 8 for the slot's release and issuances in the registry section: (failures, whether an
+        issuance broke the hold)."""
+        registry = self.registry
+        if registry is None:
+            return [], False
+        failures = []
+        unreleased = False
+        release = registry.releases.get(slot)
+        for leaf, position in registry.issuances.get(slot, []):
+            if release is not None and release[0] < leaf:
+                continue
+            problem = hold_problem([r for r in window if r.leaf < leaf], slot, self.dev, self.params)
+            if problem is not None:
+                failures.append(self._failure(position, leaf, "issuance: " + problem))
+                unreleased = True
+        if release is not None:
+            problem = release_problem([r for r in window if r.leaf < release[0]], slot, self.dev, self.params)
+            if problem is not None:
+                failures.append(self._failure(release[2], release[0], "release: " + problem))
+        return failures, unreleased
+
+    def _failure(self, position: int, leaf: int, detail: str) -> Failure:
+        failure = RegistryFailure(RECONCILE, position, detail, leaf)
+        failure.dev = self.dev
+        return failure

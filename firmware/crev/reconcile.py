@@ -242,3 +242,27 @@ def slot_verdict(readings: list, slot_t0: int, params: Params) -> "Verdict | Non
 def carries_smart_meter(readings: list, slot_t0: int) -> bool:
     """Whether any of the slot's own readings carries key 12: its device reads a smart meter."""
     return any(reading.smart_meter is not None and slot_of(reading.t1) == slot_t0 for reading in readings)
+
+
+def hold_problem(readings: list, slot_t0: int, dev: str, params: Params) -> "str | None":
+    """SPEC §13 for an issuance of ``dev``'s slot ``slot_t0`` that no release of the slot precedes:
+    why it should have been held, or None. ``readings``: the device's readings of ``window(slot_t0)``
+    that precede the issuance in the ledger. The registry replay (crev.registry_replay) and the
+    offline auditor (crev.evidence) both ask this function."""
+    verdict = slot_verdict(readings, slot_t0, params)
+    if verdict is None or verdict.verdict != SMART_METER_MISMATCH:
+        return None
+    return "slot %d of %s is held by SMART_METER_MISMATCH (%s) and no release precedes its issuance" % (
+        slot_t0,
+        dev,
+        verdict.detail,
+    )
+
+
+def release_problem(readings: list, slot_t0: int, dev: str, params: Params) -> "str | None":
+    """SPEC §13 for a release of ``dev``'s slot ``slot_t0``: why there was nothing to release, or
+    None when the slot is held. ``readings`` as for ``hold_problem``, those before the release."""
+    verdict = slot_verdict(readings, slot_t0, params)
+    if verdict is not None and verdict.verdict == SMART_METER_MISMATCH:
+        return None
+    return "slot %d of %s is not held by a smart-meter mismatch: there is nothing to release" % (slot_t0, dev)

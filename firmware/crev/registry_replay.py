@@ -44,7 +44,7 @@ from crev.keys import key_id
 from crev.ledger_format import ACTION_ENROL, LEAF_KEY_EVENT, LEAF_READING, LedgerFormatError, parse_key_event
 from crev.market_format import SIDE_BUY, SIDE_CANCEL, SIDE_SELL, Order, Trade, controller_problem
 from crev.reading import K_DEV, K_SM, K_T1
-from crev.reconcile import SMART_METER_MISMATCH, slot_verdict
+from crev.reconcile import hold_problem, release_problem
 from crev.registry_format import (
     ACCOUNT_CLOSE,
     ACCOUNT_KEY_CHANGE,
@@ -284,9 +284,10 @@ class RegistryReplay:
             and dev in self.smart_devices
         )
 
-    def _verdict(self, dev: str, slot: int, before_leaf: int) -> "object | None":
+    def _readings(self, dev: str, slot: int, before_leaf: int) -> list:
         assert callable(self.slot_readings)
-        return slot_verdict(self.slot_readings(dev, slot, before_leaf), slot, self.reconciliation)
+        found = self.slot_readings(dev, slot, before_leaf)  # type: list
+        return found
 
     def _release(self, leaf: int, release: Release) -> None:
         site = self.sites.get(release.site)
@@ -302,12 +303,10 @@ class RegistryReplay:
                 "slot %d of %s was released already, at leaf %d" % (release.slot, release.dev, self.releases[key])
             )
         if not self.partial and self.reconciliation is not None and callable(self.slot_readings):
-            verdict = self._verdict(release.dev, release.slot, leaf) if self._checks_holds(release.dev) else None
-            if verdict is None or getattr(verdict, "verdict", None) != SMART_METER_MISMATCH:
-                raise _Broken(
-                    "slot %d of %s is not held by a smart-meter mismatch: there is nothing to release"
-                    % (release.slot, release.dev)
-                )
+            readings = self._readings(release.dev, release.slot, leaf) if self._checks_holds(release.dev) else []
+            problem = release_problem(readings, release.slot, release.dev, self.reconciliation)
+            if problem:
+                raise _Broken(problem)
         self.releases[key] = leaf
         self.release_events[leaf] = release
 
@@ -330,13 +329,10 @@ class RegistryReplay:
             if self._sealed_t1.get(issuance.dev, -1) <= issuance.slot + 1800:
                 raise _Broken("slot %d of %s is not closed yet" % (issuance.slot, issuance.dev), ISSUANCE)
             if self._checks_holds(issuance.dev) and key not in self.releases:
-                verdict = self._verdict(issuance.dev, issuance.slot, leaf)
-                if verdict is not None and getattr(verdict, "verdict", None) == SMART_METER_MISMATCH:
-                    raise _Broken(
-                        "slot %d of %s is held by SMART_METER_MISMATCH (%s) and no release precedes its issuance"
-                        % (issuance.slot, issuance.dev, getattr(verdict, "detail", "")),
-                        ISSUANCE,
-                    )
+                readings = self._readings(issuance.dev, issuance.slot, leaf)
+                problem = hold_problem(readings, issuance.slot, issuance.dev, self.reconciliation)  # type: ignore[arg-type]
+                if problem:
+                    raise _Broken(problem, ISSUANCE)
         sums = []  # type: list[dict]
         for reading_leaf in issuance.readings:
             if reading_leaf >= leaf or (not self.partial and reading_leaf >= self.sealed_size):

@@ -11,6 +11,14 @@ Readings are proven in groups of ``GROUP``, each against the first block
 that covers the whole group, so a year needs a few hundred block headers
 rather than one per block sealed; consistency proofs link them. Each group
 carries one multi-proof: every tree node its readings need, once.
+
+A device whose readings carry smart-meter values (SPEC §13; ingest has
+reconciled a slot of it in the range) gets a version 3 bundle: it also
+states ingest's [reconciliation] parameters, and carries the releases and
+issuances of the device's slots inside the range, each proven in the newest
+listed block, so that the verifier can judge the holds (crev.evidence).
+Readings are written per device in seq order (``readings_between`` orders
+by seq), which is what lets the verifier reconcile slot by slot.
 """
 
 import functools
@@ -23,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from crev import cbor, evidence, merkle
+from crev import cbor, evidence, merkle, reconcile
 from crev.keys import key_id
 from crev.ledger_format import LEAF_READING, encode_leaf
 from crev_ingest import ConfigError
@@ -49,6 +57,8 @@ class ExportSummary:
     # The newest block some witness cosigned, when the bundle had to be proven by a newer one
     # (which the witnesses had not answered yet): export again shortly for a cosigned bundle.
     cosigned_height: int | None = None
+    registry_leaves: int = 0  # releases and issuances (version 3 only)
+    version: int = evidence.VERSION
 
 
 Row = tuple[int, int, int, bytes]  # seq, leaf_idx, received_ms, cose
@@ -103,6 +113,8 @@ class ExportRequest:
     factor_g_per_kwh: float
     now_ms: int
     group: int = GROUP  # readings proven against one block
+    # ingest's [reconciliation], stated in a version 3 bundle; None: the defaults
+    reconciliation: reconcile.Params | None = None
 
 
 @contextmanager
@@ -139,10 +151,16 @@ def _export(store: Store, request: ExportRequest) -> ExportSummary:
     key_leaves = store.key_event_leaves(dev)
     if latest is None or not key_leaves:
         raise ConfigError("%s is not enrolled in this ledger" % dev)
-    anchor_height, sealed_size, cosigned_height = _anchor(store, request, latest, key_leaves[-1][0])
+    registry = _RegistryLeaves(store, dev, request.from_s, request.to_s)
+    anchor_height, sealed_size, cosigned_height = _anchor(
+        store, request, latest, max(key_leaves[-1][0], registry.max_leaf)
+    )
     snapshot = _Snapshot(store, dev, request.from_s, request.to_s, sealed_size)
     if key_leaves[-1][0] >= sealed_size:
         raise ConfigError("a key event of %s is not sealed in a block yet; export again shortly" % dev)
+    if registry.max_leaf >= sealed_size:
+        raise ConfigError("a release or issuance of %s is not sealed in a block yet; export again shortly" % dev)
+    version = evidence.VERSION_RECONCILED if registry.reconciled else evidence.VERSION
 
     # Pass 1: the block each group of readings is proven in.
     group_blocks: list[int] = []
@@ -168,8 +186,11 @@ def _export(store: Store, request: ExportRequest) -> ExportSummary:
         # The witnesses' cosignatures ride on the checkpoint, as signature lines after the ledger's.
         evidence.M_CHECKPOINT: cosigned_checkpoint(store, max(heights)),
     }
+    if version >= evidence.VERSION_RECONCILED:
+        meta[evidence.M_RECONCILIATION] = evidence.params_value(request.reconciliation or reconcile.Params())
     with written_aside(out) as handle:
-        handle.write(cbor.encode_head(4, 6) + cbor.dumps(evidence.MAGIC) + cbor.dumps(evidence.VERSION))
+        head = cbor.encode_head(4, evidence.sections(version)) + cbor.dumps(evidence.MAGIC) + cbor.dumps(version)
+        handle.write(head)
         handle.write(cbor.dumps(meta))
         handle.write(cbor.encode_head(4, len(heights)))
         previous_size = None
@@ -183,6 +204,8 @@ def _export(store: Store, request: ExportRequest) -> ExportSummary:
             received_ms, statement = _key_event_leaf(leaf)
             path = merkle.inclusion_path(leaf_idx, sizes[key_block], node)
             handle.write(cbor.dumps([leaf_idx, received_ms, statement, key_block, path]))
+        if version >= evidence.VERSION_RECONCILED:
+            registry.write(handle, anchor_height, sizes[anchor_height], node)
         _write_readings(handle, snapshot, group_blocks, request.group, sizes, node)
     return ExportSummary(
         out,
@@ -195,13 +218,67 @@ def _export(store: Store, request: ExportRequest) -> ExportSummary:
         snapshot.last_seq,
         len(cosignatures(store, max(heights))),
         cosigned_height,
+        registry.count if version >= evidence.VERSION_RECONCILED else 0,
+        version,
     )
 
 
+class _RegistryLeaves:
+    """The releases and issuances of the device's slots inside [from_s, to_s) (SPEC §13), for a
+    device ingest reconciles; read in the export's snapshot, streamed in ledger order."""
+
+    # Slots (S, S+1800] with from_s <= S and S + 1800 <= to_s: those the verifier reconciles.
+    WHERE = "dev = ? AND slot >= ? AND slot + 1800 <= ?"
+
+    def __init__(self, store: Store, dev: str, from_s: int, to_s: int) -> None:
+        self.store = store
+        self.args = (dev, from_s, to_s, dev, from_s, to_s)
+        row = store.db.execute(
+            "SELECT 1 FROM reconciliation WHERE dev = ? AND slot_t0 >= ? AND slot_t0 + 1800 <= ? LIMIT 1",
+            (dev, from_s, to_s),
+        ).fetchone()
+        released = store.db.execute("SELECT 1 FROM releases WHERE " + self.WHERE + " LIMIT 1", (dev, from_s, to_s))
+        self.reconciled = row is not None or released.fetchone() is not None
+        self.count, self.max_leaf = 0, -1
+        if self.reconciled:
+            found = store.db.execute(
+                "SELECT count(*), max(leaf_idx) FROM (" + self._leaves_sql() + ") AS registry_leaves", self.args
+            ).fetchone()
+            self.count = int(found[0])
+            self.max_leaf = -1 if found[1] is None else int(found[1])
+
+    def _leaves_sql(self) -> str:
+        return (
+            "SELECT leaf_idx FROM releases WHERE "
+            + self.WHERE
+            + " UNION SELECT leaf_idx FROM issuances WHERE "
+            + self.WHERE
+        )
+
+    def write(self, handle: BinaryIO, height: int, size: int, node: Callable[[int, int], bytes]) -> None:
+        """[leaf, received_ms, type, statement, height, inclusion path], each proven in block ``height``."""
+        handle.write(cbor.encode_head(4, self.count))
+        written = 0
+        rows = self.store.db.execute(
+            "SELECT idx, data FROM leaves WHERE idx IN (" + self._leaves_sql() + ") ORDER BY idx", self.args
+        )
+        for idx, data in rows:
+            decoded = cbor.loads(bytes(data))
+            assert isinstance(decoded, list) and isinstance(decoded[2], bytes)
+            leaf_type, received_ms, statement = decoded
+            path = merkle.inclusion_path(int(idx), size, node)
+            handle.write(cbor.dumps([int(idx), received_ms, leaf_type, statement, height, path]))
+            written += 1
+        if written != self.count:  # cannot happen inside one read transaction
+            raise RuntimeError("the registry leaves changed during the export")
+
+
 def _anchor(
-    store: Store, request: ExportRequest, latest: tuple[int, bytes, int], key_leaf: int
+    store: Store, request: ExportRequest, latest: tuple[int, bytes, int], other_leaf: int
 ) -> tuple[int, int, int | None]:
     """(height, tree size) of the block that proves the bundle, and the newest cosigned height if it is older.
+
+    ``other_leaf``: the newest leaf the bundle proves besides readings (key events, registry leaves).
 
     The newest block, unless the witnesses have not cosigned it yet and the
     newest block they did cosign already holds everything the bundle needs:
@@ -214,7 +291,7 @@ def _anchor(
         return height, size, None
     cosigned_size = store.block_header(cosigned)[1]
     needed = store.max_reading_leaf_between(request.dev, request.from_s, request.to_s)
-    if max(key_leaf, -1 if needed is None else needed) < cosigned_size:
+    if max(other_leaf, -1 if needed is None else needed) < cosigned_size:
         return cosigned, cosigned_size, None
     return height, size, cosigned
 
@@ -287,7 +364,15 @@ def export_configured(config_path: Path, device: str, from_s: int, to_s: int, ou
     store = Store(config.store_location)
     try:
         request = ExportRequest(
-            device, from_s, to_s, out, config.origin, key.public_key, config.factor_for(device), int(time.time() * 1000)
+            device,
+            from_s,
+            to_s,
+            out,
+            config.origin,
+            key.public_key,
+            config.factor_for(device),
+            int(time.time() * 1000),
+            reconciliation=config.reconciliation,
         )
         return export_bundle(store, request)
     finally:
