@@ -48,6 +48,10 @@ _comb = None  # type: list | None
 # the firmware's allocation-free one (firmware/dgc/limbs25519.py), or None.
 _encoded_base_multiply = None  # type: object
 
+# A function that gives the encoding of [s]B + [k](-A) in place of this module's ints (verify's
+# last step): the firmware's limb one (firmware/dgc/limbs25519.py), or None.
+_verify_multiply = None  # type: object
+
 # The last seed's expanded secret (a, prefix): a device signs with one key,
 # and expanding it is a SHA-512 of its own at every signature otherwise.
 _expanded = None  # type: tuple | None
@@ -66,6 +70,16 @@ def use_encoded_base_multiply(function: object) -> None:
     """Sign with ``function(s)``, which must return the encoding of [s]B (None: this module's own)."""
     global _encoded_base_multiply
     _encoded_base_multiply = function
+
+
+def use_verify(function: object) -> None:
+    """Verify with ``function(a_point, s, k)``: the encoding of [s]B + [k](-A) (None: this module's own).
+
+    ``a_point`` is A as decoded here, (x, y, 1, x * y) in ints; S < L and the decoding are checked
+    here before it is called, and its result compared with R here, so the rules stay these.
+    """
+    global _verify_multiply
+    _verify_multiply = function
 
 
 class SignatureError(Exception):
@@ -301,7 +315,10 @@ def verify(public: bytes, signature: bytes, message: bytes) -> None:
         raise SignatureError("S is not reduced")
     r_bytes = signature[:32]
     k = _hash_int(r_bytes, public, message) % L
-    neg_a = (P - a_point[0], a_point[1], a_point[2], P - a_point[3])
-    check = _add(_base_multiply(s), _multiply(k, neg_a))
-    if _encode_point(check) != r_bytes:
+    if _verify_multiply is not None:
+        encoded = _verify_multiply(a_point, s, k)  # type: ignore[operator]
+    else:
+        neg_a = (P - a_point[0], a_point[1], a_point[2], P - a_point[3])
+        encoded = _encode_point(_add(_base_multiply(s), _multiply(k, neg_a)))
+    if encoded != r_bytes:
         raise SignatureError("signature does not match")

@@ -1,4 +1,4 @@
-"""Ed25519's fixed-base multiplication for the board, with no heap allocation per field operation.
+"""Ed25519's multiplications for the board (signing and verifying), with no heap allocation per field operation.
 
 crev.ed25519 computes with Python ints. On MicroPython every operation on
 a 255-bit int allocates a new one (a multiplication and its reduction about
@@ -22,6 +22,13 @@ long as with ints (see docs/provisioning-a-microcontroller.md for the
 figures). The point formulas are those of crev.ed25519 (RFC 8032 §5.1.4),
 and so is the comb: the same 15 points, the same scalar bits, so the
 encoded result is bit for bit what ``ed25519._comb_multiply`` gives.
+
+Verification (``verify_multiply_encoded``, hooked in by ``install()``)
+computes [S]B + [k](-A) here: [k](-A) by double-and-add, [S]B by the
+comb, and their sum, whose encoding crev.ed25519.verify compares with R.
+All its checks (the lengths, S < L, decoding A) stay in crev.ed25519, so
+its verdict is the ints' for every input. A verify allocates about 5 kB
+(decoding A and the final inverse, in ints) where the ints allocate 960 kB.
 
 Not reentrant: the scratch elements are shared, as the SHA-512 message
 schedule is; nothing on the board signs twice at once.
@@ -856,17 +863,11 @@ def _comb_table() -> list:
     return _comb
 
 
-def base_multiply_encoded(scalar: int) -> bytes:
-    """The encoding of [scalar]B (RFC 8032 §5.1.2), for 0 <= scalar < 2**256."""
+def _comb_multiply(scalar: int) -> None:
+    # [scalar]B into _X, _Y, _Z (projective: _T is not kept), for 0 <= scalar < 2**256.
     table = _comb_table()
     bits = scalar.to_bytes(32, "little")
-    for i in range(_N):  # the identity, (0, 1, 1, 0)
-        _X[i] = 0
-        _Y[i] = 0
-        _Z[i] = 0
-        _T[i] = 0
-    _Y[0] = 1
-    _Z[0] = 1
+    _identity()
     for j in range(63, -1, -1):
         if j != 63:
             _double()
@@ -876,10 +877,134 @@ def base_multiply_encoded(scalar: int) -> bytes:
             v |= (bits[k >> 3] >> (k & 7) & 1) << i
         if v:
             _add_affine(table[v - 1])
+
+
+def _identity() -> None:
+    # (0, 1, 1, 0) into _X, _Y, _Z, _T.
+    for i in range(_N):
+        _X[i] = 0
+        _Y[i] = 0
+        _Z[i] = 0
+        _T[i] = 0
+    _Y[0] = 1
+    _Z[0] = 1
+
+
+def _encoded() -> bytes:
+    # The encoding of (_X : _Y : _Z); the inverse in ints, as signing has it (a few kB, once).
     return ed25519._encode_point((value(_X), value(_Y), value(_Z), 0))
 
 
+def base_multiply_encoded(scalar: int) -> bytes:
+    """The encoding of [scalar]B (RFC 8032 §5.1.2), for 0 <= scalar < 2**256."""
+    _comb_multiply(scalar)
+    return _encoded()
+
+
+# Verification: [S]B + [k](-A), whose encoding crev.ed25519.verify compares with R.
+
+# 2 * d, and the point being added in a variable-base product, "cached" as
+# (Y + X, Y - X, 2 * d * T, 2 * Z): an extended addition then takes eight multiplications.
+_D2 = limbs(ed25519._D2)
+_ZERO = [0] * _N
+_QYP = [0] * _N
+_QYM = [0] * _N
+_QT2D = [0] * _N
+_QZ2 = [0] * _N
+
+
+def _load(out: list, n: int) -> None:
+    # The limbs of an int 0 <= n < 2**256, through its bytes: shifting it would allocate at every limb.
+    data = n.to_bytes(32, "little")
+    packed = _PACKED
+    for i in range(32):
+        packed[i] = data[i]
+    packed[32] = 0
+    for k in range(0, _N, 2):
+        at = 3 * (k >> 1)
+        middle = packed[at + 1]
+        out[k] = packed[at] | (middle & 0xF) << 8
+        out[k + 1] = middle >> 4 | packed[at + 2] << 4
+
+
+def _cache() -> None:
+    # The point in _X, _Y, _Z, _T, as the addend of _add_cached.
+    _add(_QYP, _Y, _X)
+    _sub(_QYM, _Y, _X)
+    _mul(_QT2D, _T, _D2)
+    _add(_QZ2, _Z, _Z)
+
+
+def _add_cached() -> None:
+    # crev.ed25519._add (add-2008-hwcd-3) of the cached point to _X, _Y, _Z, _T, in place.
+    x = _X
+    y = _Y
+    z = _Z
+    a = _A
+    b = _B
+    c = _C
+    d = _D
+    e = _E
+    f = _F
+    g = _G
+    h = _H
+    _sub(a, y, x)
+    _mul(a, a, _QYM)
+    _add(b, y, x)
+    _mul(b, b, _QYP)
+    _mul(c, _T, _QT2D)
+    _mul(d, z, _QZ2)
+    _sub(e, b, a)
+    _sub(f, d, c)
+    _add(g, d, c)
+    _add(h, b, a)
+    _mul(x, e, f)
+    _mul(y, g, h)
+    _mul(z, f, g)
+    _mul(_T, e, h)
+
+
+def verify_multiply_encoded(a_point: tuple, s: int, k: int) -> bytes:
+    """The encoding of [s]B + [k](-A), for A = (x, y, 1, x * y) in ints and 0 <= s, k < 2**256.
+
+    crev.ed25519.verify's last step (see ed25519.use_verify): [k](-A) by double-and-add from
+    the top bit, then [s]B by the comb, then their sum.
+    """
+    x, y, _, t = a_point
+    _load(_A, x)
+    _sub(_X, _ZERO, _A)  # -x
+    _load(_Y, y)
+    _load(_A, t)
+    _sub(_T, _ZERO, _A)  # -x * y
+    for i in range(_N):
+        _Z[i] = 0
+    _Z[0] = 1
+    _cache()  # -A
+    bits = k.to_bytes(32, "little")
+    started = False
+    for i in range(255, -1, -1):
+        if started:
+            _double()
+        if bits[i >> 3] >> (i & 7) & 1:
+            if started:
+                _add_cached()
+            else:  # the first bit: -A itself, already in _X, _Y, _Z, _T
+                started = True
+    if not started:  # k = 0
+        _identity()
+    _cache()  # [k](-A)
+    _comb_multiply(s)
+    # (X : Y : Z) to extended coordinates (XZ, YZ, Z**2, XY), which _add_cached needs.
+    _mul(_T, _X, _Y)
+    _mul(_X, _X, _Z)
+    _mul(_Y, _Y, _Z)
+    _square(_Z, _Z)
+    _add_cached()
+    return _encoded()
+
+
 def install() -> None:
-    """Sign with this multiplication from now on (crev.ed25519 keeps verifying with ints)."""
+    """Sign and verify with these multiplications from now on."""
     ed25519.use_base_table(False)
     ed25519.use_encoded_base_multiply(base_multiply_encoded)
+    ed25519.use_verify(verify_multiply_encoded)
